@@ -1,0 +1,28 @@
+#!/usr/bin/env bash
+# Installs every Debian package bento's run and tests need, and configures nix for
+# offline single-user use. Idempotent: packages already present are skipped.
+# Usage: scripts/setup-debian.sh [--tests]   (as root, or through sudo)
+set -euo pipefail
+
+want=(nix-bin openssh-server openssh-client sqlite3 ca-certificates)
+if [ "${1:-}" = "--tests" ]; then
+  want+=(chromium chromium-driver dbus-daemon dbus xvfb xfce4-panel x11-utils imagemagick
+         fonts-dejavu-core dunst wrk hyperfine build-essential pkg-config
+         libwebkit2gtk-4.1-dev libgtk-3-dev libsoup-3.0-dev)
+fi
+
+missing=()
+for p in "${want[@]}"; do
+  dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
+done
+
+SUDO=()
+[ "$(id -u)" -eq 0 ] || SUDO=(sudo)
+if [ ${#missing[@]} -gt 0 ]; then
+  echo "setup: installing ${missing[*]}" >&2
+  "${SUDO[@]}" env DEBIAN_FRONTEND=noninteractive apt-get update -qq
+  "${SUDO[@]}" env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+fi
+
+# sshd needs its privilege-separation directory; the tests start their own sshd.
+"${SUDO[@]}" mkdir -p /run/sshd
