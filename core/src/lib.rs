@@ -3,8 +3,17 @@
 //! Nothing here knows about HTTP, D-Bus or terminals, and nothing here prints or
 //! exits: functions return typed errors and the binaries decide what to show.
 
+pub mod activate;
 pub mod agent_proto;
+pub mod bentodir;
+pub mod chroot;
+pub mod cmd;
+pub mod config;
+pub mod deploy;
 pub mod hostname;
+pub mod nix;
+pub mod release;
 pub mod report;
+pub mod status;
 
 pub use hostname::{HostName, HostNameError};

@@ -245,8 +245,7 @@ impl LogsScan {
     /// Reports ordered oldest → newest by their name (the client's clock), then
     /// by server time for reports in the same minute.
     pub fn sorted(&mut self) {
-        self.reports
-            .sort_by(|a, b| (a.name.time, a.ctime).cmp(&(b.name.time, b.ctime)));
+        self.reports.sort_by_key(|r| (r.name.time, r.ctime));
     }
 }
 
@@ -328,13 +327,18 @@ pub fn scan_logs(
 
 /// Reads a small JSON file, refusing anything larger than [`MAX_JSON_BYTES`].
 pub fn read_json_capped<T: serde::de::DeserializeOwned>(path: &Path) -> Result<T, String> {
+    read_json_capped_n(path, MAX_JSON_BYTES)
+}
+
+/// Reads a JSON file of at most `cap` bytes.
+pub fn read_json_capped_n<T: serde::de::DeserializeOwned>(path: &Path, cap: u64) -> Result<T, String> {
     let f = fs::File::open(path).map_err(|e| e.to_string())?;
     let mut buf = Vec::new();
-    f.take(MAX_JSON_BYTES + 1)
+    f.take(cap + 1)
         .read_to_end(&mut buf)
         .map_err(|e| e.to_string())?;
-    if buf.len() as u64 > MAX_JSON_BYTES {
-        return Err(format!("larger than {MAX_JSON_BYTES} bytes"));
+    if buf.len() as u64 > cap {
+        return Err(format!("larger than {cap} bytes"));
     }
     serde_json::from_slice(&buf).map_err(|e| format!("malformed JSON: {e}"))
 }

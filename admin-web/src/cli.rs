@@ -1,0 +1,108 @@
+//! Command-line parsing and dispatch; each subcommand lives in `commands/`.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand, ValueEnum};
+
+use bento_core::HostName;
+
+#[derive(Debug, Parser)]
+#[command(name = "bento", version, about = "Pull-based deployment for fleets of NixOS machines")]
+pub struct Cli {
+    /// The bento directory (default: the current directory).
+    #[arg(long, short = 'C', env = "BENTO_DIR", global = true)]
+    pub dir: Option<PathBuf>,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// Host selection shared by the commands that build.
+#[derive(Debug, clap::Args, Clone, Default)]
+pub struct HostFilter {
+    /// Only this host (repeatable). The variable NAME works as with the original tool.
+    #[arg(long = "host", short = 'H', env = "NAME", value_delimiter = ',')]
+    pub hosts: Vec<HostName>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum, Default)]
+pub enum BuildAction {
+    /// Evaluate only.
+    #[value(name = "dry-build", alias = "dry-run")]
+    DryBuild,
+    /// Build every host's system.
+    #[default]
+    Build,
+    /// Build one host and activate it here without making it the boot default.
+    Test,
+    /// Build one host and make it this machine's system.
+    Switch,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Create a new bento directory (bento.toml, hosts/example/, utils/).
+    Init {
+        /// Where to create it (default: the bento directory or the current directory).
+        path: Option<PathBuf>,
+    },
+    /// Build every host's system; `test` and `switch` activate one host locally.
+    Build {
+        #[arg(value_enum, default_value_t)]
+        action: BuildAction,
+        #[command(flatten)]
+        filter: HostFilter,
+        /// Do not ask before test/switch.
+        #[arg(long, short = 'y')]
+        yes: bool,
+        /// System profile for test/switch.
+        #[arg(long, default_value = bento_core::activate::SYSTEM_PROFILE)]
+        profile: PathBuf,
+    },
+    /// Build, then publish every host that changed into its chroot.
+    Deploy {
+        #[command(flatten)]
+        filter: HostFilter,
+    },
+    /// Show the fleet: what each host runs and its state.
+    Status {
+        /// One JSON array of host objects, for scripts.
+        #[arg(long)]
+        json: bool,
+        /// Print once even in a terminal (by default a terminal redraws on changes).
+        #[arg(long)]
+        once: bool,
+        #[command(flatten)]
+        filter: HostFilter,
+    },
+    /// Closure differences between what each host runs and what it should run.
+    Diff {
+        #[command(flatten)]
+        filter: HostFilter,
+    },
+    /// Update every flake's lock file, or one input.
+    FlakeUpdate {
+        /// The input to update (default: all).
+        input: Option<String>,
+    },
+    /// Check the bento directory's settings and host names, then exit.
+    CheckConfig,
+}
+
+pub fn main() -> ExitCode {
+    let cli = Cli::parse();
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_env("BENTO_LOG")
+                .unwrap_or_else(|_| "warn".into()),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    match crate::commands::run(cli) {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("bento: error: {e:#}");
+            ExitCode::from(2)
+        }
+    }
+}

@@ -1,0 +1,52 @@
+//! One module per subcommand.
+
+pub mod build;
+pub mod diff;
+pub mod flake_update;
+pub mod init;
+pub mod status;
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use anyhow::Context;
+use bento_core::bentodir::BentoDir;
+
+use crate::cli::{Cli, Command};
+
+pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
+    let dir = cli.dir.clone();
+    match cli.command {
+        Command::Init { path } => init::run(&path.or(dir).unwrap_or_else(|| PathBuf::from("."))),
+        Command::Build {
+            action,
+            filter,
+            yes,
+            profile,
+        } => build::build(&open(dir)?, action, &filter, yes, &profile),
+        Command::Deploy { filter } => build::deploy(&open(dir)?, &filter),
+        Command::Status { json, once, filter } => status::run(&open(dir)?, json, once, &filter),
+        Command::Diff { filter } => diff::run(&open(dir)?, &filter),
+        Command::FlakeUpdate { input } => flake_update::run(&open(dir)?, input.as_deref()),
+        Command::CheckConfig => {
+            let b = open(dir)?;
+            let (dirs, unusable) = b.host_dirs()?;
+            for u in &unusable {
+                eprintln!("warning: hosts/{u}: neither flake.nix nor configuration.nix");
+            }
+            println!(
+                "{}: ok ({} host directories, settings from {})",
+                b.root.display(),
+                dirs.len(),
+                if b.legacy { "config.sh" } else { "bento.toml" }
+            );
+            Ok(ExitCode::SUCCESS)
+        }
+    }
+}
+
+/// Opens the bento directory given by `--dir`/`BENTO_DIR`, else the current one.
+pub fn open(dir: Option<PathBuf>) -> anyhow::Result<BentoDir> {
+    let dir = dir.unwrap_or_else(|| PathBuf::from("."));
+    BentoDir::open(&dir).with_context(|| format!("cannot open the bento directory {}", dir.display()))
+}

@@ -1,0 +1,5 @@
+//! The admin side of bento: the `bento` command and (in `web`) the panel.
+
+pub mod cli;
+pub mod commands;
+pub mod table;

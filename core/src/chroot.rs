@@ -1,0 +1,475 @@
+//! The chroot: one directory per host that its agent reads over SFTP.
+//!
+//! ```text
+//! <chroot_dir>/states.txt              host=<expected system basename>
+//! <chroot_dir>/<host>/                 root:root 0755 (sshd ChrootDirectory rule)
+//!     last_change_date                 mtime = publication time; content = revision
+//!     .releases/<revision>/            immutable release + .bento-release.json
+//!     .releases/current -> <revision>  swapped atomically
+//!     config -> .releases/current
+//!     logs/                            owned by the host's user
+//! ```
+//!
+//! Adding a host needs root once ([`Chroot::ensure_host`]); publishing works as the
+//! unprivileged owner of `.releases/`, `last_change_date` and `states.txt`.
+
+use std::collections::BTreeMap;
+use std::fs;
+use std::io::{self, Write};
+use std::os::unix::fs::{symlink, PermissionsExt};
+use std::path::{Path, PathBuf};
+use std::time::SystemTime;
+
+use crate::release::{Manifest, MANIFEST_FILE};
+use crate::HostName;
+
+pub const STATES_FILE: &str = "states.txt";
+pub const LAST_CHANGE_FILE: &str = "last_change_date";
+pub const RELEASES_DIR: &str = ".releases";
+pub const CURRENT_LINK: &str = "current";
+pub const CONFIG_LINK: &str = "config";
+pub const LOGS_DIR: &str = "logs";
+
+#[derive(Debug, thiserror::Error)]
+pub enum ChrootError {
+    #[error("host {host} is not set up in the chroot {dir}: run `bento deploy` once as root (or add the host to services.bento.server.hosts)")]
+    NotSetUp { host: String, dir: PathBuf },
+    #[error("user {user:?} does not exist: every host needs a system user in the fleet (set hosts.{host}.user or default_user in bento.toml)")]
+    NoSuchUser { user: String, host: String },
+    #[error("{path}: {source}")]
+    Io { path: PathBuf, source: io::Error },
+}
+
+fn io_err(path: &Path) -> impl FnOnce(io::Error) -> ChrootError + '_ {
+    move |source| ChrootError::Io {
+        path: path.to_owned(),
+        source,
+    }
+}
+
+/// Who owns what when a host is added.
+#[derive(Debug, Clone, Copy)]
+pub struct Owners {
+    /// Owner of `logs/` (the host's user and its group).
+    pub logs: (u32, u32),
+    /// Owner of `.releases/`, `last_change_date` and `states.txt` (the publisher).
+    pub publisher: (u32, u32),
+}
+
+/// Looks up a user's uid and primary gid.
+pub fn lookup_user(user: &str) -> Option<(u32, u32)> {
+    nix::unistd::User::from_name(user)
+        .ok()
+        .flatten()
+        .map(|u| (u.uid.as_raw(), u.gid.as_raw()))
+}
+
+pub fn is_root() -> bool {
+    nix::unistd::geteuid().is_root()
+}
+
+/// The outcome of publishing a host.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Published {
+    /// The release content did not change; nothing was touched.
+    Unchanged { revision: String },
+    /// A new release is live.
+    New {
+        revision: String,
+        previous: Option<String>,
+    },
+}
+
+impl Published {
+    pub fn revision(&self) -> &str {
+        match self {
+            Published::Unchanged { revision } | Published::New { revision, .. } => revision,
+        }
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct Chroot {
+    root: PathBuf,
+}
+
+impl Chroot {
+    pub fn new(root: impl Into<PathBuf>) -> Self {
+        Chroot { root: root.into() }
+    }
+
+    pub fn root(&self) -> &Path {
+        &self.root
+    }
+    pub fn host_dir(&self, h: &HostName) -> PathBuf {
+        self.root.join(h.as_str())
+    }
+    pub fn releases_dir(&self, h: &HostName) -> PathBuf {
+        self.host_dir(h).join(RELEASES_DIR)
+    }
+    pub fn logs_dir(&self, h: &HostName) -> PathBuf {
+        self.host_dir(h).join(LOGS_DIR)
+    }
+    pub fn last_change_path(&self, h: &HostName) -> PathBuf {
+        self.host_dir(h).join(LAST_CHANGE_FILE)
+    }
+    pub fn states_path(&self) -> PathBuf {
+        self.root.join(STATES_FILE)
+    }
+
+    /// Whether the host's directory exists with the layout publication needs.
+    pub fn is_set_up(&self, h: &HostName) -> bool {
+        self.releases_dir(h).is_dir() && self.logs_dir(h).is_dir()
+    }
+
+    /// Creates (or repairs) a host's directory with the ownership and modes sshd's
+    /// `ChrootDirectory` needs. Needs root. A chroot made by the original tool (a
+    /// plain `config/` directory) is converted.
+    pub fn ensure_host(&self, h: &HostName, owners: Owners) -> Result<(), ChrootError> {
+        let root_dir = |p: &Path| -> Result<(), ChrootError> {
+            match fs::create_dir(p) {
+                Ok(()) => {}
+                Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {}
+                Err(e) => return Err(io_err(p)(e)),
+            }
+            std::os::unix::fs::chown(p, Some(0), Some(0)).map_err(io_err(p))?;
+            fs::set_permissions(p, fs::Permissions::from_mode(0o755)).map_err(io_err(p))
+        };
+        if !self.root.exists() {
+            fs::create_dir_all(&self.root).map_err(io_err(&self.root))?;
+        }
+        root_dir(&self.root)?;
+        let hd = self.host_dir(h);
+        root_dir(&hd)?;
+        let owned_dir = |p: &Path, (uid, gid): (u32, u32)| -> Result<(), ChrootError> {
+            match fs::create_dir(p) {
+                Ok(()) => {}
+                Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {}
+                Err(e) => return Err(io_err(p)(e)),
+            }
+            std::os::unix::fs::chown(p, Some(uid), Some(gid)).map_err(io_err(p))?;
+            fs::set_permissions(p, fs::Permissions::from_mode(0o755)).map_err(io_err(p))
+        };
+        owned_dir(&self.releases_dir(h), owners.publisher)?;
+        owned_dir(&self.logs_dir(h), owners.logs)?;
+        let owned_file = |p: &Path, (uid, gid): (u32, u32)| -> Result<(), ChrootError> {
+            fs::OpenOptions::new()
+                .create(true)
+                .append(true)
+                .open(p)
+                .map_err(io_err(p))?;
+            std::os::unix::fs::chown(p, Some(uid), Some(gid)).map_err(io_err(p))?;
+            fs::set_permissions(p, fs::Permissions::from_mode(0o644)).map_err(io_err(p))
+        };
+        owned_file(&self.last_change_path(h), owners.publisher)?;
+        owned_file(&self.states_path(), owners.publisher)?;
+        let config = hd.join(CONFIG_LINK);
+        match fs::symlink_metadata(&config) {
+            Ok(md) if md.file_type().is_symlink() => {}
+            Ok(md) if md.is_dir() => {
+                fs::remove_dir_all(&config).map_err(io_err(&config))?;
+                symlink(Path::new(RELEASES_DIR).join(CURRENT_LINK), &config)
+                    .map_err(io_err(&config))?;
+            }
+            Ok(_) => {
+                fs::remove_file(&config).map_err(io_err(&config))?;
+                symlink(Path::new(RELEASES_DIR).join(CURRENT_LINK), &config)
+                    .map_err(io_err(&config))?;
+            }
+            Err(_) => symlink(Path::new(RELEASES_DIR).join(CURRENT_LINK), &config)
+                .map_err(io_err(&config))?,
+        }
+        Ok(())
+    }
+
+    /// The revision `current` points to.
+    pub fn current_revision(&self, h: &HostName) -> Option<String> {
+        let target = fs::read_link(self.releases_dir(h).join(CURRENT_LINK)).ok()?;
+        target.to_str().map(str::to_owned)
+    }
+
+    /// Publishes the staged tree `staged` (with its manifest) as the host's current
+    /// release. Atomic: an agent sees the old release or the new one whatever moment
+    /// this is interrupted at. An unchanged revision touches nothing.
+    pub fn publish(
+        &self,
+        h: &HostName,
+        staged: &Path,
+        manifest: &Manifest,
+        keep: usize,
+    ) -> Result<Published, ChrootError> {
+        if !self.is_set_up(h) {
+            return Err(ChrootError::NotSetUp {
+                host: h.to_string(),
+                dir: self.root.clone(),
+            });
+        }
+        let rel = self.releases_dir(h);
+        let revision = manifest.revision.clone();
+        let previous = self.current_revision(h);
+        if previous.as_deref() == Some(revision.as_str()) {
+            // A deploy killed after the swap may have left last_change_date behind.
+            if fs::read_to_string(self.last_change_path(h))
+                .map(|s| s.trim() != revision)
+                .unwrap_or(true)
+            {
+                self.write_last_change(h, &revision)?;
+            }
+            return Ok(Published::Unchanged { revision });
+        }
+        self.remove_leftovers(&rel)?;
+        let final_dir = rel.join(&revision);
+        if final_dir.exists() {
+            // An older release with the same content is still kept: reuse it if intact.
+            let intact = Manifest::read_from(&final_dir)
+                .map(|m| m.revision == revision && m.verify(&final_dir).is_ok())
+                .unwrap_or(false);
+            if intact {
+                // Its manifest records when it was first made; refresh it so pruning
+                // keeps it and the agent sees the new expected system.
+                manifest.write_to(&final_dir).map_err(io_err(&final_dir))?;
+            } else {
+                fs::remove_dir_all(&final_dir).map_err(io_err(&final_dir))?;
+            }
+        }
+        if !final_dir.exists() {
+            let tmp = rel.join(format!(".tmp-{}-{}", revision, std::process::id()));
+            copy_tree(staged, &tmp).map_err(io_err(&tmp))?;
+            manifest.write_to(&tmp).map_err(io_err(&tmp))?;
+            sync_dir(&tmp);
+            fs::rename(&tmp, &final_dir).map_err(io_err(&final_dir))?;
+        }
+        touch_dir(&final_dir);
+        let link_tmp = rel.join(format!(".current-{}", std::process::id()));
+        let _ = fs::remove_file(&link_tmp);
+        symlink(&revision, &link_tmp).map_err(io_err(&link_tmp))?;
+        fs::rename(&link_tmp, rel.join(CURRENT_LINK)).map_err(io_err(&rel))?;
+        sync_dir(&rel);
+        self.write_last_change(h, &revision)?;
+        self.prune(h, keep)?;
+        Ok(Published::New { revision, previous })
+    }
+
+    /// Rewrites `last_change_date` in place (its directory belongs to root).
+    fn write_last_change(&self, h: &HostName, revision: &str) -> Result<(), ChrootError> {
+        let p = self.last_change_path(h);
+        let mut f = fs::OpenOptions::new()
+            .write(true)
+            .truncate(true)
+            .create(true)
+            .open(&p)
+            .map_err(io_err(&p))?;
+        f.write_all(format!("{revision}\n").as_bytes())
+            .map_err(io_err(&p))?;
+        f.sync_all().map_err(io_err(&p))
+    }
+
+    fn remove_leftovers(&self, rel: &Path) -> Result<(), ChrootError> {
+        for ent in fs::read_dir(rel).map_err(io_err(rel))? {
+            let ent = ent.map_err(io_err(rel))?;
+            let name = ent.file_name();
+            let name = name.to_string_lossy();
+            if name.starts_with(".tmp-") {
+                let _ = fs::remove_dir_all(ent.path());
+            } else if name.starts_with(".current-") {
+                let _ = fs::remove_file(ent.path());
+            }
+        }
+        Ok(())
+    }
+
+    /// Keeps the `keep` newest releases (the current one always).
+    pub fn prune(&self, h: &HostName, keep: usize) -> Result<(), ChrootError> {
+        let rel = self.releases_dir(h);
+        let current = self.current_revision(h);
+        let mut dirs: Vec<(SystemTime, PathBuf, String)> = Vec::new();
+        for ent in fs::read_dir(&rel).map_err(io_err(&rel))? {
+            let ent = ent.map_err(io_err(&rel))?;
+            let name = ent.file_name().to_string_lossy().into_owned();
+            if name.starts_with('.') || name == CURRENT_LINK {
+                continue;
+            }
+            let md = ent.metadata().map_err(io_err(&rel))?;
+            if md.is_dir() {
+                dirs.push((md.modified().unwrap_or(SystemTime::UNIX_EPOCH), ent.path(), name));
+            }
+        }
+        dirs.sort_by_key(|d| std::cmp::Reverse(d.0));
+        let mut kept = 0;
+        for (_, path, name) in dirs {
+            if Some(&name) == current.as_ref() {
+                continue;
+            }
+            kept += 1;
+            if kept >= keep {
+                fs::remove_dir_all(&path).map_err(io_err(&path))?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Reads `states.txt`: host → expected system basename.
+    pub fn read_states(&self) -> BTreeMap<String, String> {
+        parse_states(&fs::read_to_string(self.states_path()).unwrap_or_default())
+    }
+
+    /// Sets (or clears) hosts' expected systems in `states.txt`, keeping the others.
+    /// Rewritten in place under an advisory lock: the chroot directory belongs to root.
+    pub fn update_states(
+        &self,
+        changes: &BTreeMap<HostName, Option<String>>,
+    ) -> Result<(), ChrootError> {
+        let p = self.states_path();
+        let mut f = fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(false)
+            .open(&p)
+            .map_err(io_err(&p))?;
+        f.lock().map_err(io_err(&p))?;
+        let mut text = String::new();
+        io::Read::read_to_string(&mut f, &mut text).map_err(io_err(&p))?;
+        let mut states = parse_states(&text);
+        for (h, v) in changes {
+            match v {
+                Some(v) => states.insert(h.to_string(), v.clone()),
+                None => states.remove(h.as_str()),
+            };
+        }
+        let mut out = String::new();
+        for (h, v) in &states {
+            out.push_str(&format!("{h}={v}\n"));
+        }
+        f.set_len(0).map_err(io_err(&p))?;
+        io::Seek::seek(&mut f, io::SeekFrom::Start(0)).map_err(io_err(&p))?;
+        f.write_all(out.as_bytes()).map_err(io_err(&p))?;
+        f.sync_all().map_err(io_err(&p))
+    }
+
+    /// Every host directory in the chroot (names that are valid host names).
+    pub fn hosts(&self) -> io::Result<Vec<HostName>> {
+        let mut v = Vec::new();
+        for ent in fs::read_dir(&self.root)? {
+            let ent = ent?;
+            if !ent.file_type()?.is_dir() {
+                continue;
+            }
+            if let Some(h) = ent.file_name().to_str().and_then(|n| HostName::new(n).ok()) {
+                v.push(h);
+            }
+        }
+        v.sort();
+        Ok(v)
+    }
+}
+
+/// `host=value` lines; malformed lines are ignored.
+pub fn parse_states(text: &str) -> BTreeMap<String, String> {
+    text.lines()
+        .filter_map(|l| l.split_once('='))
+        .filter(|(h, v)| !h.is_empty() && !v.trim().is_empty())
+        .map(|(h, v)| (h.trim().to_owned(), v.trim().to_owned()))
+        .collect()
+}
+
+/// Copies a plain tree (no symlinks: staged releases have none), keeping modes.
+pub fn copy_tree(src: &Path, dst: &Path) -> io::Result<()> {
+    fs::create_dir(dst)?;
+    for ent in fs::read_dir(src)? {
+        let ent = ent?;
+        let ft = ent.file_type()?;
+        let to = dst.join(ent.file_name());
+        if ent.file_name() == MANIFEST_FILE {
+            continue;
+        }
+        if ft.is_dir() {
+            copy_tree(&ent.path(), &to)?;
+        } else if ft.is_file() {
+            fs::copy(ent.path(), &to)?;
+        }
+    }
+    Ok(())
+}
+
+fn sync_dir(p: &Path) {
+    if let Ok(f) = fs::File::open(p) {
+        let _ = f.sync_all();
+    }
+}
+
+fn touch_dir(p: &Path) {
+    if let Ok(f) = fs::File::open(p) {
+        let _ = f.set_modified(SystemTime::now());
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::release::TreeListing;
+
+    fn staged(dir: &Path, content: &str) -> Manifest {
+        let _ = fs::remove_dir_all(dir);
+        fs::create_dir_all(dir).unwrap();
+        fs::write(dir.join("configuration.nix"), content).unwrap();
+        let l = TreeListing::read(dir).unwrap();
+        Manifest::for_tree(&l, "web", time::OffsetDateTime::now_utc(), None)
+    }
+
+    #[test]
+    fn publish_swaps_atomically_and_prunes() {
+        if !is_root() {
+            return;
+        }
+        let t = tempfile::tempdir().unwrap();
+        let c = Chroot::new(t.path().join("chroot"));
+        let h = HostName::new("web").unwrap();
+        let owners = Owners {
+            logs: (0, 0),
+            publisher: (0, 0),
+        };
+        c.ensure_host(&h, owners).unwrap();
+        let s = t.path().join("stage");
+        let mut revs = Vec::new();
+        for i in 0..4 {
+            let m = staged(&s, &format!("{{ v = {i}; }}"));
+            let p = c.publish(&h, &s, &m, 2).unwrap();
+            assert!(matches!(p, Published::New { .. }));
+            revs.push(m.revision.clone());
+            assert_eq!(
+                fs::read_to_string(c.host_dir(&h).join("config/configuration.nix")).unwrap(),
+                format!("{{ v = {i}; }}")
+            );
+            assert_eq!(fs::read_to_string(c.last_change_path(&h)).unwrap().trim(), m.revision);
+        }
+        let m = staged(&s, "{ v = 3; }");
+        assert_eq!(
+            c.publish(&h, &s, &m, 2).unwrap(),
+            Published::Unchanged {
+                revision: revs[3].clone()
+            }
+        );
+        let left: Vec<_> = fs::read_dir(c.releases_dir(&h))
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .collect();
+        assert_eq!(left.len(), 3, "{left:?}"); // current link + 2 releases
+        assert!(left.contains(&revs[3]) && left.contains(&revs[2]));
+    }
+
+    #[test]
+    fn states_file_keeps_other_hosts() {
+        let t = tempfile::tempdir().unwrap();
+        let c = Chroot::new(t.path());
+        fs::write(c.states_path(), "a=sys-a\nb=sys-b\n").unwrap();
+        let mut ch = BTreeMap::new();
+        ch.insert(HostName::new("b").unwrap(), Some("sys-b2".to_owned()));
+        ch.insert(HostName::new("c").unwrap(), Some("sys-c".to_owned()));
+        c.update_states(&ch).unwrap();
+        let s = c.read_states();
+        assert_eq!(s["a"], "sys-a");
+        assert_eq!(s["b"], "sys-b2");
+        assert_eq!(s["c"], "sys-c");
+    }
+}

@@ -1,0 +1,486 @@
+//! The status of each host, decided from the published revision and time, the
+//! expected system, the reports since publication and the heartbeat.
+//!
+//! Reports with a sidecar carry the revision they applied, so only a report of the
+//! published revision can make a host "up to date". Reports of the original shell
+//! clients have no sidecar: whether they came after a publication is decided with
+//! the server's own file times (report ctime newer than `last_change_date`'s mtime,
+//! as the original `find -cnewer`), never with the client's clock in the name.
+
+use std::collections::BTreeMap;
+use std::fs;
+use std::path::Path;
+use std::time::{Duration, SystemTime};
+
+use serde::{Deserialize, Serialize};
+use time::OffsetDateTime;
+
+use crate::chroot::Chroot;
+use crate::report::{
+    self, short_hash, AgentState, Heartbeat, ReportMeta, ReportName, ReportStatus,
+};
+use crate::HostName;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum State {
+    NewMachine,
+    UpToDate,
+    AutoUpdated,
+    SyncPending,
+    RebuildPending,
+    Updating,
+    Failing,
+    RolledBack,
+    ExtraLogs,
+}
+
+impl State {
+    pub const ALL: [State; 9] = [
+        State::UpToDate,
+        State::AutoUpdated,
+        State::SyncPending,
+        State::RebuildPending,
+        State::Updating,
+        State::Failing,
+        State::RolledBack,
+        State::ExtraLogs,
+        State::NewMachine,
+    ];
+
+    /// The id used in JSON and URLs.
+    pub fn id(self) -> &'static str {
+        match self {
+            State::NewMachine => "new-machine",
+            State::UpToDate => "up-to-date",
+            State::AutoUpdated => "auto-updated",
+            State::SyncPending => "sync-pending",
+            State::RebuildPending => "rebuild-pending",
+            State::Updating => "updating",
+            State::Failing => "failing",
+            State::RolledBack => "rolled-back",
+            State::ExtraLogs => "extra-logs",
+        }
+    }
+
+    /// The label of the original tool's table.
+    pub fn label(self) -> &'static str {
+        match self {
+            State::NewMachine => "new machine",
+            State::UpToDate => "up to date",
+            State::AutoUpdated => "auto updated",
+            State::SyncPending => "sync pending",
+            State::RebuildPending => "rebuild pending",
+            State::Updating => "updating",
+            State::Failing => "failing",
+            State::RolledBack => "rolled back",
+            State::ExtraLogs => "extra logs",
+        }
+    }
+
+    /// The original tool's emoji.
+    pub fn emoji(self) -> &'static str {
+        match self {
+            State::NewMachine => "🆕",
+            State::UpToDate => "💚",
+            State::AutoUpdated => "🤖",
+            State::SyncPending | State::RebuildPending => "🚩",
+            State::Updating => "⏳",
+            State::Failing | State::ExtraLogs => "🔥",
+            State::RolledBack => "⏪",
+        }
+    }
+
+    /// Whether the state asks for the admin's attention.
+    pub fn is_problem(self) -> bool {
+        matches!(self, State::Failing | State::RolledBack | State::ExtraLogs)
+    }
+
+    pub fn from_id(id: &str) -> Option<State> {
+        State::ALL.into_iter().find(|s| s.id() == id)
+    }
+}
+
+/// The report that decided the state (or the newest one).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LastReport {
+    pub file: String,
+    /// The client's clock, as in the file name (`YYYY-mm-dd HH:MM`).
+    pub time: String,
+    /// When the server received it (file mtime).
+    #[serde(with = "time::serde::rfc3339")]
+    pub received: OffsetDateTime,
+    pub status: ReportStatus,
+    pub revision: Option<String>,
+    pub system: String,
+    pub error: Option<String>,
+    /// Whether a sidecar came with it (false for the original shell clients).
+    pub has_sidecar: bool,
+}
+
+/// One host's status, as `bento status --json` and `/api/v1/hosts` print it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct HostStatus {
+    pub host: String,
+    pub state: State,
+    pub label: String,
+    /// Store path basename the server built; `None` for non-flake hosts.
+    pub expected_system: Option<String>,
+    /// Store path basename the host last said it runs.
+    pub running_system: Option<String>,
+    /// Revision currently published for the host.
+    pub revision: Option<String>,
+    /// Revision the host last applied (from its heartbeat or sidecar).
+    pub running_revision: Option<String>,
+    #[serde(with = "time::serde::rfc3339::option")]
+    pub published_at: Option<OffsetDateTime>,
+    pub reboot_pending: bool,
+    pub offline: bool,
+    #[serde(with = "time::serde::rfc3339::option")]
+    pub last_seen: Option<OffsetDateTime>,
+    pub last_report: Option<LastReport>,
+    pub reports_since_publication: u32,
+    pub total_reports: u32,
+    /// Problems reading the host's files (malformed reports, ...), never fatal.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub warnings: Vec<String>,
+}
+
+impl HostStatus {
+    /// Running system compared with the expected one: `Some(true)` when equal,
+    /// `None` when unknown (non-flake host, or nothing reported).
+    pub fn matches_expected(&self) -> Option<bool> {
+        match (&self.expected_system, &self.running_system) {
+            (Some(e), Some(r)) => Some(e == r),
+            _ => None,
+        }
+    }
+
+    /// The original tool's match mark: 💚 same system, 🛑 different, 📌 non-flake.
+    pub fn match_emoji(&self) -> &'static str {
+        match (self.expected_system.is_some(), self.matches_expected()) {
+            (_, Some(true)) => "💚",
+            (false, _) => "📌",
+            _ => "🛑",
+        }
+    }
+
+    pub fn short_expected(&self) -> &str {
+        self.expected_system
+            .as_deref()
+            .map(short_hash)
+            .unwrap_or("non-flakes")
+    }
+
+    pub fn short_running(&self) -> &str {
+        self.running_system.as_deref().map(short_hash).unwrap_or("")
+    }
+}
+
+/// Knobs of the status computation.
+#[derive(Debug, Clone, Copy)]
+pub struct StatusOptions {
+    pub now: SystemTime,
+    /// Poll interval assumed when a heartbeat does not say it.
+    pub poll_interval: Duration,
+    /// Offline after this many missed polls.
+    pub offline_after_polls: u32,
+}
+
+impl Default for StatusOptions {
+    fn default() -> Self {
+        StatusOptions {
+            now: SystemTime::now(),
+            poll_interval: Duration::from_secs(300),
+            offline_after_polls: 3,
+        }
+    }
+}
+
+struct Candidate {
+    file: String,
+    name: ReportName,
+    mtime: SystemTime,
+    ctime: SystemTime,
+}
+
+/// Computes one host's status from its chroot directory.
+pub fn host_status(
+    chroot: &Chroot,
+    host: &HostName,
+    expected_system: Option<&str>,
+    opts: &StatusOptions,
+) -> HostStatus {
+    let host_dir = chroot.host_dir(host);
+    let logs = chroot.logs_dir(host);
+    let mut warnings = Vec::new();
+    let published_md = fs::metadata(chroot.last_change_path(host)).ok();
+    let published_at = published_md.as_ref().and_then(|m| m.modified().ok());
+    let revision = chroot.current_revision(host).or_else(|| {
+        fs::read_to_string(chroot.last_change_path(host))
+            .ok()
+            .map(|s| s.trim().to_owned())
+            .filter(|s| !s.is_empty() && s.bytes().all(|b| b.is_ascii_hexdigit()))
+    });
+
+    let mut candidates: Vec<Candidate> = Vec::new();
+    let mut heartbeat: Option<(Heartbeat, SystemTime)> = None;
+    if let Ok(rd) = fs::read_dir(&logs) {
+        for ent in rd.flatten() {
+            let Some(name) = ent.file_name().to_str().map(str::to_owned) else {
+                warnings.push("a log file name is not UTF-8".into());
+                continue;
+            };
+            if name == report::HEARTBEAT_FILE {
+                match report::read_json_capped::<Heartbeat>(&ent.path()) {
+                    Ok(hb) => {
+                        let t = ent
+                            .metadata()
+                            .and_then(|m| m.modified())
+                            .unwrap_or(SystemTime::UNIX_EPOCH);
+                        heartbeat = Some((hb, t));
+                    }
+                    Err(e) => warnings.push(format!("{name}: {e}")),
+                }
+                continue;
+            }
+            if !name.ends_with(".log.gz") || name.starts_with('.') {
+                continue;
+            }
+            match ReportName::parse(&name) {
+                Ok(parsed) => candidates.push(Candidate {
+                    file: name,
+                    name: parsed,
+                    mtime: SystemTime::UNIX_EPOCH,
+                    ctime: SystemTime::UNIX_EPOCH,
+                }),
+                Err(e) => warnings.push(format!("{name}: skipped: {e}")),
+            }
+        }
+    }
+    let total_reports = candidates.len() as u32;
+    // Newest first by the client's clock; only the newest few are stat'ed.
+    candidates.sort_by(|a, b| b.name.time.cmp(&a.name.time).then(b.file.cmp(&a.file)));
+
+    let published = published_at.unwrap_or(SystemTime::UNIX_EPOCH);
+    let mut since_publication = 0u32;
+    let mut legacy_since = 0u32;
+    let mut deciding: Option<(Candidate, Option<ReportMeta>)> = None;
+    let mut newest: Option<(Candidate, Option<ReportMeta>)> = None;
+    let mut running_from_reports: Option<(Option<String>, String)> = None;
+    for mut c in candidates {
+        let md = match fs::metadata(logs.join(&c.file)) {
+            Ok(m) => m,
+            Err(_) => continue,
+        };
+        c.mtime = md.modified().unwrap_or(SystemTime::UNIX_EPOCH);
+        c.ctime = report::ctime(&md);
+        let after_publication = c.ctime > published;
+        let meta = read_sidecar(&logs, &c.name, &mut warnings);
+        if running_from_reports.is_none() {
+            running_from_reports = Some((
+                meta.as_ref().and_then(|m| m.revision.clone()),
+                meta.as_ref()
+                    .and_then(|m| m.system.clone())
+                    .unwrap_or_else(|| c.name.system.clone()),
+            ));
+        }
+        if after_publication {
+            since_publication += 1;
+            if meta.is_none() {
+                legacy_since += 1;
+            }
+        }
+        let counts = match (&meta, &revision) {
+            (Some(m), Some(rev)) => m.revision.as_deref() == Some(rev.as_str()),
+            _ => after_publication,
+        };
+        let done_scanning = !after_publication && (deciding.is_some() || !counts);
+        if newest.is_none() {
+            newest = Some((
+                Candidate {
+                    file: c.file.clone(),
+                    name: c.name.clone(),
+                    mtime: c.mtime,
+                    ctime: c.ctime,
+                },
+                meta.clone(),
+            ));
+        }
+        if deciding.is_none() && counts {
+            deciding = Some((c, meta));
+        }
+        if done_scanning {
+            break;
+        }
+    }
+
+    let hb_fresh = heartbeat.as_ref().map(|(hb, t)| {
+        let interval = hb
+            .interval_secs
+            .map(Duration::from_secs)
+            .unwrap_or(opts.poll_interval);
+        let limit = interval * opts.offline_after_polls.max(1);
+        opts.now.duration_since(*t).unwrap_or_default() <= limit
+    });
+    let offline = hb_fresh == Some(false);
+
+    let running_system = heartbeat
+        .as_ref()
+        .and_then(|(hb, _)| hb.system.clone())
+        .or_else(|| running_from_reports.as_ref().map(|(_, s)| s.clone()));
+    let running_revision = heartbeat
+        .as_ref()
+        .and_then(|(hb, _)| hb.revision.clone())
+        .or_else(|| running_from_reports.as_ref().and_then(|(r, _)| r.clone()));
+
+    let matches = match (expected_system, running_system.as_deref()) {
+        (Some(e), Some(r)) => e == r,
+        _ => false,
+    };
+    let updating = heartbeat
+        .as_ref()
+        .is_some_and(|(hb, _)| hb.state == AgentState::Updating)
+        && hb_fresh == Some(true);
+
+    let state = if updating {
+        State::Updating
+    } else if newest.is_none() {
+        State::NewMachine
+    } else {
+        match &deciding {
+            None => {
+                if matches {
+                    State::SyncPending
+                } else {
+                    State::RebuildPending
+                }
+            }
+            Some((_, None)) if legacy_since > 1 => State::ExtraLogs,
+            Some((c, _)) => match c.name.status {
+                ReportStatus::Success => State::UpToDate,
+                ReportStatus::Failure => State::Failing,
+                ReportStatus::Rollback => State::RolledBack,
+                ReportStatus::Autoupdate => State::AutoUpdated,
+            },
+        }
+    };
+
+    let reboot_pending = heartbeat
+        .as_ref()
+        .map(|(hb, _)| hb.reboot_required)
+        .or_else(|| {
+            newest
+                .as_ref()
+                .and_then(|(_, m)| m.as_ref().map(|m| m.reboot_required))
+        })
+        .unwrap_or(false);
+
+    let shown = deciding.or(newest);
+    let last_seen = heartbeat
+        .as_ref()
+        .map(|(_, t)| *t)
+        .into_iter()
+        .chain(shown.as_ref().map(|(c, _)| c.mtime))
+        .max();
+    let _ = host_dir;
+    HostStatus {
+        host: host.to_string(),
+        state,
+        label: state.label().to_owned(),
+        expected_system: expected_system.map(str::to_owned),
+        running_system,
+        revision,
+        running_revision,
+        published_at: published_at.map(OffsetDateTime::from),
+        reboot_pending,
+        offline,
+        last_seen: last_seen.map(OffsetDateTime::from),
+        last_report: shown.map(|(c, meta)| LastReport {
+            time: format!(
+                "{}-{:02}-{:02} {:02}:{:02}",
+                c.name.time.year(),
+                c.name.time.month() as u8,
+                c.name.time.day(),
+                c.name.time.hour(),
+                c.name.time.minute()
+            ),
+            received: OffsetDateTime::from(c.mtime),
+            status: c.name.status,
+            revision: meta.as_ref().and_then(|m| m.revision.clone()),
+            system: c.name.system.clone(),
+            error: meta.as_ref().and_then(|m| m.error.clone()),
+            has_sidecar: meta.is_some(),
+            file: c.file,
+        }),
+        reports_since_publication: since_publication,
+        total_reports,
+        warnings,
+    }
+}
+
+fn read_sidecar(logs: &Path, name: &ReportName, warnings: &mut Vec<String>) -> Option<ReportMeta> {
+    let p = logs.join(name.sidecar_file_name());
+    match report::read_json_capped::<ReportMeta>(&p) {
+        Ok(m) => Some(m),
+        Err(e) if e.contains("No such file") => None,
+        Err(e) => {
+            warnings.push(format!("{}: ignored: {e}", name.sidecar_file_name()));
+            None
+        }
+    }
+}
+
+/// Every host of the chroot, computed on a few threads.
+pub fn fleet_status(chroot: &Chroot, opts: &StatusOptions) -> std::io::Result<Vec<HostStatus>> {
+    let hosts = chroot.hosts()?;
+    let states = chroot.read_states();
+    Ok(fleet_status_of(chroot, &hosts, &states, opts))
+}
+
+/// The status of the given hosts, with `states` from `states.txt`.
+pub fn fleet_status_of(
+    chroot: &Chroot,
+    hosts: &[HostName],
+    states: &BTreeMap<String, String>,
+    opts: &StatusOptions,
+) -> Vec<HostStatus> {
+    let threads = std::thread::available_parallelism()
+        .map(|n| n.get())
+        .unwrap_or(1)
+        .clamp(1, 8);
+    let chunk = hosts.len().div_ceil(threads).max(64);
+    std::thread::scope(|s| {
+        let handles: Vec<_> = hosts
+            .chunks(chunk)
+            .map(|part| {
+                s.spawn(move || {
+                    part.iter()
+                        .map(|h| {
+                            host_status(chroot, h, states.get(h.as_str()).map(|s| s.as_str()), opts)
+                        })
+                        .collect::<Vec<_>>()
+                })
+            })
+            .collect();
+        handles
+            .into_iter()
+            .flat_map(|h| h.join().expect("status thread panicked"))
+            .collect()
+    })
+}
+
+/// `3d 4h`, `12m`, `40s`: the elapsed-time style of the original table.
+pub fn elapsed(d: Duration) -> String {
+    let s = d.as_secs();
+    let (days, hours, mins) = (s / 86400, (s % 86400) / 3600, (s % 3600) / 60);
+    if days > 0 {
+        format!("{days}d {hours}h")
+    } else if hours > 0 {
+        format!("{hours}h {mins}m")
+    } else if mins > 0 {
+        format!("{mins}m")
+    } else {
+        format!("{s}s")
+    }
+}
