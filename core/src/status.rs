@@ -7,7 +7,7 @@
 //! the server's own file times (report ctime newer than `last_change_date`'s mtime,
 //! as the original `find -cnewer`), never with the client's clock in the name.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashSet};
 use std::fs;
 use std::path::Path;
 use std::time::{Duration, SystemTime};
@@ -224,6 +224,7 @@ pub fn host_status(
     });
 
     let mut candidates: Vec<Candidate> = Vec::new();
+    let mut sidecars: HashSet<String> = HashSet::new();
     let mut heartbeat: Option<(Heartbeat, SystemTime)> = None;
     if let Ok(rd) = fs::read_dir(&logs) {
         for ent in rd.flatten() {
@@ -244,7 +245,14 @@ pub fn host_status(
                 }
                 continue;
             }
-            if !name.ends_with(".log.gz") || name.starts_with('.') {
+            if name.starts_with('.') {
+                continue; // an upload in progress
+            }
+            if name.ends_with(".json") {
+                sidecars.insert(name);
+                continue;
+            }
+            if !name.ends_with(".log.gz") {
                 continue;
             }
             match ReportName::parse(&name) {
@@ -259,7 +267,8 @@ pub fn host_status(
         }
     }
     let total_reports = candidates.len() as u32;
-    // Newest first by the client's clock; only the newest few are stat'ed.
+    // Newest first by the client's clock; reports are stat'ed only back to the
+    // publication, and sidecars read only until the deciding report is found.
     candidates.sort_by(|a, b| b.name.time.cmp(&a.name.time).then(b.file.cmp(&a.file)));
 
     let published = published_at.unwrap_or(SystemTime::UNIX_EPOCH);
@@ -267,7 +276,6 @@ pub fn host_status(
     let mut legacy_since = 0u32;
     let mut deciding: Option<(Candidate, Option<ReportMeta>)> = None;
     let mut newest: Option<(Candidate, Option<ReportMeta>)> = None;
-    let mut running_from_reports: Option<(Option<String>, String)> = None;
     for mut c in candidates {
         let md = match fs::metadata(logs.join(&c.file)) {
             Ok(m) => m,
@@ -276,26 +284,28 @@ pub fn host_status(
         c.mtime = md.modified().unwrap_or(SystemTime::UNIX_EPOCH);
         c.ctime = report::ctime(&md);
         let after_publication = c.ctime > published;
-        let meta = read_sidecar(&logs, &c.name, &mut warnings);
-        if running_from_reports.is_none() {
-            running_from_reports = Some((
-                meta.as_ref().and_then(|m| m.revision.clone()),
-                meta.as_ref()
-                    .and_then(|m| m.system.clone())
-                    .unwrap_or_else(|| c.name.system.clone()),
-            ));
-        }
+        let has_sidecar = sidecars.contains(&c.name.sidecar_file_name());
         if after_publication {
             since_publication += 1;
-            if meta.is_none() {
+            if !has_sidecar {
                 legacy_since += 1;
             }
         }
+        if deciding.is_some() && newest.is_some() {
+            if !after_publication {
+                break;
+            }
+            continue;
+        }
+        let meta = if has_sidecar {
+            read_sidecar(&logs, &c.name, &mut warnings)
+        } else {
+            None
+        };
         let counts = match (&meta, &revision) {
             (Some(m), Some(rev)) => m.revision.as_deref() == Some(rev.as_str()),
             _ => after_publication,
         };
-        let done_scanning = !after_publication && (deciding.is_some() || !counts);
         if newest.is_none() {
             newest = Some((
                 Candidate {
@@ -307,13 +317,22 @@ pub fn host_status(
                 meta.clone(),
             ));
         }
+        let stop = !after_publication && (deciding.is_some() || !counts);
         if deciding.is_none() && counts {
             deciding = Some((c, meta));
         }
-        if done_scanning {
+        if stop {
             break;
         }
     }
+    let running_from_reports = newest.as_ref().map(|(c, meta)| {
+        (
+            meta.as_ref().and_then(|m| m.revision.clone()),
+            meta.as_ref()
+                .and_then(|m| m.system.clone())
+                .unwrap_or_else(|| c.name.system.clone()),
+        )
+    });
 
     let hb_fresh = heartbeat.as_ref().map(|(hb, t)| {
         let interval = hb
@@ -423,7 +442,6 @@ fn read_sidecar(logs: &Path, name: &ReportName, warnings: &mut Vec<String>) -> O
     let p = logs.join(name.sidecar_file_name());
     match report::read_json_capped::<ReportMeta>(&p) {
         Ok(m) => Some(m),
-        Err(e) if e.contains("No such file") => None,
         Err(e) => {
             warnings.push(format!("{}: ignored: {e}", name.sidecar_file_name()));
             None

@@ -5,7 +5,10 @@
 //! - [`sshd`]: a real OpenSSH server with one chroot SFTP user per test host.
 //! - here: [`TestDir`], [`wait_until`] / [`wait_for`] and [`run`].
 
+pub mod bins;
+pub mod cli;
 pub mod nixenv;
+pub mod reports;
 pub mod sshd;
 pub mod toy;
 

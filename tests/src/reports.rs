@@ -1,0 +1,117 @@
+//! Writes reports and heartbeats in the real on-disk format (core's types), for
+//! tests of status, the panel and the tray that need a given fleet state.
+
+use std::fs;
+use std::io::Write;
+use std::path::Path;
+use std::time::SystemTime;
+
+use anyhow::Result;
+use bento_core::report::{
+    AgentState, BootFiles, Heartbeat, ReportMeta, ReportName, ReportStatus, HEARTBEAT_FILE,
+};
+use flate2::write::GzEncoder;
+use time::OffsetDateTime;
+
+/// A report to write into a host's `logs/`.
+pub struct Report<'a> {
+    pub host: &'a str,
+    pub time: OffsetDateTime,
+    pub system: &'a str,
+    pub status: ReportStatus,
+    /// Written as the gzipped log.
+    pub log: &'a str,
+    /// `None`: a report of the original shell client (no sidecar).
+    pub revision: Option<Option<&'a str>>,
+    pub reboot_required: bool,
+    pub error: Option<&'a str>,
+}
+
+impl<'a> Report<'a> {
+    /// A legacy (sidecar-less) report.
+    pub fn legacy(host: &'a str, system: &'a str, status: ReportStatus) -> Self {
+        Report {
+            host,
+            time: OffsetDateTime::now_utc(),
+            system,
+            status,
+            log: "build log\n",
+            revision: None,
+            reboot_required: false,
+            error: None,
+        }
+    }
+
+    /// A report of the new agent for `revision`.
+    pub fn agent(host: &'a str, system: &'a str, status: ReportStatus, revision: &'a str) -> Self {
+        Report {
+            revision: Some(Some(revision)),
+            ..Report::legacy(host, system, status)
+        }
+    }
+
+    /// Writes the log (and sidecar) into `logs_dir`; returns the log's file name.
+    pub fn write(&self, logs_dir: &Path) -> Result<String> {
+        fs::create_dir_all(logs_dir)?;
+        let name = ReportName::new(self.time, self.system, self.status);
+        let mut gz = GzEncoder::new(Vec::new(), flate2::Compression::default());
+        gz.write_all(self.log.as_bytes())?;
+        // Sidecar first: the server reads a report when its log appears.
+        if let Some(revision) = self.revision {
+            let meta = ReportMeta {
+                format: ReportMeta::FORMAT,
+                host: self.host.to_owned(),
+                status: self.status,
+                revision: revision.map(str::to_owned),
+                system: Some(self.system.to_owned()),
+                previous_system: None,
+                booted: BootFiles::default(),
+                built: BootFiles::default(),
+                reboot_required: self.reboot_required,
+                started: self.time,
+                finished: self.time,
+                agent_version: "test".into(),
+                error: self.error.map(str::to_owned),
+                changed_packages: None,
+            };
+            fs::write(
+                logs_dir.join(name.sidecar_file_name()),
+                serde_json::to_vec(&meta)?,
+            )?;
+        }
+        fs::write(logs_dir.join(name.log_file_name()), gz.finish()?)?;
+        Ok(name.log_file_name())
+    }
+}
+
+/// Writes `logs/heartbeat.json`.
+pub fn write_heartbeat(
+    logs_dir: &Path,
+    host: &str,
+    system: Option<&str>,
+    revision: Option<&str>,
+    state: AgentState,
+    reboot_required: bool,
+) -> Result<()> {
+    fs::create_dir_all(logs_dir)?;
+    let hb = Heartbeat {
+        format: 1,
+        host: host.to_owned(),
+        time: OffsetDateTime::now_utc(),
+        revision: revision.map(str::to_owned),
+        system: system.map(str::to_owned),
+        state,
+        reboot_required,
+        agent_version: "test".into(),
+        interval_secs: Some(60),
+    };
+    fs::write(logs_dir.join(HEARTBEAT_FILE), serde_json::to_vec(&hb)?)?;
+    Ok(())
+}
+
+/// Sets a file's modification time (to place a publication before or after reports:
+/// the server compares report ctimes with `last_change_date`'s mtime).
+pub fn set_mtime(path: &Path, t: SystemTime) -> Result<()> {
+    fs::File::options().write(true).open(path)?.set_modified(t)?;
+    Ok(())
+}
