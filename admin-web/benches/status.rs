@@ -81,7 +81,8 @@ fn generate(root: &Path, hosts: usize) {
                     error: None,
                     changed_packages: None,
                 };
-                let mut f = fs::File::create(hd.join("logs").join(name.sidecar_file_name())).unwrap();
+                let mut f =
+                    fs::File::create(hd.join("logs").join(name.sidecar_file_name())).unwrap();
                 f.write_all(&serde_json::to_vec(&meta).unwrap()).unwrap();
             }
         }
@@ -133,9 +134,15 @@ fn main() {
     });
     println!("| what ({hosts} hosts, {REPORTS_PER_HOST} reports each) | median of {runs} |");
     println!("|---|---|");
-    println!("| status of every host (bento-core) | {:.0} ms |", status.as_secs_f64() * 1e3);
+    println!(
+        "| status of every host (bento-core) | {:.0} ms |",
+        status.as_secs_f64() * 1e3
+    );
     println!("| table rendering | {:.0} ms |", table.as_secs_f64() * 1e3);
-    println!("| JSON serialization | {:.0} ms |", json.as_secs_f64() * 1e3);
+    println!(
+        "| JSON serialization | {:.0} ms |",
+        json.as_secs_f64() * 1e3
+    );
     if let Some(bin) = bento_binary() {
         let dir = tmp.path().join("bento");
         fs::create_dir_all(dir.join("hosts")).unwrap();
@@ -145,8 +152,14 @@ fn main() {
         )
         .unwrap();
         for (label, args) in [
-            ("`bento status --json` (whole binary)", &["status", "--json"][..]),
-            ("`bento status` table (whole binary)", &["status", "--once"][..]),
+            (
+                "`bento status --json` (whole binary)",
+                &["status", "--json"][..],
+            ),
+            (
+                "`bento status` table (whole binary)",
+                &["status", "--once"][..],
+            ),
         ] {
             let d = time(runs, || {
                 let o = Command::new(&bin)
@@ -159,7 +172,10 @@ fn main() {
             println!("| {label} | {:.0} ms |", d.as_secs_f64() * 1e3);
         }
     }
-    println!("| `find -type f` over the same tree | {:.0} ms |", find.as_secs_f64() * 1e3);
+    println!(
+        "| `find -type f` over the same tree | {:.0} ms |",
+        find.as_secs_f64() * 1e3
+    );
 
     let sample = hosts.min(200);
     let script = "for i in host*; do find \"$i/logs/\" -type f -cnewer \"$i/last_change_date\" | sort -n >/dev/null; find \"$i/logs/\" -type f | sort -n | tail -n 1 >/dev/null; done";

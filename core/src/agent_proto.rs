@@ -35,12 +35,22 @@ pub enum Request {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "type", rename_all = "kebab-case")]
 pub enum Response {
-    Status { status: Box<AgentStatus> },
-    Event { event: Event },
-    Ok { message: String },
+    Status {
+        status: Box<AgentStatus>,
+    },
+    Event {
+        event: Event,
+    },
+    Ok {
+        message: String,
+    },
     /// The request was understood but refused (e.g. not allowed for this peer).
-    Denied { message: String },
-    Error { message: String },
+    Denied {
+        message: String,
+    },
+    Error {
+        message: String,
+    },
 }
 
 /// The agent's activity right now.
@@ -110,11 +120,21 @@ pub struct AgentStatus {
 #[serde(tag = "kind", rename_all = "kebab-case")]
 pub enum Event {
     CheckStarted,
-    CheckFinished { new_release: bool },
-    UpdateStarted { revision: String },
-    UpdateFinished { record: UpdateRecord },
-    UpdateFailed { record: UpdateRecord },
-    RolledBack { record: UpdateRecord },
+    CheckFinished {
+        new_release: bool,
+    },
+    UpdateStarted {
+        revision: String,
+    },
+    UpdateFinished {
+        record: UpdateRecord,
+    },
+    UpdateFailed {
+        record: UpdateRecord,
+    },
+    RolledBack {
+        record: UpdateRecord,
+    },
     RebootRequired,
     RebootScheduled {
         #[serde(with = "time::serde::rfc3339")]

@@ -34,7 +34,9 @@ pub struct BentoDir {
 
 #[derive(Debug, thiserror::Error)]
 pub enum LockError {
-    #[error("another bento deploy is running in {0} (lock {LOCK_FILE} is held); wait for it to finish")]
+    #[error(
+        "another bento deploy is running in {0} (lock {LOCK_FILE} is held); wait for it to finish"
+    )]
     Busy(PathBuf),
     #[error("cannot take the deploy lock {path}: {source}")]
     Io {

@@ -291,7 +291,11 @@ impl Chroot {
             }
             let md = ent.metadata().map_err(io_err(&rel))?;
             if md.is_dir() {
-                dirs.push((md.modified().unwrap_or(SystemTime::UNIX_EPOCH), ent.path(), name));
+                dirs.push((
+                    md.modified().unwrap_or(SystemTime::UNIX_EPOCH),
+                    ent.path(),
+                    name,
+                ));
             }
         }
         dirs.sort_by_key(|d| std::cmp::Reverse(d.0));
@@ -441,7 +445,10 @@ mod tests {
                 fs::read_to_string(c.host_dir(&h).join("config/configuration.nix")).unwrap(),
                 format!("{{ v = {i}; }}")
             );
-            assert_eq!(fs::read_to_string(c.last_change_path(&h)).unwrap().trim(), m.revision);
+            assert_eq!(
+                fs::read_to_string(c.last_change_path(&h)).unwrap().trim(),
+                m.revision
+            );
         }
         let m = staged(&s, "{ v = 3; }");
         assert_eq!(

@@ -10,10 +10,7 @@ use std::process::{Command, ExitStatus, Stdio};
 #[derive(Debug, thiserror::Error)]
 pub enum CmdError {
     #[error("cannot start `{cmd}`: {source}")]
-    Spawn {
-        cmd: String,
-        source: std::io::Error,
-    },
+    Spawn { cmd: String, source: std::io::Error },
     #[error("`{cmd}` failed ({status}){}", tail_suffix(.stderr_tail))]
     Failed {
         cmd: String,
@@ -21,10 +18,7 @@ pub enum CmdError {
         stderr_tail: String,
     },
     #[error("`{cmd}`: {source}")]
-    Io {
-        cmd: String,
-        source: std::io::Error,
-    },
+    Io { cmd: String, source: std::io::Error },
 }
 
 fn tail_suffix(t: &str) -> String {
@@ -217,8 +211,7 @@ impl fmt::Display for Cmd {
 fn quote(s: &OsStr) -> String {
     let s = s.to_string_lossy();
     if !s.is_empty()
-        && s
-            .bytes()
+        && s.bytes()
             .all(|b| b.is_ascii_alphanumeric() || b"-_./=:@+,#".contains(&b))
     {
         s.into_owned()

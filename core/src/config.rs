@@ -259,7 +259,10 @@ impl Settings {
                 }
             }
         }
-        for (key, u) in [("default_user", &self.default_user), ("publish_user", &self.publish_user)] {
+        for (key, u) in [
+            ("default_user", &self.default_user),
+            ("publish_user", &self.publish_user),
+        ] {
             if let Some(u) = u.as_deref().filter(|u| !valid_user_name(u)) {
                 return invalid(format!("{key} {u:?} is not a valid user name"));
             }
@@ -339,8 +342,7 @@ pub fn valid_user_name(u: &str) -> bool {
     !u.is_empty()
         && u.len() <= 32
         && !u.starts_with('-')
-        && u
-            .bytes()
+        && u.bytes()
             .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_' || b == b'.')
 }
 

@@ -20,15 +20,34 @@ use crate::HostName;
 #[derive(Debug, Clone)]
 pub enum Event {
     /// Hosts found, in build order.
-    Planned { hosts: Vec<String> },
-    Started { host: String },
+    Planned {
+        hosts: Vec<String>,
+    },
+    Started {
+        host: String,
+    },
     /// A line of nix's output for this host.
-    Line { host: String, line: String },
-    Built { host: String, system: PathBuf, elapsed: Duration },
-    Failed { host: String, error: String },
-    Published { host: String, outcome: Published },
+    Line {
+        host: String,
+        line: String,
+    },
+    Built {
+        host: String,
+        system: PathBuf,
+        elapsed: Duration,
+    },
+    Failed {
+        host: String,
+        error: String,
+    },
+    Published {
+        host: String,
+        outcome: Published,
+    },
     /// A problem outside any one host (an unusable directory, ...).
-    Warning { message: String },
+    Warning {
+        message: String,
+    },
 }
 
 /// What happened to one host.
@@ -275,7 +294,10 @@ fn publish_all(
         .map(|u| chroot::lookup_user(u).ok_or(u));
     let mut states: BTreeMap<HostName, Option<String>> = BTreeMap::new();
     for o in built.iter_mut().filter(|o| o.ok()) {
-        let job = jobs.iter().find(|j| j.host == o.host).expect("job of outcome");
+        let job = jobs
+            .iter()
+            .find(|j| j.host == o.host)
+            .expect("job of outcome");
         let host = HostName::new(&o.host).expect("validated before the build");
         let result = (|| -> Result<Published, String> {
             if root {

@@ -98,7 +98,19 @@ mod tests {
     #[test]
     fn refuses_what_could_escape_or_confuse() {
         for bad in [
-            "", "..", ".", "a/b", "-x", "x-", "_x", "a b", "a;rm", "é", "a\nb", "a.b", &"a".repeat(64),
+            "",
+            "..",
+            ".",
+            "a/b",
+            "-x",
+            "x-",
+            "_x",
+            "a b",
+            "a;rm",
+            "é",
+            "a\nb",
+            "a.b",
+            &"a".repeat(64),
         ] {
             let e = HostName::new(bad).unwrap_err();
             assert!(e.to_string().contains("invalid host name"), "{bad}");

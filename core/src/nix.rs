@@ -140,9 +140,30 @@ impl Nix {
             // nix-instantiate prints the .drv; its output path is what a build gives.
             let q = Cmd::new("nix-store").args(["-q", "--outputs", path]);
             let out = q.run()?;
-            return Ok(PathBuf::from(out.stdout.lines().next().unwrap_or("").trim()));
+            return Ok(PathBuf::from(
+                out.stdout.lines().next().unwrap_or("").trim(),
+            ));
         }
         Ok(PathBuf::from(path.trim()))
+    }
+
+    /// The names of a flake's direct inputs (`nix flake metadata --json`).
+    pub fn flake_inputs(&self, dir: &Path) -> Result<Vec<String>, NixError> {
+        let cmd = self
+            .nix(&["flake", "metadata", "--json"])
+            .args(&self.extra_args)
+            .arg(flake_ref(dir));
+        let out = cmd.run()?;
+        let v: serde_json::Value =
+            serde_json::from_str(&out.stdout).map_err(|e| NixError::Output {
+                cmd: cmd.display(),
+                message: e.to_string(),
+            })?;
+        let root = v["locks"]["root"].as_str().unwrap_or("root");
+        Ok(v["locks"]["nodes"][root]["inputs"]
+            .as_object()
+            .map(|o| o.keys().cloned().collect())
+            .unwrap_or_default())
     }
 
     /// `nix flake update` (every input, or one) in a flake directory.

@@ -30,7 +30,9 @@ pub enum ReleaseError {
     },
     #[error("{path} is a broken symlink")]
     BrokenLink { path: PathBuf },
-    #[error("{path} is neither a file nor a directory (sockets, devices and fifos cannot be published)")]
+    #[error(
+        "{path} is neither a file nor a directory (sockets, devices and fifos cannot be published)"
+    )]
     SpecialFile { path: PathBuf },
     #[error("{path}: file name is not UTF-8")]
     NonUtf8 { path: PathBuf },
@@ -113,8 +115,11 @@ fn copy_dir(
         } else if md.is_file() {
             fs::copy(&real, &out).map_err(io_err(&out))?;
             let exec = md.permissions().mode() & 0o111 != 0;
-            fs::set_permissions(&out, fs::Permissions::from_mode(if exec { 0o755 } else { 0o644 }))
-                .map_err(io_err(&out))?;
+            fs::set_permissions(
+                &out,
+                fs::Permissions::from_mode(if exec { 0o755 } else { 0o644 }),
+            )
+            .map_err(io_err(&out))?;
         } else {
             return Err(ReleaseError::SpecialFile { path });
         }
@@ -246,7 +251,9 @@ pub fn sha256_file(path: &Path) -> io::Result<String> {
 pub enum VerifyError {
     #[error("release manifest is missing or unreadable: {0}")]
     Manifest(String),
-    #[error("release manifest does not match its own revision (claims {claimed}, lists {computed})")]
+    #[error(
+        "release manifest does not match its own revision (claims {claimed}, lists {computed})"
+    )]
     Revision { claimed: String, computed: String },
     #[error("release file {0} is missing")]
     Missing(String),
@@ -360,7 +367,10 @@ mod tests {
         let l2 = TreeListing::read(&out.path().join("b")).unwrap();
         assert_ne!(l1.revision(), l2.revision());
         stage_tree(&r.join("hosts/web"), &out.path().join("c"), r).unwrap();
-        assert_eq!(TreeListing::read(&out.path().join("c")).unwrap().revision(), l2.revision());
+        assert_eq!(
+            TreeListing::read(&out.path().join("c")).unwrap().revision(),
+            l2.revision()
+        );
     }
 
     #[test]
@@ -406,6 +416,9 @@ mod tests {
         );
         let mut forged = m.clone();
         forged.files.clear();
-        assert!(matches!(forged.verify(&d), Err(VerifyError::Revision { .. })));
+        assert!(matches!(
+            forged.verify(&d),
+            Err(VerifyError::Revision { .. })
+        ));
     }
 }

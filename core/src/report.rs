@@ -331,7 +331,10 @@ pub fn read_json_capped<T: serde::de::DeserializeOwned>(path: &Path) -> Result<T
 }
 
 /// Reads a JSON file of at most `cap` bytes.
-pub fn read_json_capped_n<T: serde::de::DeserializeOwned>(path: &Path, cap: u64) -> Result<T, String> {
+pub fn read_json_capped_n<T: serde::de::DeserializeOwned>(
+    path: &Path,
+    cap: u64,
+) -> Result<T, String> {
     let f = fs::File::open(path).map_err(|e| e.to_string())?;
     let mut buf = Vec::new();
     f.take(cap + 1)
@@ -368,7 +371,8 @@ pub(crate) fn ctime(md: &fs::Metadata) -> SystemTime {
     if secs < 0 {
         return SystemTime::UNIX_EPOCH;
     }
-    SystemTime::UNIX_EPOCH + std::time::Duration::new(secs as u64, nanos.clamp(0, 999_999_999) as u32)
+    SystemTime::UNIX_EPOCH
+        + std::time::Duration::new(secs as u64, nanos.clamp(0, 999_999_999) as u32)
 }
 
 #[cfg(test)]
@@ -389,8 +393,8 @@ mod tests {
 
     #[test]
     fn host_named_like_a_status_is_not_confused() {
-        let p = ReportName::parse("20240101-0000_h-nixos-system-failure-lab_success.log.gz")
-            .unwrap();
+        let p =
+            ReportName::parse("20240101-0000_h-nixos-system-failure-lab_success.log.gz").unwrap();
         assert_eq!(p.status, ReportStatus::Success);
     }
 

@@ -269,7 +269,16 @@ pub fn host_status(
     let total_reports = candidates.len() as u32;
     // Newest first by the client's clock; reports are stat'ed only back to the
     // publication, and sidecars read only until the deciding report is found.
-    candidates.sort_by(|a, b| b.name.time.cmp(&a.name.time).then(b.file.cmp(&a.file)));
+    // Reports of the same minute (the name's resolution) are ordered by arrival.
+    if let Some(newest_time) = candidates.iter().map(|c| c.name.time).max() {
+        for c in candidates.iter_mut().filter(|c| c.name.time == newest_time) {
+            if let Ok(md) = fs::metadata(logs.join(&c.file)) {
+                c.mtime = md.modified().unwrap_or(SystemTime::UNIX_EPOCH);
+            }
+        }
+    }
+    candidates
+        .sort_by(|a, b| (b.name.time, b.mtime, &b.file).cmp(&(a.name.time, a.mtime, &a.file)));
 
     let published = published_at.unwrap_or(SystemTime::UNIX_EPOCH);
     let mut since_publication = 0u32;

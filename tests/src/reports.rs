@@ -112,6 +112,9 @@ pub fn write_heartbeat(
 /// Sets a file's modification time (to place a publication before or after reports:
 /// the server compares report ctimes with `last_change_date`'s mtime).
 pub fn set_mtime(path: &Path, t: SystemTime) -> Result<()> {
-    fs::File::options().write(true).open(path)?.set_modified(t)?;
+    fs::File::options()
+        .write(true)
+        .open(path)?
+        .set_modified(t)?;
     Ok(())
 }

@@ -55,8 +55,14 @@ fn deploy_publishes_every_host_then_nothing_when_unchanged() -> Result<()> {
         assert_eq!((md.uid(), md.mode() & 0o777), (0, 0o755));
     }
     // Flake hosts have an expected system; non-flake hosts cannot have one.
-    let web_line = states.lines().find(|l| l.starts_with(&format!("{web}="))).unwrap();
-    assert!(web_line.contains(&format!("-nixos-system-{web}-1")), "{states}");
+    let web_line = states
+        .lines()
+        .find(|l| l.starts_with(&format!("{web}=")))
+        .unwrap();
+    assert!(
+        web_line.contains(&format!("-nixos-system-{web}-1")),
+        "{states}"
+    );
     assert!(states.contains(&format!("{db}=")));
     assert!(!states.contains(&format!("{lab}=")));
     let st = f.host_status(&lab)?;
@@ -90,7 +96,11 @@ fn changing_one_file_republishes_only_that_host() -> Result<()> {
 
     f.fleet.write_file(&lab, "notes.txt", "a note\n")?;
     let out = f.ok(&["deploy"])?;
-    assert!(stderr(&out).contains("1 published, 2 unchanged"), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("1 published, 2 unchanged"),
+        "{}",
+        stderr(&out)
+    );
     assert_eq!((rev(&web), rev(&db)), (web1.clone(), db1.clone()));
     assert_ne!(rev(&lab), lab1);
     assert_eq!(
@@ -101,10 +111,20 @@ fn changing_one_file_republishes_only_that_host() -> Result<()> {
     // A change in the shared flake directory republishes both of its hosts.
     f.fleet.set_config_system_version(&flake_dir, &db, "2")?;
     let out = f.ok(&["deploy"])?;
-    assert!(stderr(&out).contains("2 published, 1 unchanged"), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("2 published, 1 unchanged"),
+        "{}",
+        stderr(&out)
+    );
     let states = fs::read_to_string(f.chroot().join("states.txt"))?;
-    assert!(states.contains(&format!("-nixos-system-{db}-2")), "{states}");
-    assert!(states.contains(&format!("-nixos-system-{web}-1")), "{states}");
+    assert!(
+        states.contains(&format!("-nixos-system-{db}-2")),
+        "{states}"
+    );
+    assert!(
+        states.contains(&format!("-nixos-system-{web}-1")),
+        "{states}"
+    );
     Ok(())
 }
 
@@ -140,9 +160,17 @@ fn host_filter_and_name_variable_restrict_the_run() -> Result<()> {
 fn build_and_dry_build_publish_nothing() -> Result<()> {
     let (f, [web, _, _], _) = three_hosts("build")?;
     let out = f.ok(&["build", "dry-build"])?;
-    assert!(stderr(&out).contains("3 hosts: 3 built, 0 failed"), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("3 hosts: 3 built, 0 failed"),
+        "{}",
+        stderr(&out)
+    );
     let out = f.ok(&["build"])?;
-    assert!(stderr(&out).contains(&format!("{web}: built /nix/store/")), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains(&format!("{web}: built /nix/store/")),
+        "{}",
+        stderr(&out)
+    );
     assert!(!f.chroot().join(&web).exists());
     // Activation is for one host only, and never without a host.
     let out = f.run(&["build", "switch"])?;
@@ -169,7 +197,9 @@ fn build_switch_activates_one_host_through_its_profile() -> Result<()> {
     assert_eq!(records.len(), 1);
     assert_eq!(records[0].action, "switch");
     let target = fs::canonicalize(&profile)?;
-    assert!(target.to_string_lossy().contains(&format!("-nixos-system-{web}-1")));
+    assert!(target
+        .to_string_lossy()
+        .contains(&format!("-nixos-system-{web}-1")));
     Ok(())
 }
 
@@ -196,7 +226,11 @@ fn invalid_host_names_and_symlink_loops_are_clear_errors() -> Result<()> {
     // --host refuses a bad name before anything runs.
     let out = f.run(&["deploy", "--host", "../etc"])?;
     assert_eq!(out.status.code(), Some(2));
-    assert!(stderr(&out).contains("invalid host name"), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("invalid host name"),
+        "{}",
+        stderr(&out)
+    );
     Ok(())
 }
 
@@ -207,7 +241,11 @@ fn a_second_deploy_refuses_while_one_runs() -> Result<()> {
     lock.lock()?;
     let out = f.run(&["deploy"])?;
     assert_eq!(out.status.code(), Some(2));
-    assert!(stderr(&out).contains("another bento deploy is running"), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("another bento deploy is running"),
+        "{}",
+        stderr(&out)
+    );
     drop(lock);
     f.ok(&["deploy"])?;
     Ok(())
@@ -216,13 +254,27 @@ fn a_second_deploy_refuses_while_one_runs() -> Result<()> {
 #[test]
 fn broken_settings_are_clear_errors() -> Result<()> {
     let f = BentoFixture::new("deploy-config")?;
-    fs::write(f.bento_dir().join("bento.toml"), "chroot_dir = \"/c\"\nremote_prot = 2\n")?;
+    fs::write(
+        f.bento_dir().join("bento.toml"),
+        "chroot_dir = \"/c\"\nremote_prot = 2\n",
+    )?;
     let out = f.run(&["status"])?;
     assert_eq!(out.status.code(), Some(2));
     let err = stderr(&out);
-    assert!(err.contains("bento.toml") && err.contains("unknown field `remote_prot`"), "{err}");
-    let out = f.cmd().env("BENTO_DIR", f.dir.path()).arg("status").output()?;
-    assert!(stderr(&out).contains("is not a bento directory"), "{}", stderr(&out));
+    assert!(
+        err.contains("bento.toml") && err.contains("unknown field `remote_prot`"),
+        "{err}"
+    );
+    let out = f
+        .cmd()
+        .env("BENTO_DIR", f.dir.path())
+        .arg("status")
+        .output()?;
+    assert!(
+        stderr(&out).contains("is not a bento directory"),
+        "{}",
+        stderr(&out)
+    );
     Ok(())
 }
 
@@ -258,7 +310,11 @@ fn init_makes_a_directory_bento_accepts() -> Result<()> {
     assert!(out.status.success(), "{}", stderr(&out));
     assert!(new.join("hosts/example/configuration.nix").is_file());
     assert!(new.join("hosts/example/utils/bento.nix").is_file());
-    let out = f.cmd().env("BENTO_DIR", &new).arg("check-config").output()?;
+    let out = f
+        .cmd()
+        .env("BENTO_DIR", &new)
+        .arg("check-config")
+        .output()?;
     assert!(out.status.success(), "{}", stderr(&out));
     let out = f.cmd().arg("init").arg(&new).output()?;
     assert!(!out.status.success());

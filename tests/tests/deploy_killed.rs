@@ -34,15 +34,22 @@ fn killed_deploys_never_leave_a_mixed_release() -> Result<()> {
         for (i, h) in hosts.iter().enumerate() {
             // Many files per release so a kill can land in the middle of a copy.
             for n in 0..40 {
-                f.fleet
-                    .write_file(h, &format!("data/{n}.txt"), &format!("round {round} host {i} file {n}\n"))?;
+                f.fleet.write_file(
+                    h,
+                    &format!("data/{n}.txt"),
+                    &format!("round {round} host {i} file {n}\n"),
+                )?;
             }
         }
         seed ^= seed << 13;
         seed ^= seed >> 7;
         seed ^= seed << 17;
         let delay = Duration::from_micros(seed % (full.as_micros() as u64 + 1));
-        let mut child = f.cmd().arg("deploy").stderr(std::process::Stdio::null()).spawn()?;
+        let mut child = f
+            .cmd()
+            .arg("deploy")
+            .stderr(std::process::Stdio::null())
+            .spawn()?;
         std::thread::sleep(delay);
         let finished = child.try_wait()?.is_some();
         let _ = child.kill();
@@ -50,8 +57,7 @@ fn killed_deploys_never_leave_a_mixed_release() -> Result<()> {
         for h in &hosts {
             let hc = f.host_chroot(h);
             let (rev, dir) = current_release(&hc).expect("a host keeps a current release");
-            let m = Manifest::read_from(&dir)
-                .unwrap_or_else(|e| panic!("round {round}, {h}: {e}"));
+            let m = Manifest::read_from(&dir).unwrap_or_else(|e| panic!("round {round}, {h}: {e}"));
             assert_eq!(m.revision, rev, "round {round}, {h}");
             m.verify(&dir)
                 .unwrap_or_else(|e| panic!("round {round}, {h}: mixed release: {e}"));
@@ -75,7 +81,10 @@ fn killed_deploys_never_leave_a_mixed_release() -> Result<()> {
             killed_mid_publication += 1;
         }
     }
-    assert!(killed_mid_publication > 5, "the kills never interrupted a deploy");
+    assert!(
+        killed_mid_publication > 5,
+        "the kills never interrupted a deploy"
+    );
 
     // The next deploy completes: every host on the last content, no leftovers.
     f.ok(&["deploy"])?;

@@ -24,7 +24,9 @@ impl Fleet {
         self.f.host_chroot(&self.host(short)).join("logs")
     }
     fn revision(&self, short: &str) -> String {
-        current_release(&self.f.host_chroot(&self.host(short))).unwrap().0
+        current_release(&self.f.host_chroot(&self.host(short)))
+            .unwrap()
+            .0
     }
     fn expected(&self, short: &str) -> String {
         let states = fs::read_to_string(self.f.chroot().join("states.txt")).unwrap();
@@ -43,15 +45,30 @@ impl Fleet {
             SystemTime::now() + Duration::from_secs((-secs) as u64)
         };
         set_mtime(
-            &self.f.host_chroot(&self.host(short)).join("last_change_date"),
+            &self
+                .f
+                .host_chroot(&self.host(short))
+                .join("last_change_date"),
             t,
         )
     }
 }
 
 const SHORTS: [&str; 14] = [
-    "new", "ok", "auto", "sync", "rebuild", "updating", "fail", "rollback", "extra", "old",
-    "failure-lab", "offline", "reboot", "junk",
+    "new",
+    "ok",
+    "auto",
+    "sync",
+    "rebuild",
+    "updating",
+    "fail",
+    "rollback",
+    "extra",
+    "old",
+    "failure-lab",
+    "offline",
+    "reboot",
+    "junk",
 ];
 
 fn fleet() -> Result<Fleet> {
@@ -92,8 +109,12 @@ fn every_state_is_decided_from_parsed_reports() -> Result<()> {
     let exp = fl.expected("sync");
     Report::legacy(&h("sync"), &exp, ReportStatus::Success).write(&fl.logs("sync"))?;
     fl.published_ago("sync", -5)?;
-    Report::legacy(&h("rebuild"), "00000000aaaa-nixos-system-old-0", ReportStatus::Success)
-        .write(&fl.logs("rebuild"))?;
+    Report::legacy(
+        &h("rebuild"),
+        "00000000aaaa-nixos-system-old-0",
+        ReportStatus::Success,
+    )
+    .write(&fl.logs("rebuild"))?;
     fl.published_ago("rebuild", -5)?;
 
     // Two reports of an original shell client since publication.
@@ -107,14 +128,33 @@ fn every_state_is_decided_from_parsed_reports() -> Result<()> {
 
     // A success of an older revision, received after the publication: not up to date
     // (the original tool's first caveat).
-    Report::agent(&h("old"), "11111111bbbb-nixos-system-old-0", ReportStatus::Success, "0123456789abcdef0123456789abcdef")
-        .write(&fl.logs("old"))?;
+    Report::agent(
+        &h("old"),
+        "11111111bbbb-nixos-system-old-0",
+        ReportStatus::Success,
+        "0123456789abcdef0123456789abcdef",
+    )
+    .write(&fl.logs("old"))?;
 
-    write_heartbeat(&fl.logs("updating"), &h("updating"), None, None, AgentState::Updating, false)?;
+    write_heartbeat(
+        &fl.logs("updating"),
+        &h("updating"),
+        None,
+        None,
+        AgentState::Updating,
+        false,
+    )?;
     agent("updating", ReportStatus::Success)?;
 
     agent("offline", ReportStatus::Success)?;
-    write_heartbeat(&fl.logs("offline"), &h("offline"), None, None, AgentState::Idle, false)?;
+    write_heartbeat(
+        &fl.logs("offline"),
+        &h("offline"),
+        None,
+        None,
+        AgentState::Idle,
+        false,
+    )?;
     set_mtime(
         &fl.logs("offline").join("heartbeat.json"),
         SystemTime::now() - Duration::from_secs(3600),
@@ -122,7 +162,14 @@ fn every_state_is_decided_from_parsed_reports() -> Result<()> {
 
     agent("reboot", ReportStatus::Success)?;
     let (exp, rev) = (fl.expected("reboot"), fl.revision("reboot"));
-    write_heartbeat(&fl.logs("reboot"), &h("reboot"), Some(&exp), Some(&rev), AgentState::Idle, true)?;
+    write_heartbeat(
+        &fl.logs("reboot"),
+        &h("reboot"),
+        Some(&exp),
+        Some(&rev),
+        AgentState::Idle,
+        true,
+    )?;
 
     // A compromised or confused host: junk names and a broken sidecar are skipped.
     agent("junk", ReportStatus::Success)?;
@@ -130,7 +177,11 @@ fn every_state_is_decided_from_parsed_reports() -> Result<()> {
     fs::write(junk.join("20240101-0000_x_exploded.log.gz"), b"x")?;
     fs::write(junk.join("not-a-report.log.gz"), b"x")?;
     let junk_host = h("junk");
-    let mut r = Report::legacy(&junk_host, "aaaa-nixos-system-junk-1", ReportStatus::Failure);
+    let mut r = Report::legacy(
+        &junk_host,
+        "aaaa-nixos-system-junk-1",
+        ReportStatus::Failure,
+    );
     r.time -= time::Duration::days(400);
     let name = r.write(&junk)?;
     fs::write(junk.join(name.replace(".log.gz", ".json")), b"{ not json")?;
@@ -168,7 +219,10 @@ fn every_state_is_decided_from_parsed_reports() -> Result<()> {
     assert!(by_host(&rows, &h("new"))["last_report"].is_null());
     let junk_row = by_host(&rows, &h("junk"));
     let warnings = junk_row["warnings"].to_string();
-    assert!(warnings.contains("exploded") && warnings.contains("not-a-report"), "{warnings}");
+    assert!(
+        warnings.contains("exploded") && warnings.contains("not-a-report"),
+        "{warnings}"
+    );
 
     // The table of the original tool: one line per host with label and emoji.
     let out = fl.f.ok(&["status"])?;
@@ -185,7 +239,10 @@ fn every_state_is_decided_from_parsed_reports() -> Result<()> {
         " ".repeat(table.lines().next().unwrap().find('m').unwrap())
     )));
     assert!(line("ok").contains("up to date 💚"), "{table}");
-    assert!(line("ok").contains(&format!("{} 💚", &fl.expected("ok")[..8])), "{table}");
+    assert!(
+        line("ok").contains(&format!("{} 💚", &fl.expected("ok")[..8])),
+        "{table}"
+    );
     assert!(line("rebuild").contains("rebuild pending 🚩"), "{table}");
     assert!(line("rebuild").contains("00000000 🛑"), "{table}");
     assert!(line("fail").contains("failing 🔥"), "{table}");
@@ -194,7 +251,10 @@ fn every_state_is_decided_from_parsed_reports() -> Result<()> {
     assert!(line("new").contains("new machine"), "{table}");
     assert!(line("reboot").contains("reboot 🔄"), "{table}");
     assert!(line("offline").contains("offline 📴"), "{table}");
-    assert!(line("ok").contains("(build ") && line("ok").contains("(new config 2m)"), "{table}");
+    assert!(
+        line("ok").contains("(build ") && line("ok").contains("(new config 2m)"),
+        "{table}"
+    );
     let err = String::from_utf8(out.stderr)?;
     assert!(err.contains("exploded"), "{err}");
     Ok(())
@@ -218,6 +278,9 @@ fn non_flake_hosts_show_non_flakes_and_a_pin() -> Result<()> {
     assert!(st["expected_system"].is_null());
     let table = String::from_utf8(f.ok(&["status"])?.stdout)?;
     let line = table.lines().find(|l| l.contains(&host)).unwrap();
-    assert!(line.contains("non-flakes") && line.contains("abcdefgh 📌"), "{table}");
+    assert!(
+        line.contains("non-flakes") && line.contains("abcdefgh 📌"),
+        "{table}"
+    );
     Ok(())
 }

@@ -1,0 +1,206 @@
+//! Jobs started from the panel run the real pipeline (`deploy::run`, real nix on
+//! toy hosts), stream their log, share the deploy lock with the command line and
+//! survive — as failed — a server killed in the middle.
+
+mod panel_common;
+
+use std::time::Duration;
+
+use anyhow::Result;
+use bento_core::bentodir::BentoDir;
+use bento_tests::cli::current_release;
+use bento_tests::sshd::unique_prefix;
+use panel_common::{eventually, read_job_log, PanelServer};
+use reqwest::StatusCode;
+
+const BUILD: Duration = Duration::from_secs(300);
+
+fn toy_host(p: &mut PanelServer) -> Result<String> {
+    let host = format!("{}-web", unique_prefix());
+    p.fx.fleet.flake_host(&host, &[&host])?;
+    Ok(host)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_deploy_job_publishes_and_streams_its_log() -> Result<()> {
+    let mut p = PanelServer::start("panel-jobs")?;
+    let host = toy_host(&mut p)?;
+    let s = p.login().await?;
+
+    let id = s.start_job("deploy", &host).await?;
+    let (lines, status) = read_job_log(&s, id, BUILD).await?;
+    assert_eq!(status, "succeeded", "{lines:#?}\n{}", p.server_log());
+    let text = lines.join("\n");
+    assert!(
+        text.starts_with(&format!("deploy of {host}, started by admin")),
+        "{text}"
+    );
+    assert!(text.contains(&format!("{host}: building")));
+    assert!(
+        text.contains(&format!("{host}: built /nix/store/")),
+        "{text}"
+    );
+    assert!(text.contains(&format!("{host}: published ")), "{text}");
+    assert!(
+        text.ends_with("1 host(s): 1 published, 0 unchanged, 0 failed"),
+        "{text}"
+    );
+
+    // Published for real, as `bento deploy` does.
+    let (revision, _) = current_release(&p.fx.host_chroot(&host)).expect("a release in the chroot");
+    let job = s.json(&format!("/api/v1/jobs/{id}")).await?;
+    assert_eq!(job["created_by"], "admin");
+    assert_eq!(job["host"], host.as_str());
+    assert!(job["finished_at"].as_i64() >= job["started_at"].as_i64());
+    let page = s.page(&format!("/jobs/{id}")).await?;
+    assert!(
+        page.contains(&format!("revision {revision}")),
+        "job page lacks the host's result"
+    );
+    assert!(
+        page.contains(&format!("{host}: built /nix/store/")),
+        "the log did not survive the page reload"
+    );
+    let st = eventually(
+        Duration::from_secs(10),
+        "the new release in the fleet",
+        || async {
+            let h = s.json(&format!("/api/v1/hosts/{host}")).await;
+            Ok(h.ok().filter(|h| h["revision"] == revision.as_str()))
+        },
+    )
+    .await?;
+    assert_eq!(st["state"], "new-machine", "published, never reported");
+
+    // Deploying again changes nothing; a fleet dry-build and a flake update work too.
+    let again = s.start_job("deploy", &host).await?;
+    let (lines, status) = read_job_log(&s, again, BUILD).await?;
+    assert_eq!(status, "succeeded");
+    assert!(
+        lines.last().unwrap().contains("0 published, 1 unchanged"),
+        "{lines:#?}"
+    );
+    let dry = s.start_job("dry-build", "").await?;
+    let (lines, status) = read_job_log(&s, dry, BUILD).await?;
+    assert_eq!(status, "succeeded", "{lines:#?}");
+    assert!(lines.last().unwrap().contains("1 evaluated, 0 failed"));
+    let upd = s.start_job("flake-update", "").await?;
+    let (lines, status) = read_job_log(&s, upd, BUILD).await?;
+    assert_eq!(status, "succeeded", "{lines:#?}");
+
+    // History: who, when, how long, the result; metrics; audit.
+    let jobs = s.page("/jobs").await?;
+    for j in [id, again, dry, upd] {
+        assert!(
+            jobs.contains(&format!("href=\"/jobs/{j}\"")),
+            "job {j} missing"
+        );
+    }
+    assert!(jobs.contains("1 host(s): 1 published, 0 unchanged, 0 failed"));
+    let m = s.get("/metrics").await?.text().await?;
+    assert!(
+        m.contains("bento_job_duration_seconds_count{kind=\"deploy\"} 2"),
+        "{m}"
+    );
+    assert!(
+        m.contains("bento_jobs{kind=\"deploy\",status=\"succeeded\"} 2"),
+        "{m}"
+    );
+    let audit = s.page("/audit?q=job-start").await?;
+    assert!(audit.contains(&format!("deploy {host}")));
+    let host_page = s.page(&format!("/hosts/{host}")).await?;
+    assert!(
+        host_page.contains(&format!("href=\"/jobs/{id}\"")),
+        "the host page lists its jobs"
+    );
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_deploy_waits_while_the_command_line_holds_the_lock() -> Result<()> {
+    let mut p = PanelServer::start("panel-jobs")?;
+    let host = toy_host(&mut p)?;
+    let s = p.login().await?;
+    let bento = BentoDir::open(&p.fx.bento_dir())?;
+    let lock = bento.try_lock()?;
+
+    let id = s.start_job("deploy", &host).await?;
+    let mut res = s.get(&format!("/jobs/{id}/log")).await?;
+    let mut buf = String::new();
+    loop {
+        let (_, line) = tokio::time::timeout(
+            Duration::from_secs(30),
+            panel_common::next_event(&mut res, &mut buf),
+        )
+        .await??;
+        if line.contains("waiting: another bento deploy is running") {
+            break;
+        }
+    }
+    // Waiting counts as running.
+    assert_eq!(
+        s.json(&format!("/api/v1/jobs/{id}")).await?["status"],
+        "running"
+    );
+    drop(lock);
+    let (lines, status) = read_job_log(&s, id, BUILD).await?;
+    assert_eq!(status, "succeeded", "{lines:#?}");
+    assert!(lines
+        .iter()
+        .any(|l| l.contains("the other deploy finished")));
+    assert!(current_release(&p.fx.host_chroot(&host)).is_some());
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_job_running_when_the_server_dies_is_marked_failed() -> Result<()> {
+    let mut p = PanelServer::start("panel-jobs")?;
+    let host = toy_host(&mut p)?;
+    let s = p.login().await?;
+    let lock = BentoDir::open(&p.fx.bento_dir())?.try_lock()?;
+    let running = s.start_job("deploy", &host).await?;
+    eventually(Duration::from_secs(30), "the deploy to run", || async {
+        let j = s.json(&format!("/api/v1/jobs/{running}")).await?;
+        Ok((j["status"] == "running").then_some(()))
+    })
+    .await?;
+    let queued = s.start_job("dry-build", &host).await?;
+    // The same request twice does not queue twice.
+    assert_eq!(s.start_job("dry-build", &host).await?, queued);
+    // A queued job can be cancelled, a running one cannot.
+    let extra = s.start_job("build", &host).await?;
+    assert_eq!(
+        s.post(&format!("/jobs/{extra}/cancel"), &[])
+            .await?
+            .status(),
+        StatusCode::SEE_OTHER
+    );
+    assert_eq!(
+        s.post(&format!("/jobs/{running}/cancel"), &[])
+            .await?
+            .status(),
+        StatusCode::BAD_REQUEST
+    );
+
+    p.restart()?;
+    let s = p.login().await?;
+    let j = s.json(&format!("/api/v1/jobs/{running}")).await?;
+    assert_eq!(j["status"], "failed", "{j}");
+    assert!(
+        j["summary"].as_str().unwrap().contains("interrupted"),
+        "{j}"
+    );
+    assert!(j["finished_at"].is_i64());
+    assert_eq!(
+        s.json(&format!("/api/v1/jobs/{extra}")).await?["status"],
+        "cancelled"
+    );
+    let page = s.page(&format!("/jobs/{running}")).await?;
+    assert!(page.contains("interrupted: the panel stopped while this job ran"));
+
+    // The queue survived the restart: the dry-build runs now.
+    drop(lock);
+    let done = s.wait_job(queued, BUILD).await?;
+    assert_eq!(done["status"], "succeeded", "{done}");
+    Ok(())
+}
