@@ -1,0 +1,250 @@
+//! The notifications: summary, body and urgency for each event, in order, and no
+//! duplicate after a restart of the tray.
+
+mod common;
+
+use bento_core::agent_proto::Event;
+use bento_core::report::ReportStatus;
+use common::*;
+use time::{Duration, OffsetDateTime};
+
+const NORMAL: Option<u8> = Some(1);
+const CRITICAL: Option<u8> = Some(2);
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn each_event_is_notified_in_order() {
+    let dir = tempfile::tempdir().unwrap();
+    let bus = Bus::start(dir.path()).await;
+    let (_watcher, _) = serve_watcher(&bus).await;
+    let notes = NoteServer::serve(&bus, true).await;
+    let socket = dir.path().join("agent.sock");
+    let agent = Agent::start(&socket, status());
+    let tray = Tray::start(&bus, dir.path(), &socket);
+    agent.wait_subscribers(1).await;
+
+    agent.send(Event::CheckStarted);
+    agent.send(Event::UpdateStarted {
+        revision: REV2.into(),
+    });
+    let done = record(0, ReportStatus::Success, REV2, None, Some(12));
+    agent.send(Event::UpdateFinished { record: done });
+    agent.send(Event::RebootRequired);
+    let at = OffsetDateTime::now_utc() + Duration::hours(2);
+    agent.send(Event::RebootScheduled {
+        at,
+        deadline: at + Duration::hours(3),
+    });
+    let soon = OffsetDateTime::now_utc() + Duration::minutes(5) + Duration::seconds(30);
+    agent.send(Event::RebootScheduled {
+        at: soon,
+        deadline: soon,
+    });
+    let failed = record(
+        0,
+        ReportStatus::Failure,
+        REV2,
+        Some("not enough disk space"),
+        None,
+    );
+    agent.send(Event::UpdateFailed { record: failed });
+    let undone = record(
+        0,
+        ReportStatus::Rollback,
+        REV2,
+        Some("the update server was unreachable after the switch"),
+        None,
+    );
+    agent.send(Event::RolledBack { record: undone });
+
+    let n = notes.wait_count(6).await;
+    assert_eq!(
+        summaries(&n),
+        [
+            "Your computer was updated",
+            "Restart required to finish updating",
+            &*format!(
+                "Your computer will restart {}",
+                bento_tray::model::when(at, OffsetDateTime::now_utc(), tz())
+            ),
+            "Your computer will restart in 6 minutes",
+            "Update failed",
+            "Update undone",
+        ],
+        "\n--- tray log ---\n{}",
+        tray.log()
+    );
+    assert_eq!(
+        n[0].body,
+        "Now running version 2222222222bb. 12 packages changed."
+    );
+    assert_eq!(n[0].urgency, NORMAL);
+    assert_eq!(n[0].app, "Software updates");
+    assert_eq!(n[0].actions, ["default", "Show details"]);
+
+    assert_eq!(n[1].urgency, NORMAL);
+    assert!(
+        n[1].body
+            .starts_with("An update was installed. Restart your computer"),
+        "{}",
+        n[1].body
+    );
+    assert_eq!(
+        n[1].actions,
+        ["reboot", "Restart now", "default", "Show details"]
+    );
+
+    assert_eq!(n[2].urgency, NORMAL);
+    assert!(
+        n[2].body.contains("Save your work before then."),
+        "{}",
+        n[2].body
+    );
+    assert_eq!(
+        n[2].actions,
+        ["reboot", "Restart now", "postpone:3600", "Postpone"]
+    );
+
+    assert_eq!(n[3].urgency, CRITICAL, "an imminent restart is critical");
+    assert!(n[3].body.starts_with("Save your work now"), "{}", n[3].body);
+    assert!(
+        n[3].body.ends_with("It cannot be postponed further."),
+        "{}",
+        n[3].body
+    );
+    assert_eq!(n[3].actions, ["reboot", "Restart now"]);
+
+    assert_eq!(n[4].urgency, CRITICAL);
+    assert_eq!(
+        n[4].body,
+        "Not enough disk space. Your computer keeps running the previous version; the update will be tried again."
+    );
+    assert_eq!(n[5].urgency, CRITICAL);
+    assert!(n[5].body.starts_with(
+        "The update server was unreachable after the switch. The new version did not work"
+    ));
+    assert_eq!(n.len(), 6, "check and update start are not notified");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_reminder_comes_ten_minutes_before_the_restart() {
+    let dir = tempfile::tempdir().unwrap();
+    let bus = Bus::start(dir.path()).await;
+    let notes = NoteServer::serve(&bus, false).await;
+    let socket = dir.path().join("agent.sock");
+    let agent = Agent::start(&socket, status());
+    let _tray = Tray::start(&bus, dir.path(), &socket);
+    agent.wait_subscribers(1).await;
+
+    // Ten minutes and two seconds ahead: announced now, reminded two seconds later.
+    let at = OffsetDateTime::now_utc() + Duration::minutes(10) + Duration::seconds(2);
+    agent.send(Event::RebootScheduled {
+        at,
+        deadline: at + Duration::hours(1),
+    });
+    let n = notes.wait_count(2).await;
+    assert!(
+        n[0].summary
+            .starts_with("Your computer will restart today at")
+            || n[0]
+                .summary
+                .starts_with("Your computer will restart tomorrow at")
+    );
+    assert_eq!(n[0].urgency, NORMAL);
+    assert_eq!(n[1].summary, "Your computer will restart in 10 minutes");
+    assert_eq!(n[1].urgency, CRITICAL);
+    assert!(n[1].actions.is_empty(), "this server has no actions");
+    let gap = n[1].at - n[0].at;
+    assert!(
+        gap >= std::time::Duration::from_millis(1500),
+        "the reminder waited: {gap:?}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn no_duplicate_after_a_restart_but_missed_updates_are_told_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let bus = Bus::start(dir.path()).await;
+    let notes = NoteServer::serve(&bus, true).await;
+    let socket = dir.path().join("agent.sock");
+    let agent = Agent::start(&socket, status());
+
+    let tray = Tray::start(&bus, dir.path(), &socket);
+    agent.wait_subscribers(1).await;
+    agent.send(Event::UpdateFinished {
+        record: record(30, ReportStatus::Success, REV2, None, Some(3)),
+    });
+    agent.send(Event::RebootRequired);
+    notes.wait_count(2).await;
+    tray.stop().await;
+    agent.wait_subscribers(0).await;
+
+    // While no tray runs, an update fails.
+    let missed = record(
+        20,
+        ReportStatus::Failure,
+        "3333333333cccccccccc",
+        Some("build failed"),
+        None,
+    );
+    agent.set_status(|s| {
+        s.last_update = Some(missed.clone());
+        s.history.insert(0, missed.clone());
+    });
+
+    let tray = Tray::start(&bus, dir.path(), &socket);
+    agent.wait_subscribers(1).await;
+    let n = notes.wait_count(3).await;
+    assert_eq!(n[2].summary, "Update failed", "the missed failure is told");
+    assert_eq!(n[2].body.split('.').next(), Some("Build failed"));
+    // A later event is the sync point: anything repeated on connecting came before it.
+    agent.send(Event::UpdateFinished {
+        record: record(
+            10,
+            ReportStatus::Success,
+            "4444444444dddddddddd",
+            None,
+            None,
+        ),
+    });
+    let n = notes.wait_count(4).await;
+    assert_eq!(
+        summaries(&n),
+        [
+            "Your computer was updated",
+            "Restart required to finish updating",
+            "Update failed",
+            "Your computer was updated"
+        ],
+        "\n--- tray log ---\n{}",
+        tray.log()
+    );
+    assert_eq!(n[3].body, "Now running version 4444444444dd.");
+    tray.stop().await;
+    agent.wait_subscribers(0).await;
+
+    // A third start sees the same last update and restart: nothing new to say.
+    let tray = Tray::start(&bus, dir.path(), &socket);
+    agent.wait_subscribers(1).await;
+    agent.send(Event::RolledBack {
+        record: record(
+            0,
+            ReportStatus::Rollback,
+            "5555555555eeeeeeeeee",
+            Some("the network was down after the switch"),
+            None,
+        ),
+    });
+    let n = notes.wait_count(5).await;
+    assert_eq!(
+        summaries(&n[4..]),
+        ["Update undone"],
+        "\n--- tray log ---\n{}",
+        tray.log()
+    );
+    assert_eq!(n.len(), 5);
+}
+
+/// The tests run the tray with `TZ=UTC`.
+fn tz() -> time::UtcOffset {
+    time::UtcOffset::UTC
+}

@@ -1,0 +1,107 @@
+//! The tray waits for the agent, reconnects when it restarts, and keeps working
+//! without a tray host.
+
+mod common;
+
+use bento_core::agent_proto::Event;
+use bento_core::report::ReportStatus;
+use common::*;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn starts_before_the_agent_and_connects() {
+    let dir = tempfile::tempdir().unwrap();
+    let bus = Bus::start(dir.path()).await;
+    let (_watcher, _) = serve_watcher(&bus).await;
+    let _notes = NoteServer::serve(&bus, true).await;
+    let socket = dir.path().join("agent.sock");
+    let tray = Tray::start(&bus, dir.path(), &socket);
+    let conn = bus.connect().await;
+
+    let v = wait_title(&conn, &tray, "The update service is not running").await;
+    assert_eq!(v.icon_name, "network-offline");
+    assert!(v
+        .tooltip_body
+        .contains("Updates resume as soon as it is back."));
+
+    let _agent = Agent::start(&socket, status());
+    wait_title(&conn, &tray, "Your computer is up to date").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reconnects_after_the_agent_restarts() {
+    let dir = tempfile::tempdir().unwrap();
+    let bus = Bus::start(dir.path()).await;
+    let (_watcher, _) = serve_watcher(&bus).await;
+    let notes = NoteServer::serve(&bus, true).await;
+    let socket = dir.path().join("agent.sock");
+    let agent = Agent::start(&socket, status());
+    let tray = Tray::start(&bus, dir.path(), &socket);
+    let conn = bus.connect().await;
+    wait_title(&conn, &tray, "Your computer is up to date").await;
+
+    let state = agent.stop();
+    wait_title(&conn, &tray, "The update service is not running").await;
+
+    let agent = Agent::restart(&socket, state, |s| s.reboot_required = true);
+    wait_title(&conn, &tray, "Restart required to finish updating").await;
+    agent.wait_subscribers(1).await;
+
+    // Events flow on the new connection.
+    agent.send(Event::UpdateFinished {
+        record: record(0, ReportStatus::Success, REV2, None, None),
+    });
+    let n = notes.wait_count(2).await;
+    assert_eq!(
+        summaries(&n),
+        [
+            "Restart required to finish updating",
+            "Your computer was updated"
+        ]
+    );
+    assert!(tray.log().contains("reconnecting"), "{}", tray.log());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn runs_without_a_tray_host_and_still_notifies() {
+    let dir = tempfile::tempdir().unwrap();
+    let bus = Bus::start(dir.path()).await;
+    let notes = NoteServer::serve(&bus, false).await;
+    let socket = dir.path().join("agent.sock");
+    let agent = Agent::start(&socket, status());
+    let mut tray = Tray::start(&bus, dir.path(), &socket);
+
+    tray.wait_log("no system tray on this desktop").await;
+    agent.wait_subscribers(1).await;
+    agent.send(Event::UpdateFinished {
+        record: record(0, ReportStatus::Success, REV2, None, Some(1)),
+    });
+    let n = notes.wait_count(1).await;
+    assert_eq!(n[0].summary, "Your computer was updated");
+    assert_eq!(
+        n[0].body,
+        "Now running version 2222222222bb. 1 package changed."
+    );
+    assert!(
+        n[0].actions.is_empty(),
+        "no buttons where the server has none"
+    );
+    assert!(
+        tray.child.try_wait().unwrap().is_none(),
+        "the tray keeps running"
+    );
+
+    // A tray host that appears later gets the item.
+    let (_watcher, items) = serve_watcher(&bus).await;
+    let name = tray.item_name();
+    wait_for("the item to register with the late watcher", || async {
+        items.lock().unwrap().contains(&name).then_some(())
+    })
+    .await;
+    let conn = bus.connect().await;
+    wait_title(&conn, &tray, "Your computer is up to date").await;
+    assert_eq!(
+        tray.log().matches("no system tray on this desktop").count(),
+        1,
+        "said once"
+    );
+}

@@ -1,0 +1,159 @@
+//! The item's title, icon, tooltip and menu in each state, read over D-Bus as a
+//! tray host reads them.
+
+mod common;
+
+use bento_core::agent_proto::Event;
+use bento_core::report::ReportStatus;
+use common::*;
+use time::{Duration, OffsetDateTime};
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn icon_title_and_menu_follow_the_agent() {
+    let dir = tempfile::tempdir().unwrap();
+    let bus = Bus::start(dir.path()).await;
+    let (_watcher, items) = serve_watcher(&bus).await;
+    let _notes = NoteServer::serve(&bus, true).await;
+    let socket = dir.path().join("agent.sock");
+    let agent = Agent::start(&socket, status());
+    let tray = Tray::start(&bus, dir.path(), &socket);
+    let conn = bus.connect().await;
+
+    let v = wait_title(&conn, &tray, "Your computer is up to date").await;
+    assert!(
+        items.lock().unwrap().contains(&tray.item_name()),
+        "the item registers with the watcher"
+    );
+    assert_eq!(v.icon_name, "security-high");
+    assert_eq!(v.status, "Active");
+    assert_eq!(v.tooltip_title, "Your computer is up to date");
+    assert!(
+        v.tooltip_body.contains("Running version 1111111111aa"),
+        "{}",
+        v.tooltip_body
+    );
+    assert!(
+        v.tooltip_body.contains("No update installed yet"),
+        "{}",
+        v.tooltip_body
+    );
+    assert!(
+        !v.pixmap_sizes.is_empty(),
+        "pixmaps for hosts without the theme icon"
+    );
+    assert_eq!(
+        v.labels(),
+        [
+            "Your computer is up to date",
+            "Check for updates now",
+            "Show details…",
+            "Quit"
+        ]
+    );
+    assert!(
+        !v.entry("Your computer is up to date").enabled,
+        "the status line is not clickable"
+    );
+    assert!(v.entry("Check for updates now").enabled);
+    agent.wait_subscribers(1).await;
+
+    agent.send(Event::CheckStarted);
+    let v = wait_title(&conn, &tray, "Checking for updates…").await;
+    assert_eq!(v.icon_name, "software-update-available");
+    assert!(
+        !v.entry("Check for updates now").enabled,
+        "no second check while one runs"
+    );
+
+    agent.send(Event::UpdateStarted {
+        revision: REV2.into(),
+    });
+    wait_title(&conn, &tray, "Preparing updates…").await;
+
+    let done = record(0, ReportStatus::Success, REV2, None, Some(12));
+    agent.send(Event::UpdateFinished { record: done });
+    let v = wait_title(&conn, &tray, "Your computer is up to date").await;
+    assert!(
+        v.tooltip_body.contains("Running version 2222222222bb"),
+        "{}",
+        v.tooltip_body
+    );
+    assert!(
+        v.tooltip_body.contains("Last update today at"),
+        "{}",
+        v.tooltip_body
+    );
+    assert!(v.tooltip_body.contains(": installed"), "{}", v.tooltip_body);
+
+    agent.send(Event::RebootRequired);
+    let v = wait_title(&conn, &tray, "Restart required to finish updating").await;
+    assert_eq!(
+        (v.icon_name.as_str(), v.status.as_str()),
+        ("system-reboot", "NeedsAttention")
+    );
+    assert_eq!(
+        v.labels(),
+        [
+            "Restart required to finish updating",
+            "Check for updates now",
+            "Show details…",
+            "Restart now",
+            "Quit"
+        ]
+    );
+
+    let at = OffsetDateTime::now_utc() + Duration::hours(2);
+    agent.send(Event::RebootScheduled {
+        at,
+        deadline: at + Duration::hours(3),
+    });
+    let v = wait_for("the postpone entry", || async {
+        read_item(&conn, &tray.item_name())
+            .await
+            .ok()
+            .filter(|v| v.labels().contains(&"Postpone restart by 1 hour"))
+    })
+    .await;
+    assert!(
+        v.tooltip_body.contains("Restart scheduled "),
+        "{}",
+        v.tooltip_body
+    );
+
+    let failed = record(
+        0,
+        ReportStatus::Failure,
+        REV2,
+        Some("not enough disk space"),
+        None,
+    );
+    agent.send(Event::UpdateFailed { record: failed });
+    let v = wait_title(&conn, &tray, "The last update failed").await;
+    assert_eq!(v.icon_name, "dialog-error");
+    assert!(
+        v.tooltip_body.contains("failed (not enough disk space)"),
+        "{}",
+        v.tooltip_body
+    );
+    assert!(
+        v.labels().contains(&"Restart now"),
+        "a pending restart stays reachable"
+    );
+
+    let undone = record(
+        0,
+        ReportStatus::Rollback,
+        REV2,
+        Some("the server was unreachable after the switch"),
+        None,
+    );
+    agent.send(Event::RolledBack { record: undone });
+    let v = wait_title(&conn, &tray, "The last update was undone").await;
+    assert_eq!(v.icon_name, "dialog-warning");
+
+    agent.stop();
+    let v = wait_title(&conn, &tray, "The update service is not running").await;
+    assert_eq!(v.icon_name, "network-offline");
+    assert!(!v.entry("Check for updates now").enabled);
+    assert!(!v.labels().contains(&"Restart now"));
+}

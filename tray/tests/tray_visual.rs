@@ -1,0 +1,366 @@
+//! Under Xvfb with a real tray host (xfce4-panel's systray) and a real notification
+//! daemon (dunst): screenshots of the icon and of the details window, saved into
+//! `$BENTO_SCREENSHOTS` or `target/screenshots/` (printed).
+
+mod common;
+
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+
+use bento_core::agent_proto::{Event, ScheduledReboot};
+use bento_core::report::ReportStatus;
+use common::*;
+use time::{Duration, OffsetDateTime};
+use tokio::io::{AsyncBufReadExt, BufReader};
+use tokio::process::{Child, Command};
+
+/// The panel: one panel at the top with a systray plugin (which also serves the
+/// StatusNotifierWatcher).
+const PANEL_XML: &str = r#"<?xml version="1.0" encoding="UTF-8"?>
+<channel name="xfce4-panel" version="1.0">
+  <property name="configver" type="int" value="2"/>
+  <property name="panels" type="array">
+    <value type="int" value="1"/>
+    <property name="panel-1" type="empty">
+      <property name="position" type="string" value="p=6;x=0;y=0"/>
+      <property name="length" type="uint" value="100"/>
+      <property name="position-locked" type="bool" value="true"/>
+      <property name="size" type="uint" value="40"/>
+      <property name="background-style" type="uint" value="1"/>
+      <property name="background-rgba" type="array">
+        <value type="double" value="0.93"/>
+        <value type="double" value="0.93"/>
+        <value type="double" value="0.93"/>
+        <value type="double" value="1"/>
+      </property>
+      <property name="plugin-ids" type="array">
+        <value type="int" value="1"/>
+      </property>
+    </property>
+  </property>
+  <property name="plugins" type="empty">
+    <property name="plugin-1" type="string" value="systray">
+      <property name="icon-size" type="int" value="32"/>
+      <property name="square-icons" type="bool" value="true"/>
+    </property>
+  </property>
+</channel>
+"#;
+
+/// The reboot-pending orange of the tray's own icon and of the window's badge.
+const ORANGE: &str = "#E65100";
+/// The failed red and the rolled-back amber, likewise.
+const RED: &str = "#C62828";
+const AMBER: &str = "#F9A825";
+
+fn have(program: &str) -> bool {
+    std::env::var_os("PATH")
+        .map(|p| std::env::split_paths(&p).any(|d| d.join(program).is_file()))
+        .unwrap_or(false)
+}
+
+fn shots_dir() -> PathBuf {
+    let dir = std::env::var_os("BENTO_SCREENSHOTS")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| {
+            // CARGO_TARGET_DIR when set, else the workspace's target/.
+            let target = std::env::var_os("CARGO_TARGET_DIR")
+                .map(PathBuf::from)
+                .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("../target"));
+            target.join("screenshots")
+        });
+    std::fs::create_dir_all(&dir).unwrap();
+    dir
+}
+
+/// The X display, the bus and the session's processes, all on one environment.
+struct Session {
+    display: String,
+    env: Vec<(String, String)>,
+    children: Vec<Child>,
+}
+
+impl Session {
+    fn command(&self, program: &str) -> Command {
+        let mut c = Command::new(program);
+        c.envs(self.env.iter().map(|(k, v)| (k, v)))
+            .stdin(Stdio::null())
+            .kill_on_drop(true);
+        c
+    }
+
+    /// Screenshot of the root window into `path`; how many pixels have `colour`.
+    async fn shot(&self, path: &Path, colour: &str) -> usize {
+        let ok = self
+            .command("import")
+            .args(["-window", "root"])
+            .arg(path)
+            .stderr(Stdio::null())
+            .status()
+            .await
+            .unwrap()
+            .success();
+        if !ok {
+            return 0;
+        }
+        count_colour(path, colour).await
+    }
+}
+
+impl Session {
+    /// Screenshot of one window (by name) into `path`; how many pixels have `colour`.
+    async fn shot_window(&self, name: &str, path: &Path, colour: &str) -> usize {
+        let ok = self
+            .command("import")
+            .args(["-window", name])
+            .arg(path)
+            .stderr(Stdio::null())
+            .status()
+            .await
+            .unwrap()
+            .success();
+        if !ok {
+            return 0;
+        }
+        count_colour(path, colour).await
+    }
+}
+
+async fn count_colour(path: &Path, colour: &str) -> usize {
+    let out = Command::new("convert")
+        .arg(path)
+        .args(["-format", "%c", "histogram:info:-"])
+        .output()
+        .await
+        .unwrap();
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .filter(|l| l.contains(colour))
+        .filter_map(|l| l.trim().split(':').next()?.trim().parse::<usize>().ok())
+        .sum()
+}
+
+async fn start_xvfb() -> (Child, String) {
+    // -displayfd: Xvfb picks a free display and prints its number.
+    let mut x = Command::new("Xvfb")
+        .args([
+            "-displayfd",
+            "1",
+            "-screen",
+            "0",
+            "1024x700x24",
+            "-nolisten",
+            "tcp",
+        ])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    let mut lines = BufReader::new(x.stdout.take().unwrap()).lines();
+    let n = tokio::time::timeout(DEADLINE, lines.next_line())
+        .await
+        .expect("Xvfb prints its display")
+        .unwrap()
+        .expect("Xvfb prints its display");
+    (x, format!(":{}", n.trim()))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn screenshots_of_the_icon_and_the_details_window() {
+    for p in ["Xvfb", "xfce4-panel", "import", "convert", "xwininfo"] {
+        if !have(p) {
+            eprintln!("SKIPPED: {p} is missing (scripts/setup-debian.sh --tests installs it)");
+            return;
+        }
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let home = dir.path().join("home");
+    let config = home.join(".config");
+    let xml = config.join("xfce4/xfconf/xfce-perchannel-xml");
+    std::fs::create_dir_all(&xml).unwrap();
+    std::fs::write(xml.join("xfce4-panel.xml"), PANEL_XML).unwrap();
+
+    let (xvfb, display) = start_xvfb().await;
+    let mut env: Vec<(String, String)> = vec![
+        ("DISPLAY".into(), display.clone()),
+        ("HOME".into(), home.display().to_string()),
+        ("XDG_CONFIG_HOME".into(), config.display().to_string()),
+        ("XDG_RUNTIME_DIR".into(), dir.path().display().to_string()),
+        ("NO_AT_BRIDGE".into(), "1".into()),
+        ("TZ".into(), "UTC".into()),
+    ];
+    // Services the bus starts (xfconfd, which serves the panel its settings) must
+    // see the same HOME and XDG_CONFIG_HOME.
+    let bus = Bus::start_with(dir.path(), true, &env).await;
+    env.push(("DBUS_SESSION_BUS_ADDRESS".into(), bus.address.clone()));
+    let mut session = Session {
+        display: display.clone(),
+        env,
+        children: vec![xvfb],
+    };
+    let conn = bus.connect().await;
+    let dbus = zbus::fdo::DBusProxy::new(&conn).await.unwrap();
+    let has_name = |name: &'static str| {
+        let dbus = dbus.clone();
+        async move {
+            dbus.name_has_owner(name.try_into().unwrap())
+                .await
+                .unwrap_or(false)
+                .then_some(())
+        }
+    };
+
+    let panel = session
+        .command("xfce4-panel")
+        .arg("--disable-wm-check")
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    session.children.push(panel);
+    wait_for("the panel's StatusNotifierWatcher", || {
+        has_name("org.kde.StatusNotifierWatcher")
+    })
+    .await;
+    let dunst = session
+        .command("dunst")
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    session.children.push(dunst);
+    wait_for("dunst on the bus", || {
+        has_name("org.freedesktop.Notifications")
+    })
+    .await;
+
+    // A machine that was just updated and will restart this evening.
+    let socket = dir.path().join("agent.sock");
+    let mut s = status();
+    let updated = record(3, ReportStatus::Success, REV2, None, Some(42));
+    s.history = vec![
+        updated.clone(),
+        record(
+            60 * 24,
+            ReportStatus::Failure,
+            "1a2b3c4d5e6f7a8b9c0d",
+            Some("not enough disk space"),
+            None,
+        ),
+        record(60 * 26, ReportStatus::Success, REV1, None, Some(7)),
+    ];
+    s.last_update = Some(updated);
+    s.revision = Some(REV2.into());
+    s.reboot_required = true;
+    let at = OffsetDateTime::now_utc() + Duration::hours(3);
+    s.reboot_scheduled = Some(ScheduledReboot {
+        at,
+        deadline: at + Duration::hours(2),
+    });
+    s.last_changes = vec![
+        "firefox: 128.0 → 129.0.1".into(),
+        "linux: 6.6.40 → 6.6.44 (restart needed)".into(),
+        "libreoffice: 24.2.4 → 24.2.5".into(),
+    ];
+    s.log_tail = vec![
+        "downloading release 2222222222bb".into(),
+        "building the new system".into(),
+        "switching to the new system".into(),
+        "the new kernel needs a restart".into(),
+    ];
+    let agent = Agent::start(&socket, s);
+
+    let mut env: Vec<(&str, &str)> = session
+        .env
+        .iter()
+        .map(|(k, v)| (k.as_str(), v.as_str()))
+        .collect();
+    env.retain(|(k, _)| *k != "DBUS_SESSION_BUS_ADDRESS");
+    let tray = Tray::start_with(&bus, dir.path(), &socket, &env);
+    let shots = shots_dir();
+    let tray_png = shots.join("tray-reboot-pending.png");
+    let panel_px = wait_for("the orange tray icon on screen", || async {
+        let n = session.shot(&tray_png, ORANGE).await;
+        (n > 50).then_some(n)
+    })
+    .await;
+    let strip = shots.join("tray-panel-strip.png");
+    Command::new("convert")
+        .arg(&tray_png)
+        .args(["-crop", "1024x40+0+0", "+repage", "-scale", "200%"])
+        .arg(&strip)
+        .status()
+        .await
+        .unwrap();
+
+    // An event while we watch: dunst shows the notification.
+    agent.wait_subscribers(1).await;
+    let failed = record(
+        0,
+        ReportStatus::Failure,
+        "3333333333cccccccccc",
+        Some("the update server did not answer"),
+        None,
+    );
+    agent.send(Event::UpdateFailed { record: failed });
+    tray.wait_log("notified #").await;
+
+    // "Show details…" from the menu starts the window as a child of the tray.
+    let view = wait_title(&conn, &tray, "The last update failed").await;
+    let details_png = shots.join("details-window.png");
+    let red_before = session.shot(&details_png, RED).await;
+    click(&conn, &tray, &view, "Show details…").await;
+    tray.wait_log("details window shows: The last update failed (4 updates listed)")
+        .await;
+    wait_for("the details window", || async {
+        let out = session
+            .command("xwininfo")
+            .args(["-root", "-tree"])
+            .output()
+            .await
+            .ok()?;
+        String::from_utf8_lossy(&out.stdout)
+            .contains("\"Update details\"")
+            .then_some(())
+    })
+    .await;
+    // The page is painted once its red badge (36 px across) is on screen.
+    wait_for("the details page painted", || async {
+        let n = session.shot(&details_png, RED).await;
+        (n > red_before + 700).then_some(())
+    })
+    .await;
+    // The window follows the agent while open.
+    let undone = record(
+        0,
+        ReportStatus::Rollback,
+        "3333333333cccccccccc",
+        Some("the update server was unreachable after the switch"),
+        None,
+    );
+    agent.send(Event::RolledBack { record: undone });
+    tray.wait_log("details window shows: The last update was undone (5 updates listed)")
+        .await;
+    let window_png = shots.join("details-window-after-rollback.png");
+    // Repainted once its badge turned amber (rolled back).
+    wait_for("the details window repainted", || async {
+        let n = session
+            .shot_window("Update details", &window_png, AMBER)
+            .await;
+        (n > 700).then_some(())
+    })
+    .await;
+
+    println!(
+        "screenshots in {} (display {}):",
+        shots.display(),
+        session.display
+    );
+    for p in [&tray_png, &strip, &details_png, &window_png] {
+        println!("  {}", p.display());
+    }
+    println!("orange icon pixels in the panel: {panel_px}");
+    drop(agent);
+    tray.stop().await;
+}
