@@ -4,10 +4,10 @@
 # Usage: scripts/setup-debian.sh [--tests]   (as root, or through sudo)
 set -euo pipefail
 
-want=(nix-bin openssh-server openssh-client sqlite3 ca-certificates)
+want=(nix-bin openssh-server openssh-client sqlite3 ca-certificates build-essential pkg-config)
 if [ "${1:-}" = "--tests" ]; then
   want+=(chromium chromium-driver dbus-daemon dbus xvfb xfce4-panel x11-utils imagemagick
-         fonts-dejavu-core dunst wrk hyperfine build-essential pkg-config
+         fonts-dejavu-core dunst wrk hyperfine curl
          libwebkit2gtk-4.1-dev libgtk-3-dev libsoup-3.0-dev)
 fi
 

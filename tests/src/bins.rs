@@ -3,14 +3,14 @@
 
 use std::path::PathBuf;
 
-/// `target/<profile>/<name>`, found next to the running test executable.
+/// `target/<profile>/<name>`, found next to the running test executable (in
+/// `target/<profile>/deps/`) or program (in `target/<profile>/`).
 pub fn bin(name: &str) -> PathBuf {
-    let exe = std::env::current_exe().expect("current test executable");
-    // target/<profile>/deps/<test>-<hash>
-    let profile_dir = exe
-        .parent()
-        .and_then(|deps| deps.parent())
-        .expect("test executable lives in target/<profile>/deps");
+    let exe = std::env::current_exe().expect("current executable");
+    let mut profile_dir = exe.parent().expect("executable has a directory");
+    if profile_dir.ends_with("deps") {
+        profile_dir = profile_dir.parent().expect("target/<profile>");
+    }
     let p = profile_dir.join(name);
     assert!(
         p.is_file(),

@@ -1,0 +1,280 @@
+//! A demo fleet on this machine, in one command (`scripts/run.sh` runs it): toy
+//! NixOS hosts built by the real nix, published by the real `bento deploy` into
+//! chroots served by a real OpenSSH sshd, one real `bento-agent daemon` per host
+//! in sandbox paths, and the panel. Only the toy systems are simulated.
+//!
+//! Needs root (it creates one system user per demo host). Ctrl-C stops everything
+//! and removes the users, sshd and chroots it made; the bento directory is kept so
+//! it can be looked at.
+
+use std::fs;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::{bail, Context, Result};
+use bento_tests::sshd::SshServer;
+use bento_tests::toy::ToyFleet;
+use bento_tests::{bins, nixenv};
+
+struct Options {
+    dir: PathBuf,
+    listen: String,
+    interval: u64,
+    user: String,
+    password: String,
+}
+
+fn parse_args() -> Result<Options> {
+    let mut o = Options {
+        dir: PathBuf::from("/var/lib/bento-demo"),
+        listen: "127.0.0.1:8080".into(),
+        interval: 15,
+        user: "admin".into(),
+        password: "bento-demo".into(),
+    };
+    let mut args = std::env::args().skip(1);
+    while let Some(a) = args.next() {
+        let mut val = || args.next().with_context(|| format!("{a} needs a value"));
+        match a.as_str() {
+            "--dir" => o.dir = PathBuf::from(val()?),
+            "--listen" => o.listen = val()?,
+            "--interval" => o.interval = val()?.parse().context("--interval takes seconds")?,
+            "--password" => o.password = val()?,
+            "-h" | "--help" => {
+                println!("usage: bento-demo [--dir DIR] [--listen ADDR] [--interval SECS] [--password PW]");
+                std::process::exit(0);
+            }
+            other => bail!("unknown argument {other:?} (see --help)"),
+        }
+    }
+    Ok(o)
+}
+
+/// Children killed (and waited for) on drop.
+struct Children(Vec<Child>);
+
+impl Drop for Children {
+    fn drop(&mut self) {
+        for c in &mut self.0 {
+            let _ = c.kill();
+        }
+        for c in &mut self.0 {
+            let _ = c.wait();
+        }
+    }
+}
+
+fn bento(dir: &Path, fleet: &ToyFleet) -> Command {
+    let mut c = Command::new(bins::bin("bento"));
+    c.env("BENTO_DIR", dir.join("bento"))
+        .env("NIX_PATH", fleet.nix_path())
+        .envs(nixenv::nix_env());
+    c
+}
+
+fn main() -> Result<()> {
+    let o = parse_args()?;
+    if !is_root() {
+        bail!("the demo creates a system user per demo host: run it as root");
+    }
+    let stop = Arc::new(AtomicBool::new(false));
+    signal_hook::flag::register(signal_hook::consts::SIGINT, stop.clone())?;
+    signal_hook::flag::register(signal_hook::consts::SIGTERM, stop.clone())?;
+
+    // A fresh bento directory each run: the demo shows a fleet from its first poll.
+    let _ = fs::remove_dir_all(&o.dir);
+    fs::create_dir_all(&o.dir)?;
+    let hosts = ["demo-web", "demo-db", "demo-lab"];
+    let mut fleet = ToyFleet::new(&o.dir.join("bento"))?;
+    fleet.flake_host("demo-office", &hosts[..2])?;
+    fleet.nonflake_host(hosts[2])?;
+    fleet.write_file("demo-office", "motd.txt", "Welcome to the demo office.\n")?;
+
+    eprintln!("bento-demo: starting sshd with one chroot SFTP user per host…");
+    let ssh = SshServer::start(&hosts)?;
+    fs::write(
+        o.dir.join("bento/bento.toml"),
+        format!(
+            r#"# The demo fleet: edit a host under hosts/, then deploy from the panel.
+chroot_dir = {chroot:?}
+remote = "127.0.0.1"
+remote_port = {port}
+poll_interval = {interval}
+
+[web]
+listen = {listen:?}
+database_url = "sqlite://{db}"
+
+[hosts.demo-web]
+tags = ["office", "web"]
+
+[hosts.demo-db]
+tags = ["office", "database"]
+
+[hosts.demo-lab]
+tags = ["lab"]
+"#,
+            chroot = ssh.chroot_dir().display().to_string(),
+            port = ssh.port(),
+            interval = o.interval,
+            listen = o.listen,
+            db = o.dir.join("panel.sqlite").display(),
+        ),
+    )?;
+
+    eprintln!("bento-demo: bento deploy (real nix builds of the toy systems)…");
+    let out = bento(&o.dir, &fleet).arg("deploy").output()?;
+    if !out.status.success() {
+        bail!(
+            "bento deploy failed:\n{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+
+    let mut add_user = bento(&o.dir, &fleet)
+        .args(["user", "add", &o.user, "--password-stdin"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::null())
+        .spawn()?;
+    {
+        use std::io::Write;
+        add_user
+            .stdin
+            .take()
+            .unwrap()
+            .write_all(format!("{}\n", o.password).as_bytes())?;
+    }
+    if !add_user.wait()?.success() {
+        bail!("cannot create the demo login");
+    }
+
+    let mut children = Children(Vec::new());
+    for host in hosts {
+        let adir = o.dir.join("agents").join(host);
+        fs::create_dir_all(adir.join("profiles"))?;
+        fleet.fake_booted_system(&adir.join("booted-system"), "6.1.0")?;
+        let opts: Vec<String> = ssh
+            .client_options(host)
+            .chunks(2)
+            .filter_map(|kv| kv.get(1).cloned())
+            .filter(|o| {
+                !o.starts_with("Port=")
+                    && !o.starts_with("User=")
+                    && !o.starts_with("IdentityFile=")
+            })
+            .collect();
+        let config = format!(
+            r#"server = "127.0.0.1"
+port = {port}
+user = {host:?}
+host = {host:?}
+identity_file = {key:?}
+ssh_options = {opts:?}
+interval = {interval}
+jitter = 3
+state_dir = {state:?}
+runtime_dir = {run:?}
+system_profile = {profile:?}
+booted_system = {booted:?}
+reboot_command = ["true"]
+nix_path = [{nix_path:?}]
+"#,
+            port = ssh.port(),
+            key = ssh.key_path(host).display().to_string(),
+            interval = o.interval,
+            state = adir.join("state").display().to_string(),
+            run = adir.join("run").display().to_string(),
+            profile = adir.join("profiles/system").display().to_string(),
+            booted = adir.join("booted-system").display().to_string(),
+            nix_path = fleet.nix_path(),
+        );
+        fs::write(adir.join("agent.toml"), config)?;
+        let log = fs::File::create(adir.join("agent.log"))?;
+        children.0.push(
+            Command::new(bins::bin("bento-agent"))
+                .arg("--config")
+                .arg(adir.join("agent.toml"))
+                .arg("daemon")
+                .envs(nixenv::nix_env())
+                .env("NIX_PATH", fleet.nix_path())
+                .stdout(log.try_clone()?)
+                .stderr(log)
+                .spawn()
+                .context("starting bento-agent")?,
+        );
+    }
+
+    let panel_log = fs::File::create(o.dir.join("panel.log"))?;
+    children.0.push(
+        bento(&o.dir, &fleet)
+            .arg("serve")
+            .stdout(panel_log.try_clone()?)
+            .stderr(panel_log)
+            .spawn()
+            .context("starting bento serve")?,
+    );
+    // The panel prints where it listens (the port may have been chosen by the system).
+    let panel_log = o.dir.join("panel.log");
+    let addr = bento_tests::wait_for(Duration::from_secs(60), || {
+        let log = fs::read_to_string(&panel_log).ok()?;
+        let rest = log.split("listening on http://").nth(1)?;
+        Some(
+            rest.split_whitespace()
+                .next()?
+                .trim_end_matches('/')
+                .to_owned(),
+        )
+    });
+    let Some(addr) = addr else {
+        bail!("the panel did not start; see {}", panel_log.display());
+    };
+    println!();
+    println!("  bento demo fleet is running.");
+    println!(
+        "  Panel:     http://{addr}/   (login {} / {})",
+        o.user, o.password
+    );
+    println!(
+        "  Hosts:     {} (agents poll every {} s)",
+        hosts.join(", "),
+        o.interval
+    );
+    println!(
+        "  Directory: {}   (edit hosts/, then deploy from the panel)",
+        o.dir.join("bento").display()
+    );
+    println!(
+        "  Status:    BENTO_DIR={} bento status",
+        o.dir.join("bento").display()
+    );
+    println!(
+        "  Logs:      {}/agents/<host>/agent.log, {}/panel.log",
+        o.dir.display(),
+        o.dir.display()
+    );
+    println!("  Ctrl-C stops the demo and removes its users and sshd.");
+    println!();
+
+    while !stop.load(Ordering::Relaxed) {
+        std::thread::sleep(Duration::from_millis(200));
+        for c in &mut children.0 {
+            if let Ok(Some(st)) = c.try_wait() {
+                eprintln!("bento-demo: a demo process exited ({st}); stopping");
+                stop.store(true, Ordering::Relaxed);
+            }
+        }
+    }
+    eprintln!("bento-demo: stopping…");
+    drop(children);
+    drop(ssh);
+    Ok(())
+}
+
+fn is_root() -> bool {
+    fs::metadata("/proc/self")
+        .map(|m| std::os::unix::fs::MetadataExt::uid(&m) == 0)
+        .unwrap_or(false)
+}

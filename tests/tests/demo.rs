@@ -1,0 +1,63 @@
+//! The one-command demo: every demo host reaches "up to date" through real sshd,
+//! real agents and the real panel, and stopping it removes what it made.
+
+use std::io::{BufRead, BufReader};
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+use anyhow::{Context, Result};
+use bento_tests::{bins, wait_for, wait_until, TestDir};
+
+#[test]
+fn the_demo_fleet_comes_up_to_date_and_cleans_up() -> Result<()> {
+    let dir = TestDir::new("demo")?;
+    let demo_dir = dir.join("demo");
+    let mut child = Command::new(bins::bin("bento-demo"))
+        .arg("--dir")
+        .arg(&demo_dir)
+        .args(["--listen", "127.0.0.1:0", "--interval", "3"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .spawn()?;
+    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+    let panel = loop {
+        let line = lines.next().context("the demo ended before starting")??;
+        if let Some(rest) = line.trim().strip_prefix("Panel:") {
+            break rest.split_whitespace().next().unwrap().to_owned();
+        }
+    };
+    std::thread::spawn(move || for _ in lines {});
+
+    let status = || -> Option<Vec<serde_json::Value>> {
+        let out = Command::new(bins::bin("bento"))
+            .args(["status", "--json"])
+            .env("BENTO_DIR", demo_dir.join("bento"))
+            .output()
+            .ok()?;
+        serde_json::from_slice(&out.stdout).ok()
+    };
+    let all_up = wait_for(Duration::from_secs(180), || {
+        let rows = status()?;
+        (rows.len() == 3 && rows.iter().all(|r| r["state"] == "up-to-date")).then_some(rows)
+    });
+    let healthz = Command::new("curl")
+        .args(["-fsS", &format!("{panel}healthz")])
+        .output();
+    Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()?;
+    let exited = wait_until(Duration::from_secs(30), || {
+        child.try_wait().ok().flatten().is_some()
+    });
+    let rows = all_up.with_context(|| format!("demo hosts not up to date: {:#?}", status()))?;
+    let hosts: Vec<&str> = rows.iter().map(|r| r["host"].as_str().unwrap()).collect();
+    assert_eq!(hosts, ["demo-db", "demo-lab", "demo-web"]);
+    let h = healthz?;
+    assert!(h.status.success(), "{panel}healthz: {h:?}");
+    assert!(exited, "the demo did not stop on SIGTERM");
+    for h in hosts {
+        let id = Command::new("id").arg(h).output()?;
+        assert!(!id.status.success(), "user {h} left behind");
+    }
+    Ok(())
+}
