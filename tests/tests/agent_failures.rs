@@ -37,7 +37,11 @@ fn wait_exit(child: &mut Child) -> Result<Option<i32>> {
     }
 }
 
-fn only_report(fleet: &Fleet, host: &str, status: ReportStatus) -> Result<bento_core::report::ReportMeta> {
+fn only_report(
+    fleet: &Fleet,
+    host: &str,
+    status: ReportStatus,
+) -> Result<bento_core::report::ReportMeta> {
     let reports = fleet.reports(host);
     let r = reports
         .iter()
@@ -130,7 +134,11 @@ fn server_gone_after_activation_rolls_back_and_reports_when_back() -> Result<()>
             .local_status()
             .is_some_and(|s| matches!(s.activity, Activity::Building | Activity::Activating))
     });
-    assert!(building, "the agent never built:\n{}", agent.spawned_log("rollback"));
+    assert!(
+        building,
+        "the agent never built:\n{}",
+        agent.spawned_log("rollback")
+    );
     fleet.server.stop()?;
     let code = wait_exit(&mut child)?;
     let log = agent.spawned_log("rollback");
@@ -146,7 +154,11 @@ fn server_gone_after_activation_rolls_back_and_reports_when_back() -> Result<()>
         .collect();
     assert_eq!(actions, ["switch", "switch", "switch"]);
     assert!(log.contains("server unreachable after activation"), "{log}");
-    assert_eq!(agent.outbox().len(), 1, "the rollback report waits in the outbox");
+    assert_eq!(
+        agent.outbox().len(),
+        1,
+        "the rollback report waits in the outbox"
+    );
 
     fleet.server.restart()?;
     let run = agent.run_once()?;
@@ -174,7 +186,12 @@ fn a_report_the_server_refuses_is_delivered_on_the_next_poll() -> Result<()> {
     std::os::unix::fs::chown(&logs, Some(0), Some(0))?;
 
     let run = agent.run_once()?;
-    assert_eq!(run.code, Some(0), "the update itself worked:\n{}", run.stderr);
+    assert_eq!(
+        run.code,
+        Some(0),
+        "the update itself worked:\n{}",
+        run.stderr
+    );
     assert_eq!(fleet.toy.switch_records(&host)?.len(), 1);
     assert!(fleet.reports(&host).is_empty());
     assert_eq!(agent.outbox().len(), 1);
@@ -195,7 +212,9 @@ fn recovers_after_kill(label: &str, during_download: bool) -> Result<()> {
     let host = fleet.host(0).to_owned();
     if during_download {
         // Big enough that the download is still going when the test looks.
-        fleet.toy.write_file(&host, "blob.txt", &"0123456789abcdef\n".repeat(1 << 19))?;
+        fleet
+            .toy
+            .write_file(&host, "blob.txt", &"0123456789abcdef\n".repeat(1 << 19))?;
     }
     fleet.deploy()?;
     let rev = fleet.published(&host)?;
@@ -208,7 +227,11 @@ fn recovers_after_kill(label: &str, during_download: bool) -> Result<()> {
     } else {
         spin_until(AGENT_TIMEOUT, || !children_named(pid, "nix").is_empty())
     };
-    assert!(caught, "missed the moment:\n{}", agent.spawned_log("killed"));
+    assert!(
+        caught,
+        "missed the moment:\n{}",
+        agent.spawned_log("killed")
+    );
     signal(pid, "STOP");
     if during_download {
         assert!(
@@ -239,4 +262,41 @@ fn killed_during_download_recovers_on_the_next_poll() -> Result<()> {
 #[test]
 fn killed_during_build_recovers_on_the_next_poll() -> Result<()> {
     recovers_after_kill("agent-kill-build", false)
+}
+
+#[test]
+fn killed_during_activation_activates_again_on_the_next_poll() -> Result<()> {
+    let fleet = Fleet::new("agent-kill-act", &["web"], "")?;
+    let host = fleet.host(0).to_owned();
+    fleet.deploy()?;
+    let agent = fleet.agent(&host)?;
+    let (inside, go) = (agent.root.join("in-check"), agent.root.join("go"));
+    // A health check that holds the agent after switch-to-configuration ran.
+    agent.set_config(&format!(
+        "health_checks = [[\"/bin/sh\", \"-c\", \"touch '{}'; while [ ! -e '{}' ]; do sleep 0.05; done\"]]",
+        inside.display(),
+        go.display()
+    ))?;
+    let mut child = agent.spawn(&["run-once"], "killed")?;
+    assert!(
+        spin_until(AGENT_TIMEOUT, || inside.exists()),
+        "{}",
+        agent.spawned_log("killed")
+    );
+    child.kill()?;
+    child.wait()?;
+    fs::write(&go, "")?;
+    let system = agent.active_system().expect("the profile was set");
+    assert_eq!(fleet.toy.switch_records(&host)?.len(), 1);
+
+    // The profile already names the new system, but nothing was checked nor reported:
+    // the next poll activates and checks it again rather than calling it unchanged.
+    agent.set_config("")?;
+    let run = agent.run_once()?;
+    assert!(run.ok(), "{}", run.stderr);
+    assert!(run.stderr.contains("was interrupted"), "{}", run.stderr);
+    assert_eq!(fleet.toy.switch_records(&host)?.len(), 2);
+    assert_eq!(agent.active_system(), Some(system));
+    assert_eq!(fleet.status(&host)?.state, State::UpToDate);
+    Ok(())
 }

@@ -1,0 +1,1053 @@
+//! One poll: connect, read the published revision, and when it is new: download,
+//! verify, build, activate, check health (else roll back), report.
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use bento_core::activate::{self, SwitchAction};
+use bento_core::agent_proto::{Activity, Event, UpdateRecord};
+use bento_core::chroot::{
+    copy_tree, CONFIG_LINK, CURRENT_LINK, LAST_CHANGE_FILE, LOGS_DIR, RELEASES_DIR,
+};
+use bento_core::nix::{store_basename, BuildMode, Nix};
+use bento_core::release::{Manifest, MANIFEST_FILE};
+use bento_core::report::{
+    AgentState, Heartbeat, ReportMeta, ReportName, ReportStatus, HEARTBEAT_FILE,
+};
+use time::OffsetDateTime;
+
+use crate::reboot::REBOOT_FILE;
+use crate::remote::{Remote, RemoteError};
+use crate::report::{now_local, Outbox, UpdateLog};
+use crate::settings::Config;
+use crate::state::{self, Applied, PersistedState, Refused, StateDir};
+use crate::status::{StatusHandle, AGENT_VERSION};
+
+/// The file in a release that lets the host update its flake inputs itself.
+pub const SELF_UPDATE_FILE: &str = "SELF_UPDATE";
+
+/// How a poll ended.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum PollResult {
+    /// Nothing new (or only a release that failed before): the host is as published.
+    NothingNew,
+    /// The server has no release for this host yet.
+    NoRelease,
+    /// A release (or a self-update) was applied.
+    Updated(ReportStatus),
+    /// The update failed or was rolled back; the reason.
+    Failed(ReportStatus, String),
+    /// The server could not be reached (or went away mid-way); the reason.
+    Unreachable(String),
+}
+
+/// What the server publishes for this host.
+#[derive(Debug, Clone)]
+struct Published {
+    revision: String,
+    /// The original tool's chroot: a plain `config/`, no manifest.
+    legacy: bool,
+}
+
+/// How an activation ended.
+enum Outcome {
+    Success {
+        changes: Vec<String>,
+    },
+    /// Nothing was activated.
+    Failure {
+        error: String,
+    },
+    /// Activated, then rolled back.
+    Rollback {
+        error: String,
+    },
+}
+
+pub struct Agent {
+    pub cfg: Config,
+    pub state: StateDir,
+    pub status: StatusHandle,
+}
+
+impl Agent {
+    pub fn new(cfg: Config) -> std::io::Result<Agent> {
+        let state = StateDir::new(&cfg.state_dir);
+        state.ensure()?;
+        let mut initial = StatusHandle::empty(cfg.host.as_str());
+        let persisted = state.load();
+        initial.revision = persisted.applied.as_ref().map(|a| a.revision.clone());
+        initial.system = activate::resolve_system(&cfg.system_profile).map(|p| store_basename(&p));
+        initial.history = state.history();
+        initial.last_update = initial.history.first().cloned();
+        initial.log_tail = state.log_tail();
+        let status = StatusHandle::new(initial, Some(&cfg.runtime_dir));
+        let agent = Agent { cfg, state, status };
+        let reboot = agent.reboot_required();
+        agent.status.update(|s| s.reboot_required = reboot);
+        Ok(agent)
+    }
+
+    fn outbox(&self) -> Outbox {
+        Outbox::new(self.state.outbox())
+    }
+
+    fn current_system(&self) -> Option<PathBuf> {
+        activate::resolve_system(&self.cfg.system_profile)
+    }
+
+    /// Kernel, initrd or modules of the active system differ from the booted one.
+    pub fn reboot_required(&self) -> bool {
+        let (Some(booted), Some(current)) = (
+            activate::resolve_system(&self.cfg.booted_system),
+            self.current_system(),
+        ) else {
+            return false;
+        };
+        activate::reboot_required(
+            &activate::boot_files(&booted),
+            &activate::boot_files(&current),
+        )
+    }
+
+    /// Whether the applied release asks for reboots (`REBOOT`).
+    pub fn release_asks_reboot(&self) -> bool {
+        self.state
+            .load()
+            .applied
+            .is_some_and(|a| self.state.release(&a.revision).join(REBOOT_FILE).exists())
+    }
+
+    /// One poll. Never panics on remote or build problems: they end up in the result,
+    /// the journal and (when something was attempted) a report.
+    pub async fn poll(&self) -> PollResult {
+        let state = self.state.clone();
+        let lock = tokio::task::spawn_blocking(move || state.lock()).await;
+        let _lock = match lock {
+            Ok(Ok(l)) => l,
+            Ok(Err(e)) => {
+                let msg = format!(
+                    "cannot lock the state directory {}: {e}",
+                    self.state.root().display()
+                );
+                tracing::error!("{msg}");
+                return PollResult::Failed(ReportStatus::Failure, msg);
+            }
+            Err(e) => return PollResult::Failed(ReportStatus::Failure, e.to_string()),
+        };
+        let mut st = self.state.load();
+        self.status
+            .emit(Event::CheckStarted, |s| s.activity = Activity::Checking);
+        let remote = match Remote::connect(&self.cfg).await {
+            Ok(r) => r,
+            Err(e) => return self.unreachable(e.to_string()),
+        };
+        tracing::debug!("connected");
+        let published = match self.published(&remote).await {
+            Ok(p) => p,
+            Err(e) => {
+                remote.close().await;
+                return self.unreachable(e.to_string());
+            }
+        };
+        let now = OffsetDateTime::now_utc();
+        self.status.update(|s| {
+            s.server_reachable = Some(true);
+            s.last_check = Some(now);
+        });
+        let Some(published) = published else {
+            tracing::warn!(
+                "the server has no release for {} yet (nothing in .releases/current nor config/): run `bento deploy`",
+                self.cfg.host
+            );
+            self.status
+                .emit(Event::CheckFinished { new_release: false }, |s| {
+                    s.activity = Activity::Idle
+                });
+            self.finish(&remote, &st).await;
+            remote.close().await;
+            return PollResult::NoRelease;
+        };
+        let applied = st.applied.as_ref().map(|a| a.revision.as_str());
+        let refused = st
+            .refused
+            .as_ref()
+            .filter(|r| r.revision == published.revision);
+        if applied == Some(published.revision.as_str()) || refused.is_some() {
+            if let Some(r) = refused {
+                tracing::info!(
+                    "release {} gave {} earlier ({}); waiting for a new release",
+                    r.revision,
+                    r.status,
+                    r.error.as_deref().unwrap_or("no reason recorded")
+                );
+            } else {
+                tracing::info!("release {} is applied; nothing new", published.revision);
+            }
+            self.status
+                .emit(Event::CheckFinished { new_release: false }, |s| {
+                    s.activity = Activity::Idle
+                });
+            self.finish(&remote, &st).await;
+            tracing::debug!("heartbeat written");
+            remote.close().await;
+            tracing::debug!("connection closed");
+            if let Some(r) = self.self_update(&mut st).await {
+                return r;
+            }
+            return PollResult::NothingNew;
+        }
+        self.update(remote, published, &mut st).await
+    }
+
+    fn unreachable(&self, reason: String) -> PollResult {
+        tracing::warn!("{reason}");
+        self.status
+            .emit(Event::CheckFinished { new_release: false }, |s| {
+                s.activity = Activity::Idle;
+                s.server_reachable = Some(false);
+                s.last_check = Some(OffsetDateTime::now_utc());
+            });
+        PollResult::Unreachable(reason)
+    }
+
+    /// The revision `.releases/current` points to; for the original tool's chroots
+    /// (plain `config/`), one derived from `last_change_date`.
+    async fn published(&self, r: &Remote) -> Result<Option<Published>, RemoteError> {
+        if let Some(target) = r
+            .read_link(&format!("{RELEASES_DIR}/{CURRENT_LINK}"))
+            .await?
+        {
+            let rev = target.trim_end_matches('/');
+            if !valid_revision(rev) {
+                return Err(RemoteError::Refused(format!(
+                    "{RELEASES_DIR}/{CURRENT_LINK} points to {target:?}, not a revision"
+                )));
+            }
+            return Ok(Some(Published {
+                revision: rev.to_owned(),
+                legacy: false,
+            }));
+        }
+        if r.is_dir(CONFIG_LINK).await? != Some(true) {
+            return Ok(None);
+        }
+        let (content, mtime) = r
+            .read_small(LAST_CHANGE_FILE, 4096)
+            .await?
+            .unwrap_or_default();
+        let content = String::from_utf8_lossy(&content).trim().to_owned();
+        let revision = if valid_revision(&content) && content.bytes().all(|b| b.is_ascii_hexdigit())
+        {
+            content
+        } else {
+            format!("legacy-{mtime}")
+        };
+        Ok(Some(Published {
+            revision,
+            legacy: true,
+        }))
+    }
+
+    /// End of every poll that reached the server: pending reports, then the heartbeat.
+    async fn finish(&self, remote: &Remote, st: &PersistedState) {
+        self.send_outbox(remote).await;
+        let reboot = self.reboot_required();
+        self.note_reboot_required(reboot);
+        if let Err(e) = self.heartbeat(remote, st, AgentState::Idle).await {
+            tracing::warn!("cannot write the heartbeat: {e}");
+        }
+    }
+
+    fn note_reboot_required(&self, now_required: bool) {
+        let before = self.status.snapshot().reboot_required;
+        if now_required && !before {
+            tracing::info!("the active system's kernel, initrd or modules differ from the booted one: a reboot is required");
+            self.status
+                .emit(Event::RebootRequired, |s| s.reboot_required = true);
+        } else if !now_required && before {
+            self.status.update(|s| {
+                s.reboot_required = false;
+                s.reboot_scheduled = None;
+            });
+        }
+    }
+
+    async fn send_outbox(&self, remote: &Remote) {
+        match self.outbox().send(remote).await {
+            Ok(0) => {}
+            Ok(n) => tracing::info!("{n} pending report(s) delivered"),
+            Err(e) => tracing::warn!(
+                "cannot upload reports (kept in {} for the next poll): {e}",
+                self.outbox().dir().display()
+            ),
+        }
+    }
+
+    async fn heartbeat(
+        &self,
+        remote: &Remote,
+        st: &PersistedState,
+        state: AgentState,
+    ) -> Result<(), RemoteError> {
+        let hb = Heartbeat {
+            format: 1,
+            host: self.cfg.host.to_string(),
+            time: OffsetDateTime::now_utc(),
+            revision: st.applied.as_ref().map(|a| a.revision.clone()),
+            system: self.current_system().map(|p| store_basename(&p)),
+            state,
+            reboot_required: self.reboot_required(),
+            agent_version: AGENT_VERSION.to_owned(),
+            interval_secs: Some(self.cfg.interval.as_secs()),
+        };
+        let data = serde_json::to_vec_pretty(&hb).expect("heartbeat serializes");
+        remote.put_atomic(LOGS_DIR, HEARTBEAT_FILE, &data).await
+    }
+
+    async fn update(
+        &self,
+        remote: Remote,
+        published: Published,
+        st: &mut PersistedState,
+    ) -> PollResult {
+        let rev = published.revision.clone();
+        let log = UpdateLog::new();
+        let started = OffsetDateTime::now_utc();
+        let previous = self.current_system();
+        self.status
+            .emit(Event::CheckFinished { new_release: true }, |_| {});
+        self.status.emit(
+            Event::UpdateStarted {
+                revision: rev.clone(),
+            },
+            |s| s.activity = Activity::Downloading,
+        );
+        log.info(format!(
+            "new release {rev} for {} (applied so far: {})",
+            self.cfg.host,
+            st.applied.as_ref().map_or("none", |a| a.revision.as_str())
+        ));
+        if let Err(e) = self.heartbeat(&remote, st, AgentState::Updating).await {
+            tracing::warn!("cannot write the heartbeat: {e}");
+        }
+        self.send_outbox(&remote).await;
+
+        // Download into a fresh staging directory: whatever a killed run left is gone.
+        let staging = self.state.staging();
+        let dl = staging.join(&rev);
+        if let Err(e) = state::remove_tree(&staging).and_then(|_| std::fs::create_dir_all(&staging))
+        {
+            remote.close().await;
+            let msg = format!("cannot prepare {}: {e}", staging.display());
+            return self
+                .conclude(
+                    None,
+                    &rev,
+                    started,
+                    previous,
+                    log,
+                    Err((ReportStatus::Failure, msg)),
+                    st,
+                )
+                .await;
+        }
+        let remote_dir = if published.legacy {
+            CONFIG_LINK.to_owned()
+        } else {
+            format!("{RELEASES_DIR}/{rev}")
+        };
+        let fetched = remote.download_dir(&remote_dir, &dl).await;
+        remote.close().await;
+        match fetched {
+            Ok(f) => log.info(format!("downloaded {} files ({} bytes)", f.files, f.bytes)),
+            Err(RemoteError::Refused(reason)) => {
+                let msg = format!("release {rev} refused: {reason}");
+                log.error(&msg);
+                return self
+                    .conclude(
+                        None,
+                        &rev,
+                        started,
+                        previous,
+                        log,
+                        Err((ReportStatus::Failure, msg)),
+                        st,
+                    )
+                    .await;
+            }
+            Err(e) => {
+                // The server went away: nothing is wrong with the release; retry later.
+                let _ = state::remove_tree(&staging);
+                let msg = format!("download of release {rev} interrupted: {e}");
+                tracing::warn!("{msg}; retrying at the next poll");
+                // Announced (the desktop saw the update start) but not recorded: the
+                // release itself is fine and is tried again.
+                let record = UpdateRecord {
+                    time: OffsetDateTime::now_utc(),
+                    status: ReportStatus::Failure,
+                    revision: Some(rev.clone()),
+                    system: previous.as_deref().map(store_basename),
+                    error: Some(msg.clone()),
+                    changed_packages: None,
+                };
+                self.status.emit(Event::UpdateFailed { record }, |s| {
+                    s.activity = Activity::Idle;
+                    s.server_reachable = Some(false);
+                });
+                return PollResult::Unreachable(msg);
+            }
+        }
+
+        // Verify before anything of it is used.
+        let host = self.cfg.host.to_string();
+        let (vdir, vrev, vlog, legacy) = (dl.clone(), rev.clone(), log.clone(), published.legacy);
+        let verified =
+            tokio::task::spawn_blocking(move || verify_release(&vdir, &host, &vrev, legacy, &vlog))
+                .await
+                .unwrap_or_else(|e| Err(e.to_string()));
+        let manifest = match verified {
+            Ok(m) => m,
+            Err(msg) => {
+                log.error(&msg);
+                let _ = state::remove_tree(&staging);
+                return self
+                    .conclude(
+                        None,
+                        &rev,
+                        started,
+                        previous,
+                        log,
+                        Err((ReportStatus::Failure, msg)),
+                        st,
+                    )
+                    .await;
+            }
+        };
+        let release = self.state.release(&rev);
+        let placed = state::remove_tree(&release).and_then(|_| std::fs::rename(&dl, &release));
+        if let Err(e) = placed {
+            let msg = format!("cannot move the release into {}: {e}", release.display());
+            return self
+                .conclude(
+                    None,
+                    &rev,
+                    started,
+                    previous,
+                    log,
+                    Err((ReportStatus::Failure, msg)),
+                    st,
+                )
+                .await;
+        }
+        let _ = state::remove_tree(&staging);
+        let keep: Vec<&str> = [
+            Some(rev.as_str()),
+            st.applied.as_ref().map(|a| a.revision.as_str()),
+        ]
+        .into_iter()
+        .flatten()
+        .collect();
+        self.state.prune_releases(&keep);
+
+        // Build.
+        self.status.set_activity(Activity::Building);
+        let system = match self.build(&release, &log).await {
+            Ok(s) => s,
+            Err(msg) => {
+                log.error(&msg);
+                return self
+                    .conclude(
+                        None,
+                        &rev,
+                        started,
+                        previous,
+                        log,
+                        Err((ReportStatus::Failure, msg)),
+                        st,
+                    )
+                    .await;
+            }
+        };
+        if let Some(expected) = manifest.as_ref().and_then(|m| m.expected_system.as_deref()) {
+            if Path::new(expected) != system {
+                log.warn(format!(
+                    "built {} but the server built {expected} (different nix inputs or settings?)",
+                    system.display()
+                ));
+            }
+        }
+        // The profile already names this system because a killed run set it: activate
+        // (and check) again, with the generation from before as the one to go back to.
+        let interrupted = st
+            .activating
+            .clone()
+            .filter(|a| a.system == system && previous.as_deref() == Some(system.as_path()));
+        if previous.as_deref() == Some(system.as_path()) && interrupted.is_none() {
+            log.info(format!(
+                "system unchanged ({}); the release's other files are in place",
+                system.display()
+            ));
+            return self
+                .conclude(
+                    None,
+                    &rev,
+                    started,
+                    previous,
+                    log,
+                    Ok((ReportStatus::Success, Vec::new())),
+                    st,
+                )
+                .await;
+        }
+        let previous = match interrupted {
+            Some(a) => {
+                log.warn(format!(
+                    "the activation of {} was interrupted; activating it again",
+                    system.display()
+                ));
+                a.previous
+            }
+            None => previous,
+        };
+        self.mark_activating(st, &system, previous.as_deref());
+        let (outcome, conn) = self.apply_system(&system, previous.as_deref(), &log).await;
+        let result = match outcome {
+            Outcome::Success { changes } => Ok((ReportStatus::Success, changes)),
+            Outcome::Failure { error } => Err((ReportStatus::Failure, error)),
+            Outcome::Rollback { error } => Err((ReportStatus::Rollback, error)),
+        };
+        self.conclude(conn, &rev, started, previous, log, result, st)
+            .await
+    }
+
+    fn mark_activating(&self, st: &mut PersistedState, system: &Path, previous: Option<&Path>) {
+        st.activating = Some(state::Activating {
+            system: system.to_owned(),
+            previous: previous.map(Path::to_owned),
+        });
+        if let Err(e) = self.state.save(st) {
+            tracing::warn!("cannot save the agent state: {e}");
+        }
+    }
+
+    async fn build(&self, release: &Path, log: &UpdateLog) -> Result<PathBuf, String> {
+        let nix = Nix {
+            extra_args: self.cfg.nix_args.clone(),
+            include: self.cfg.nix_path.clone(),
+        };
+        let (dir, host, log) = (release.to_owned(), self.cfg.host.to_string(), log.clone());
+        tokio::task::spawn_blocking(move || {
+            let on_line = |l: &str| log.output(l);
+            let r = if dir.join("flake.nix").is_file() {
+                log.info(format!(
+                    "building nixosConfigurations.{host} of {}",
+                    dir.display()
+                ));
+                nix.flake_system(&dir, &host, BuildMode::Build, on_line)
+            } else if dir.join("configuration.nix").is_file() {
+                log.info(format!(
+                    "building <nixpkgs/nixos> with nixos-config={}/configuration.nix",
+                    dir.display()
+                ));
+                nix.nonflake_system(&dir, BuildMode::Build, on_line)
+            } else {
+                return Err("the release has neither flake.nix nor configuration.nix".to_owned());
+            };
+            let system = r.map_err(|e| format!("build failed: {}", e.summary()))?;
+            log.info(format!("built {}", system.display()));
+            Ok(system)
+        })
+        .await
+        .unwrap_or_else(|e| Err(format!("build task failed: {e}")))
+    }
+
+    /// Activates `system`, checks health, rolls back on failure. Returns the outcome and
+    /// the connection the health check opened (reused to report).
+    async fn apply_system(
+        &self,
+        system: &Path,
+        previous: Option<&Path>,
+        log: &UpdateLog,
+    ) -> (Outcome, Option<Remote>) {
+        self.status.set_activity(Activity::Activating);
+        let profile = self.cfg.system_profile.clone();
+        let (sys, plog) = (system.to_owned(), log.clone());
+        log.info(format!(
+            "setting {} to {}",
+            profile.display(),
+            system.display()
+        ));
+        let already = activate::resolve_system(&profile).as_deref() == Some(system);
+        let set = tokio::task::spawn_blocking(move || {
+            if already {
+                Ok(())
+            } else {
+                activate::set_profile(&profile, &sys)
+            }
+        })
+        .await
+        .map_err(|e| e.to_string())
+        .and_then(|r| r.map_err(|e| e.summary()));
+        if let Err(e) = set {
+            let error = format!("cannot set the system profile: {e}");
+            log.error(&error);
+            return (Outcome::Failure { error }, None);
+        }
+        log.info(format!(
+            "switch-to-configuration switch ({})",
+            system.display()
+        ));
+        let sys = system.to_owned();
+        let switched = tokio::task::spawn_blocking(move || {
+            activate::switch_to_configuration(&sys, SwitchAction::Switch, |l| plog.output(l))
+        })
+        .await
+        .map_err(|e| e.to_string())
+        .and_then(|r| r.map_err(|e| e.summary()));
+        if let Err(e) = switched {
+            let error = format!("activation failed: {e}");
+            log.error(&error);
+            return (self.roll_back(error, previous, log).await, None);
+        }
+        match self.health_checks(log).await {
+            Ok(conn) => {
+                let changes = match previous {
+                    Some(p) => self.changes(p, system, log).await,
+                    None => Vec::new(),
+                };
+                (Outcome::Success { changes }, Some(conn))
+            }
+            Err(error) => {
+                log.error(&error);
+                (self.roll_back(error, previous, log).await, None)
+            }
+        }
+    }
+
+    async fn roll_back(&self, error: String, previous: Option<&Path>, log: &UpdateLog) -> Outcome {
+        if previous.is_none() {
+            let error = format!("{error}; no previous generation to roll back to");
+            log.error(&error);
+            return Outcome::Failure { error };
+        }
+        log.info("rolling back to the previous generation");
+        let (profile, plog) = (self.cfg.system_profile.clone(), log.clone());
+        let r =
+            tokio::task::spawn_blocking(move || activate::rollback(&profile, |l| plog.output(l)))
+                .await
+                .map_err(|e| e.to_string())
+                .and_then(|r| r.map_err(|e| e.summary()));
+        match r {
+            Ok(sys) => {
+                log.info(format!("rolled back to {}", sys.display()));
+                Outcome::Rollback { error }
+            }
+            Err(e) => {
+                let error = format!("{error}; rollback failed too: {e}");
+                log.error(&error);
+                Outcome::Failure { error }
+            }
+        }
+    }
+
+    /// The configured commands, then the server over a new connection.
+    async fn health_checks(&self, log: &UpdateLog) -> Result<Remote, String> {
+        for check in &self.cfg.health_checks {
+            let shown = check.join(" ");
+            log.info(format!("health check: {shown}"));
+            let mut cmd = tokio::process::Command::new(&check[0]);
+            cmd.args(&check[1..])
+                .stdin(std::process::Stdio::null())
+                .kill_on_drop(true);
+            let out = tokio::time::timeout(self.cfg.health_check_timeout, cmd.output()).await;
+            match out {
+                Err(_) => {
+                    return Err(format!(
+                        "health check `{shown}` did not finish within {}s",
+                        self.cfg.health_check_timeout.as_secs()
+                    ))
+                }
+                Ok(Err(e)) => return Err(format!("health check `{shown}` cannot start: {e}")),
+                Ok(Ok(o)) if !o.status.success() => {
+                    let stderr = String::from_utf8_lossy(&o.stderr);
+                    let last = stderr
+                        .lines()
+                        .rev()
+                        .find(|l| !l.trim().is_empty())
+                        .unwrap_or("");
+                    return Err(format!(
+                        "health check `{shown}` failed ({}){}",
+                        o.status,
+                        if last.is_empty() {
+                            String::new()
+                        } else {
+                            format!(": {last}")
+                        }
+                    ));
+                }
+                Ok(Ok(_)) => {}
+            }
+        }
+        log.info("health check: the server is reachable");
+        let conn = Remote::connect(&self.cfg).await.map_err(|e| {
+            format!("health check failed: server unreachable after activation: {e}")
+        })?;
+        match conn
+            .read_link(&format!("{RELEASES_DIR}/{CURRENT_LINK}"))
+            .await
+        {
+            Ok(_) => Ok(conn),
+            Err(e) => {
+                conn.close().await;
+                Err(format!(
+                    "health check failed: server unreachable after activation: {e}"
+                ))
+            }
+        }
+    }
+
+    /// What changed between two systems (closure diff), best effort.
+    async fn changes(&self, from: &Path, to: &Path, log: &UpdateLog) -> Vec<String> {
+        let nix = Nix {
+            extra_args: Vec::new(),
+            include: Vec::new(),
+        };
+        let (from, to) = (from.to_owned(), to.to_owned());
+        let r = tokio::task::spawn_blocking(move || nix.diff_closures(&from, &to)).await;
+        match r {
+            Ok(Ok(text)) => {
+                let lines: Vec<String> = text
+                    .lines()
+                    .map(|l| l.trim_end().to_owned())
+                    .filter(|l| !l.trim().is_empty())
+                    .collect();
+                for l in &lines {
+                    log.output(l);
+                }
+                lines
+            }
+            Ok(Err(e)) => {
+                log.warn(format!("cannot compute what changed: {}", e.summary()));
+                Vec::new()
+            }
+            Err(_) => Vec::new(),
+        }
+    }
+
+    /// Writes the report to the outbox, records the outcome, announces it, then
+    /// delivers reports and the heartbeat over `conn` (or a new connection).
+    #[allow(clippy::too_many_arguments)]
+    async fn conclude(
+        &self,
+        conn: Option<Remote>,
+        rev: &str,
+        started: OffsetDateTime,
+        previous: Option<PathBuf>,
+        log: UpdateLog,
+        result: Result<(ReportStatus, Vec<String>), (ReportStatus, String)>,
+        st: &mut PersistedState,
+    ) -> PollResult {
+        let current = self.current_system();
+        let system_name = current.as_deref().map(store_basename);
+        let booted = activate::resolve_system(&self.cfg.booted_system);
+        let booted_files = booted
+            .as_deref()
+            .map(activate::boot_files)
+            .unwrap_or_default();
+        let built_files = current
+            .as_deref()
+            .map(activate::boot_files)
+            .unwrap_or_default();
+        let reboot_required = booted.is_some() && current.is_some() && booted_files != built_files;
+        let (status, error, changes) = match &result {
+            Ok((s, c)) => (*s, None, c.clone()),
+            Err((s, e)) => (*s, Some(one_line(e)), Vec::new()),
+        };
+        if reboot_required && status != ReportStatus::Failure {
+            log.info("the new system's kernel, initrd or modules differ from the booted system: reboot required");
+        }
+        let meta = ReportMeta {
+            format: ReportMeta::FORMAT,
+            host: self.cfg.host.to_string(),
+            status,
+            revision: Some(rev.to_owned()),
+            system: system_name.clone(),
+            previous_system: previous.as_deref().map(store_basename),
+            booted: booted_files,
+            built: built_files,
+            reboot_required,
+            started,
+            finished: OffsetDateTime::now_utc(),
+            agent_version: AGENT_VERSION.to_owned(),
+            error: error.clone(),
+            changed_packages: (!changes.is_empty()).then_some(changes.len() as u32),
+        };
+        let name = ReportName::new(
+            now_local(),
+            system_name.as_deref().unwrap_or("unknown-system"),
+            status,
+        );
+        match log
+            .gzip()
+            .and_then(|gz| self.outbox().add(&name, &gz, &meta))
+        {
+            Ok(()) => {}
+            Err(e) => tracing::error!("cannot queue the report {}: {e}", name.log_file_name()),
+        }
+        st.activating = None;
+        match status {
+            ReportStatus::Success | ReportStatus::Autoupdate => {
+                st.applied = Some(Applied {
+                    revision: rev.to_owned(),
+                    system: system_name.clone(),
+                    time: OffsetDateTime::now_utc(),
+                });
+                st.refused = None;
+            }
+            ReportStatus::Failure | ReportStatus::Rollback => {
+                st.refused = Some(Refused {
+                    revision: rev.to_owned(),
+                    status,
+                    error: error.clone(),
+                });
+            }
+        }
+        if let Err(e) = self.state.save(st) {
+            tracing::error!("cannot save the agent state: {e}");
+        }
+        let record = UpdateRecord {
+            time: OffsetDateTime::now_utc(),
+            status,
+            revision: Some(rev.to_owned()),
+            system: system_name.clone(),
+            error: error.clone(),
+            changed_packages: meta.changed_packages,
+        };
+        let history = self.state.push_history(&record).unwrap_or_else(|e| {
+            tracing::warn!("cannot save the update history: {e}");
+            self.state.history()
+        });
+        let tail = log.tail(crate::state::LOG_TAIL_LINES);
+        let _ = self.state.save_log_tail(&tail);
+        let event = match status {
+            ReportStatus::Success | ReportStatus::Autoupdate => Event::UpdateFinished {
+                record: record.clone(),
+            },
+            ReportStatus::Failure => Event::UpdateFailed {
+                record: record.clone(),
+            },
+            ReportStatus::Rollback => Event::RolledBack {
+                record: record.clone(),
+            },
+        };
+        let applied_rev = st.applied.as_ref().map(|a| a.revision.clone());
+        self.status.emit(event, |s| {
+            s.activity = Activity::Idle;
+            s.revision = applied_rev;
+            s.system = system_name.clone();
+            s.log_tail = tail;
+            if !changes.is_empty() || status == ReportStatus::Success {
+                s.last_changes = changes.iter().take(100).cloned().collect();
+            }
+            StatusHandle::record(s, &record, history);
+        });
+
+        let conn = match conn {
+            Some(c) => Some(c),
+            None => match Remote::connect(&self.cfg).await {
+                Ok(c) => Some(c),
+                Err(e) => {
+                    tracing::warn!("cannot deliver the report now (kept for the next poll): {e}");
+                    self.status.update(|s| s.server_reachable = Some(false));
+                    None
+                }
+            },
+        };
+        if let Some(c) = conn {
+            self.finish(&c, st).await;
+            c.close().await;
+        } else {
+            self.note_reboot_required(self.reboot_required());
+        }
+        match result {
+            Ok((s, _)) => PollResult::Updated(s),
+            Err((s, e)) => PollResult::Failed(s, one_line(&e)),
+        }
+    }
+
+    /// `SELF_UPDATE` (or the setting): with nothing new published, update the applied
+    /// flake's inputs locally and apply the result when the system changed.
+    async fn self_update(&self, st: &mut PersistedState) -> Option<PollResult> {
+        let applied = st.applied.clone()?;
+        let release = self.state.release(&applied.revision);
+        let enabled = self.cfg.self_update || release.join(SELF_UPDATE_FILE).exists();
+        if !enabled || !release.join("flake.nix").is_file() {
+            return None;
+        }
+        let now = OffsetDateTime::now_utc();
+        if let Some(last) = st.last_self_update {
+            if now - last
+                < time::Duration::try_from(self.cfg.self_update_interval)
+                    .unwrap_or(time::Duration::DAY)
+            {
+                return None;
+            }
+        }
+        st.last_self_update = Some(now);
+        let _ = self.state.save(st);
+        let work = self.state.root().join("self-update");
+        let log = UpdateLog::new();
+        log.info(format!(
+            "self-update: updating the flake inputs of release {}",
+            applied.revision
+        ));
+        let nix = Nix {
+            extra_args: self.cfg.nix_args.clone(),
+            include: Vec::new(),
+        };
+        let (w, rel) = (work.clone(), release.clone());
+        let updated = tokio::task::spawn_blocking(move || {
+            state::remove_tree(&w).map_err(|e| e.to_string())?;
+            copy_tree(&rel, &w).map_err(|e| e.to_string())?;
+            nix.flake_update(&w, None).map_err(|e| e.summary())
+        })
+        .await
+        .unwrap_or_else(|e| Err(e.to_string()));
+        if let Err(e) = updated {
+            tracing::warn!("self-update: cannot update the flake inputs: {e}");
+            return None;
+        }
+        let system = match self.build(&work, &log).await {
+            Ok(s) => s,
+            Err(e) => {
+                tracing::warn!("self-update: {e}");
+                return None;
+            }
+        };
+        let previous = self.current_system();
+        if previous.as_deref() == Some(system.as_path()) {
+            tracing::info!("self-update: the system did not change");
+            return None;
+        }
+        let started = now;
+        self.status.emit(
+            Event::UpdateStarted {
+                revision: applied.revision.clone(),
+            },
+            |s| s.activity = Activity::Activating,
+        );
+        self.mark_activating(st, &system, previous.as_deref());
+        let (outcome, conn) = self.apply_system(&system, previous.as_deref(), &log).await;
+        let result = match outcome {
+            Outcome::Success { changes } => Ok((ReportStatus::Autoupdate, changes)),
+            Outcome::Failure { error } => Err((ReportStatus::Failure, error)),
+            Outcome::Rollback { error } => Err((ReportStatus::Rollback, error)),
+        };
+        let refused_before = st.refused.clone();
+        let r = self
+            .conclude(conn, &applied.revision, started, previous, log, result, st)
+            .await;
+        // A failed self-update does not make the admin's release a refused one.
+        if st
+            .refused
+            .as_ref()
+            .is_some_and(|x| x.revision == applied.revision)
+        {
+            st.refused = refused_before;
+            st.applied = Some(applied);
+            let _ = self.state.save(st);
+        }
+        Some(r)
+    }
+}
+
+/// Checks a downloaded release against its manifest (and the host and revision it was
+/// published as). The original tool's releases have no manifest: accepted, with a warning.
+fn verify_release(
+    dir: &Path,
+    host: &str,
+    revision: &str,
+    legacy: bool,
+    log: &UpdateLog,
+) -> Result<Option<Manifest>, String> {
+    if legacy && !dir.join(MANIFEST_FILE).exists() {
+        log.warn("the release has no manifest (a chroot of the original bento tool): accepted without verification");
+        return Ok(None);
+    }
+    let m = Manifest::read_from(dir).map_err(|e| format!("release {revision} refused: {e}"))?;
+    if !legacy && m.revision != revision {
+        return Err(format!(
+            "release {revision} refused: its manifest names revision {}",
+            m.revision
+        ));
+    }
+    if m.host != host {
+        return Err(format!(
+            "release {revision} refused: it was made for host {}, this is {host}",
+            m.host
+        ));
+    }
+    m.verify(dir)
+        .map_err(|e| format!("release {revision} refused: {e}"))?;
+    log.info(format!(
+        "release {revision} verified: {} files match the manifest",
+        m.files.len()
+    ));
+    Ok(Some(m))
+}
+
+/// A revision is a plain path component.
+fn valid_revision(r: &str) -> bool {
+    !r.is_empty()
+        && r.len() <= 128
+        && !r.starts_with('.')
+        && r.bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_' || b == b'.')
+}
+
+fn one_line(s: &str) -> String {
+    let l = s
+        .lines()
+        .map(str::trim)
+        .filter(|l| !l.is_empty())
+        .collect::<Vec<_>>()
+        .join(" / ");
+    if l.len() > 500 {
+        let mut end = 500;
+        while !l.is_char_boundary(end) {
+            end -= 1;
+        }
+        format!("{}…", &l[..end])
+    } else {
+        l
+    }
+}
+
+/// Sleeps are only used by the daemon between polls.
+pub fn jittered(interval: Duration, jitter: Duration) -> Duration {
+    use rand::Rng;
+    if jitter.is_zero() {
+        return interval;
+    }
+    interval + Duration::from_millis(rand::thread_rng().gen_range(0..=jitter.as_millis() as u64))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn revisions_are_plain_names() {
+        assert!(valid_revision("0123abcd"));
+        assert!(valid_revision("legacy-1700000000"));
+        for bad in ["", "..", ".hidden", "a/b", "../x", "a b"] {
+            assert!(!valid_revision(bad), "{bad}");
+        }
+    }
+
+    #[test]
+    fn errors_fit_on_one_line() {
+        assert_eq!(one_line("a\n\n b \nc"), "a / b / c");
+    }
+}

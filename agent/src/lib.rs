@@ -1,0 +1,19 @@
+//! `bento-agent`: keeps a NixOS host on the release its admin published.
+//!
+//! - [`agent`]: one poll (fetch, verify, build, activate, health, roll back, report);
+//! - [`remote`]: the server over the system OpenSSH client speaking SFTP;
+//! - [`report`]: report logs, sidecars and the outbox;
+//! - [`state`]: what the agent remembers between polls;
+//! - [`status`]: the local status (`status.json`) and events;
+//! - [`daemon`]: the interval loop, the local socket, scheduled reboots;
+//! - [`reboot`]: the reboot policy; [`settings`]: the settings file and flags.
+
+pub mod agent;
+pub mod cli;
+pub mod daemon;
+pub mod reboot;
+pub mod remote;
+pub mod report;
+pub mod settings;
+pub mod state;
+pub mod status;
