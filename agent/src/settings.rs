@@ -75,7 +75,7 @@ pub struct SettingsFile {
     #[serde(skip)]
     pub reboot_command_flag: Option<String>,
     /// `[reboot]`: mode = "never" | "window" | "immediately", window = "HH:MM-HH:MM",
-    /// max-postpone-secs.
+    /// max_postpone_secs.
     #[arg(skip)]
     pub reboot: Option<RebootPolicy>,
     #[arg(long = "reboot-mode", global = true, value_parser = parse_mode)]

@@ -26,7 +26,7 @@ pub enum ConfigError {
 
 /// When an agent may reboot its machine after a kernel change.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Default)]
-#[serde(rename_all = "kebab-case", deny_unknown_fields)]
+#[serde(deny_unknown_fields)]
 pub struct RebootPolicy {
     /// `never`, `window` (inside `window`), or `immediately` (as the original `REBOOT` file).
     #[serde(default)]

@@ -79,6 +79,17 @@ fn prefix_in_use(prefix: &str) -> bool {
     in_db("/etc/passwd") || in_db("/etc/group") || Path::new(TEST_ROOT).join(prefix).exists()
 }
 
+/// The sshd `Match` block of bento's OpenSSH mode, shared with the NixOS module
+/// (`nixos/lib.nix` reads the same file): one source for both.
+pub const MATCH_BLOCK_TEMPLATE: &str = include_str!("../../nixos/sshd-match.conf");
+
+/// [`MATCH_BLOCK_TEMPLATE`] for the host users of `group`, chrooted under `chroot_dir`.
+pub fn match_block(group: &str, chroot_dir: &Path) -> String {
+    MATCH_BLOCK_TEMPLATE
+        .replace("@group@", group)
+        .replace("@chroot@", &chroot_dir.display().to_string())
+}
+
 /// A running (or stopped) sshd with its users. See the module docs.
 pub struct SshServer {
     id: String,
@@ -226,15 +237,10 @@ KbdInteractiveAuthentication no
 UsePAM no
 StrictModes no
 Subsystem sftp internal-sftp
-Match Group {group}
-  ChrootDirectory {chroot}/%u
-  ForceCommand internal-sftp
-  AllowTcpForwarding no
-  X11Forwarding no
-",
+{match_block}",
             port = self.port,
             group = self.id,
-            chroot = self.chroot_dir().display(),
+            match_block = match_block(&self.id, &self.chroot_dir()),
         )
     }
 

@@ -97,7 +97,7 @@ fn daemon_streams_a_cycle_and_checks_who_asks() -> Result<()> {
     fleet.toy.fake_booted_system(&agent.booted(), "6.1.0")?;
     let (uid, gid) = (fleet.server.uid(&host)?, fleet.server.gid()?);
     agent.set_config(&format!(
-        "socket_group = \"{}\"\nreboot_grace = 3600\n[reboot]\nmode = \"immediately\"\nmax-postpone-secs = 7200\n",
+        "socket_group = \"{}\"\nreboot_grace = 3600\n[reboot]\nmode = \"immediately\"\nmax_postpone_secs = 7200\n",
         fleet.server.group()
     ))?;
     let mut daemon = agent.spawn(&["daemon"], "daemon")?;

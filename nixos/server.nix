@@ -1,0 +1,564 @@
+# services.bento.server: the management server of a bento fleet.
+#
+# - the bento directory (bento.toml generated from `settings`, checked with
+#   `bento check-config` at build time; hosts/ and utils/ are the admin's);
+# - per host: a system user with its SSH keys, its chroot directory with the
+#   ownership bento needs (so `bento deploy` never needs root), and the sshd
+#   Match block that locks the users into their chroots (OpenSSH mode);
+# - the web panel `bento serve` as a hardened service, run by the `bento` user
+#   that also publishes releases;
+# - optionally, this machine's Nix store as a binary cache for the hosts.
+{
+  config,
+  lib,
+  options,
+  pkgs,
+  ...
+}:
+let
+  inherit (lib)
+    concatStringsSep
+    escapeShellArgs
+    literalExpression
+    mkAfter
+    mkEnableOption
+    mkIf
+    mkMerge
+    mkOption
+    optional
+    optionals
+    types
+    ;
+
+  cfg = config.services.bento.server;
+  bentoLib = import ./lib.nix;
+  common = import ./common.nix { inherit lib; };
+  settingsFormat = pkgs.formats.toml { };
+
+  dataDir = "/var/lib/bento-server";
+  chrootDir = lib.removeSuffix "/" cfg.settings.chroot_dir;
+
+  hostSettings =
+    name: host:
+    {
+      inherit (host) keys tags;
+      self_update = host.selfUpdate;
+    }
+    // lib.optionalAttrs (host.reboot != null) { reboot = common.rebootSettings host.reboot; }
+    // host.settings;
+
+  settingsFile = settingsFormat.generate "bento.toml" cfg.settings;
+
+  # The same check the admin runs by hand, on the generated file: a typo in a
+  # key fails the system build instead of the panel's start.
+  checkedSettings =
+    if pkgs.stdenv.buildPlatform.canExecute pkgs.stdenv.hostPlatform then
+      pkgs.runCommand "bento.toml" { } ''
+        mkdir -p bento/hosts
+        cp ${settingsFile} bento/bento.toml
+        ${cfg.package}/bin/bento --dir bento check-config
+        cp ${settingsFile} $out
+      ''
+    else
+      settingsFile;
+
+  # `bento` for the admin: the server's bento directory by default, and run as
+  # the publishing user when called by root, so that everything it writes
+  # (releases, the panel's database, lock files) stays that user's.
+  bentoCommand = pkgs.writeShellScriptBin "bento" ''
+    export BENTO_DIR="''${BENTO_DIR:-${cfg.directory}}"
+    export NIX_PATH="''${NIX_PATH:-${concatStringsSep ":" config.nix.nixPath}}"
+    if [ "$(${pkgs.coreutils}/bin/id -u)" = 0 ]; then
+      exec ${pkgs.util-linux}/bin/runuser -u ${cfg.user} -- ${cfg.package}/bin/bento "$@"
+    fi
+    exec ${cfg.package}/bin/bento "$@"
+  '';
+
+  listenPort = lib.toInt (lib.last (lib.splitString ":" cfg.settings.web.listen));
+
+  underHome = p: lib.hasPrefix "/home/" p || lib.hasPrefix "/root/" p || p == "/home" || p == "/root";
+
+  hostModule = {
+    options = {
+      keys = mkOption {
+        type = types.listOf types.str;
+        default = [ ];
+        example = [ "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAA... root@web1" ];
+        description = ''
+          SSH public keys the host's agent logs in with: the public half of its
+          {option}`services.bento.agent.keyFile`.
+        '';
+      };
+      tags = mkOption {
+        type = types.listOf types.str;
+        default = [ ];
+        example = [
+          "office"
+          "laptop"
+        ];
+        description = "Labels to filter the fleet by in the panel.";
+      };
+      reboot = mkOption {
+        type = types.nullOr (types.submodule common.rebootModule);
+        default = null;
+        description = ''
+          The host's reboot policy, recorded in `[hosts.<name>] reboot`. The host
+          applies its own {option}`services.bento.agent.reboot`: set both from
+          one place (a shared module in the bento directory's `utils/`).
+        '';
+      };
+      selfUpdate = mkOption {
+        type = types.bool;
+        default = false;
+        description = ''
+          Recorded in `[hosts.<name>] self_update`; the host's
+          {option}`services.bento.agent.selfUpdate` decides.
+        '';
+      };
+      settings = mkOption {
+        type = settingsFormat.type;
+        default = { };
+        description = "More keys of `[hosts.<name>]` in bento.toml, as written there.";
+      };
+    };
+  };
+in
+{
+  options.services.bento.server = {
+    enable = mkEnableOption "the bento server: host users and chroots, and the web panel";
+
+    package = mkOption {
+      type = types.package;
+      default = pkgs.callPackage ./package.nix { };
+      defaultText = literalExpression "pkgs.callPackage \"\${bento}/nixos/package.nix\" { }";
+      description = ''
+        The bento package (the `bento` command and panel). Built from the
+        repository this module comes from; the flake's `packages.<system>.bento`
+        is the same derivation.
+      '';
+    };
+
+    user = mkOption {
+      type = types.str;
+      default = "bento";
+      description = ''
+        The unprivileged user that runs the panel and publishes releases (owner
+        of every host's `.releases/`). `bento` run as root on this machine runs
+        as this user.
+      '';
+    };
+
+    group = mkOption {
+      type = types.str;
+      default = "bento";
+      description = "The group of {option}`user`.";
+    };
+
+    directory = mkOption {
+      type = types.str;
+      default = "${dataDir}/fleet";
+      description = ''
+        The bento directory: `bento.toml`, `hosts/` (one directory per host or
+        per flake) and `utils/`. Created empty, owned by {option}`user`; put
+        your hosts there (a git checkout works). A `config.sh` of the original
+        shell tool is still read when {option}`manageSettingsFile` is off.
+      '';
+    };
+
+    manageSettingsFile = mkOption {
+      type = types.bool;
+      default = true;
+      description = ''
+        Link `<directory>/bento.toml` to the file generated from
+        {option}`settings` (checked at build time). Turn it off to keep a
+        bento.toml of your own in the directory; {option}`hosts` still makes
+        the users and chroots, and the panel still uses `settings.web`.
+      '';
+    };
+
+    hosts = mkOption {
+      type = types.attrsOf (types.submodule hostModule);
+      default = { };
+      example = literalExpression ''
+        {
+          web1 = { keys = [ "ssh-ed25519 AAAA... root@web1" ]; tags = [ "web" ]; };
+          laptop-anna = {
+            keys = [ "ssh-ed25519 AAAA... root@laptop-anna" ];
+            tags = [ "laptop" ];
+            reboot = { mode = "window"; window = "12:00-14:00"; };
+          };
+        }
+      '';
+      description = ''
+        The fleet, by host name (its `hosts/<name>` directory, or its
+        `nixosConfigurations.<name>` in a flake under `hosts/`). In OpenSSH
+        mode each host gets a system user of the same name in
+        {option}`sftp.group`, with its keys, and a chroot directory under
+        `settings.chroot_dir`. Host names must then be valid user names:
+        lower case letters, digits, `-` and `_`, at most 32 characters.
+      '';
+    };
+
+    sftp = {
+      mode = mkOption {
+        type = types.enum [
+          "openssh"
+          "embedded"
+        ];
+        default = "openssh";
+        description = ''
+          How the hosts reach their chroots. `openssh`: this machine's sshd,
+          one system user per host, chrooted by a `Match Group` block (the
+          original tool's setup). `embedded`: the SFTP server planned inside
+          `bento serve` (no system users, no sshd change); not available in
+          this version.
+        '';
+      };
+      group = mkOption {
+        type = types.str;
+        default = "sftp_users";
+        description = "The group of the host users; sshd's `Match Group` selects it.";
+      };
+      port = mkOption {
+        type = types.port;
+        default = 2222;
+        description = "Port of the embedded SFTP server (mode `embedded`).";
+      };
+    };
+
+    settings = mkOption {
+      default = { };
+      description = ''
+        bento.toml (every key is described in docs/reference.md). `hosts`
+        comes from {option}`services.bento.server.hosts` and `publish_user`
+        from {option}`services.bento.server.user`.
+      '';
+      type = types.submodule {
+        freeformType = settingsFormat.type;
+        options = {
+          chroot_dir = mkOption {
+            type = types.strMatching "/.+";
+            default = "/srv/bento";
+            description = ''
+              Where the hosts' chroots live. sshd requires every component of
+              the path to be owned by root and writable by no one else: keep it
+              out of `/var/lib/bento-server`, which belongs to {option}`user`.
+            '';
+          };
+          remote = mkOption {
+            type = types.str;
+            default = config.networking.fqdnOrHostName or config.networking.hostName;
+            defaultText = literalExpression "config.networking.fqdnOrHostName";
+            description = "Host name or address the agents connect to.";
+          };
+          remote_port = mkOption {
+            type = types.port;
+            default = lib.head (config.services.openssh.ports ++ [ 22 ]);
+            defaultText = literalExpression "head config.services.openssh.ports";
+            description = "Its SSH port.";
+          };
+          local_build = mkOption {
+            type = types.bool;
+            default = true;
+            description = ''
+              Build every host's system on this server at `bento deploy`
+              (false: only evaluate it). Building here fills the binary cache.
+            '';
+          };
+          web = mkOption {
+            default = { };
+            description = "The `[web]` table: the panel.";
+            type = types.submodule {
+              freeformType = settingsFormat.type;
+              options = {
+                listen = mkOption {
+                  type = types.str;
+                  default = "127.0.0.1:8080";
+                  description = ''
+                    Address of the panel. Keep it on loopback behind a TLS reverse
+                    proxy (then set `secure_cookies = true` and
+                    {option}`panel.behindProxy`).
+                  '';
+                };
+                database_url = mkOption {
+                  type = types.str;
+                  default = "sqlite://${dataDir}/panel.sqlite";
+                  description = "The panel's database.";
+                };
+              };
+            };
+          };
+        };
+      };
+    };
+
+    panel = {
+      enable = mkOption {
+        type = types.bool;
+        default = true;
+        description = "Whether to run the web panel (`bento serve`) as the `bento-panel` service.";
+      };
+      openFirewall = mkOption {
+        type = types.bool;
+        default = false;
+        description = "Open the port of `settings.web.listen` in the firewall.";
+      };
+      behindProxy = mkOption {
+        type = types.bool;
+        default = false;
+        description = "A reverse proxy on this machine serves the panel: take client addresses from X-Forwarded-For.";
+      };
+      extraArgs = mkOption {
+        type = types.listOf types.str;
+        default = [ ];
+        example = [
+          "--rescan-secs"
+          "120"
+        ];
+        description = "More arguments for `bento serve`.";
+      };
+    };
+
+    binaryCache = {
+      enable = mkEnableOption ''
+        serving this machine's Nix store to the hosts as a binary cache
+        (harmonia), so that they download what the server already built
+        (`settings.local_build`) instead of building it again
+      '';
+      port = mkOption {
+        type = types.port;
+        default = 5000;
+        description = "Port of the binary cache.";
+      };
+      secretKeyFile = mkOption {
+        type = types.nullOr types.str;
+        default = null;
+        example = "/var/lib/secrets/bento-cache.sec";
+        description = ''
+          Signing key (`nix-store --generate-binary-cache-key NAME sec pub`),
+          kept out of the Nix store. The hosts trust its public half through
+          {option}`services.bento.agent.binaryCache.publicKey`.
+        '';
+      };
+      openFirewall = mkOption {
+        type = types.bool;
+        default = false;
+        description = "Open {option}`binaryCache.port` in the firewall.";
+      };
+    };
+  };
+
+  config = mkIf cfg.enable (mkMerge [
+    {
+      assertions = [
+        {
+          assertion = cfg.sftp.mode != "embedded";
+          message = ''
+            services.bento.server.sftp.mode = "embedded": the SFTP server embedded in
+            `bento serve` is planned but not in this version of bento. Use "openssh".
+          '';
+        }
+        {
+          assertion = !(cfg.hosts ? ${cfg.user}) && !(cfg.hosts ? root);
+          message = "services.bento.server.hosts: a host may not be called ${cfg.user} or root (its user would be the publisher's or root).";
+        }
+      ]
+      ++ lib.concatLists (
+        lib.mapAttrsToList (
+          name: h:
+          optional (h.reboot != null) (common.rebootAssertion "services.bento.server.hosts.${name}.reboot" h.reboot)
+        ) cfg.hosts
+      );
+
+      services.bento.server.settings = {
+        publish_user = cfg.user;
+        hosts = lib.mapAttrs hostSettings cfg.hosts;
+      };
+
+      users.users.${cfg.user} = {
+        isSystemUser = true;
+        inherit (cfg) group;
+        home = dataDir;
+        description = "bento publisher and panel";
+      };
+      users.groups.${cfg.group} = { };
+
+      # The hosts' chroots as `bento deploy` run as root would leave them, so
+      # that every publication works as cfg.user.
+      systemd.tmpfiles.rules = [
+        "d ${dataDir} 0750 ${cfg.user} ${cfg.group} - -"
+        "d ${cfg.directory} 0750 ${cfg.user} ${cfg.group} - -"
+        "d ${cfg.directory}/hosts 0750 ${cfg.user} ${cfg.group} - -"
+      ]
+      ++ optional cfg.manageSettingsFile "L+ ${cfg.directory}/bento.toml - - - - ${checkedSettings}"
+      ++ bentoLib.chrootRules {
+        inherit chrootDir;
+        inherit (cfg) hosts;
+        inherit (cfg.sftp) group;
+        publishUser = cfg.user;
+        publishGroup = cfg.group;
+      };
+
+      environment.systemPackages = [ bentoCommand ];
+
+      # Deploys build through the daemon as cfg.user (`extra-`: appended to
+      # allowed-users, whatever it is).
+      nix.settings.extra-allowed-users = [ cfg.user ];
+    }
+
+    (mkIf (cfg.sftp.mode == "openssh") {
+      assertions = [
+        {
+          assertion = lib.all bentoLib.validHostUser (lib.attrNames cfg.hosts);
+          message = ''
+            services.bento.server.hosts: in OpenSSH mode every host name is a system
+            user name too (lower case letters, digits, '-' and '_', at most 32
+            characters, not starting with a digit or '-'); these are not:
+            ${concatStringsSep ", " (lib.filter (n: !bentoLib.validHostUser n) (lib.attrNames cfg.hosts))}
+          '';
+        }
+        {
+          assertion =
+            !(cfg.settings ? default_user)
+            && lib.all (n: (cfg.settings.hosts.${n}.user or n) == n) (lib.attrNames cfg.settings.hosts);
+          message = ''
+            services.bento.server.settings: in OpenSSH mode each host logs in as the
+            user named like it (sshd chroots user %u into chroot_dir/%u): remove
+            default_user and hosts.<name>.user.
+          '';
+        }
+      ];
+
+      services.openssh.enable = true;
+      # Last in sshd_config: a Match block runs to the end of the file.
+      services.openssh.extraConfig = mkAfter (
+        bentoLib.sshdMatchBlock {
+          inherit (cfg.sftp) group;
+          inherit chrootDir;
+        }
+      );
+
+      users.groups.${cfg.sftp.group} = { };
+      users.users = bentoLib.hostUsers {
+        inherit (cfg) hosts;
+        inherit (cfg.sftp) group;
+      };
+    })
+
+    (mkIf cfg.panel.enable {
+      systemd.services.bento-panel = {
+        description = "bento web panel";
+        wantedBy = [ "multi-user.target" ];
+        wants = [ "network-online.target" ];
+        after = [
+          "network-online.target"
+          "nix-daemon.socket"
+          "systemd-tmpfiles-setup.service"
+        ];
+        requires = [ "nix-daemon.socket" ];
+        restartTriggers = [ checkedSettings ];
+
+        # The panel's jobs run nix (build, deploy, flake update, diff).
+        path = [
+          config.nix.package
+          pkgs.gitMinimal
+          config.programs.ssh.package
+          pkgs.coreutils
+          pkgs.gnutar
+          pkgs.gzip
+        ];
+        environment = {
+          HOME = dataDir;
+          BENTO_LOG = "info";
+          NIX_PATH = concatStringsSep ":" config.nix.nixPath;
+        }
+        // config.networking.proxy.envVars;
+
+        serviceConfig = {
+          ExecStart = escapeShellArgs (
+            [
+              "${cfg.package}/bin/bento"
+              "--dir"
+              cfg.directory
+              "serve"
+              "--listen"
+              cfg.settings.web.listen
+              "--database"
+              cfg.settings.web.database_url
+            ]
+            ++ optional cfg.panel.behindProxy "--behind-proxy"
+            ++ cfg.panel.extraArgs
+          );
+          User = cfg.user;
+          Group = cfg.group;
+          WorkingDirectory = cfg.directory;
+          StateDirectory = "bento-server";
+          StateDirectoryMode = "0750";
+          Restart = "on-failure";
+          RestartSec = 5;
+          # Releases must stay readable by the host users.
+          UMask = "0022";
+
+          # Hardening. The jobs run nix as a child (through the daemon), which
+          # is why neither MemoryDenyWriteExecute nor a tighter system call
+          # filter is set, and why disallowed calls fail instead of killing.
+          ReadWritePaths = [
+            chrootDir
+            cfg.directory
+          ];
+          ProtectSystem = "strict";
+          ProtectHome = if underHome chrootDir || underHome cfg.directory then "read-only" else true;
+          PrivateTmp = true;
+          PrivateDevices = true;
+          DevicePolicy = "closed";
+          NoNewPrivileges = true;
+          CapabilityBoundingSet = [ "" ];
+          AmbientCapabilities = [ "" ];
+          RestrictAddressFamilies = [
+            "AF_UNIX"
+            "AF_INET"
+            "AF_INET6"
+            "AF_NETLINK"
+          ];
+          RestrictNamespaces = true;
+          RestrictRealtime = true;
+          RestrictSUIDSGID = true;
+          LockPersonality = true;
+          ProtectClock = true;
+          ProtectControlGroups = true;
+          ProtectHostname = true;
+          ProtectKernelLogs = true;
+          ProtectKernelModules = true;
+          ProtectKernelTunables = true;
+          ProtectProc = "invisible";
+          RemoveIPC = true;
+          SystemCallArchitectures = "native";
+          SystemCallFilter = [
+            "@system-service"
+            "~@privileged"
+          ];
+          SystemCallErrorNumber = "EPERM";
+        };
+      };
+
+      networking.firewall.allowedTCPPorts = optionals cfg.panel.openFirewall [ listenPort ];
+    })
+
+    (mkIf cfg.binaryCache.enable (mkMerge [
+      {
+        services.harmonia.enable = true;
+        services.harmonia.settings.bind = "[::]:${toString cfg.binaryCache.port}";
+        networking.firewall.allowedTCPPorts = optionals cfg.binaryCache.openFirewall [
+          cfg.binaryCache.port
+        ];
+      }
+      (mkIf (cfg.binaryCache.secretKeyFile != null) (
+        # signKeyPaths replaced signKeyPath in nixpkgs 24.11.
+        if options.services.harmonia ? signKeyPaths then
+          { services.harmonia.signKeyPaths = [ cfg.binaryCache.secretKeyFile ]; }
+        else
+          { services.harmonia.signKeyPath = cfg.binaryCache.secretKeyFile; }
+      ))
+    ]))
+  ]);
+}
