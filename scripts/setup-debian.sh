@@ -7,7 +7,7 @@ set -euo pipefail
 want=(nix-bin openssh-server openssh-client sqlite3 ca-certificates build-essential pkg-config)
 if [ "${1:-}" = "--tests" ]; then
   want+=(chromium chromium-driver dbus-daemon dbus xvfb xfce4-panel x11-utils imagemagick
-         fonts-dejavu-core dunst wrk hyperfine curl systemd
+         fonts-dejavu-core fonts-noto-color-emoji dunst wrk hyperfine curl systemd
          libwebkit2gtk-4.1-dev libgtk-3-dev libsoup-3.0-dev)
 fi
 

@@ -87,6 +87,18 @@ pub enum Command {
     },
     /// Check the bento directory's settings and host names, then exit.
     CheckConfig,
+    /// Serve the web panel (fleet, hosts, jobs, audit log, JSON API, metrics).
+    Serve(crate::commands::serve::ServeArgs),
+    /// Accounts of the web panel.
+    User {
+        #[command(subcommand)]
+        action: crate::commands::user::UserAction,
+    },
+    /// Bearer tokens for the panel's API and /metrics.
+    Token {
+        #[command(subcommand)]
+        action: crate::commands::token::TokenAction,
+    },
 }
 
 pub fn main() -> ExitCode {

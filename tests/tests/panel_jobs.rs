@@ -54,7 +54,7 @@ async fn a_deploy_job_publishes_and_streams_its_log() -> Result<()> {
     assert!(job["finished_at"].as_i64() >= job["started_at"].as_i64());
     let page = s.page(&format!("/jobs/{id}")).await?;
     assert!(
-        page.contains(&format!("revision {revision}")),
+        page.contains(&format!("published revision {revision}")),
         "job page lacks the host's result"
     );
     assert!(

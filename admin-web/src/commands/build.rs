@@ -43,11 +43,13 @@ pub fn build(
     } else {
         SwitchAction::Test
     };
-    if !yes && !confirm(&format!(
-        "Activate {} on THIS machine with switch-to-configuration {}?",
-        system.display(),
-        verb.as_str()
-    ))? {
+    if !yes
+        && !confirm(&format!(
+            "Activate {} on THIS machine with switch-to-configuration {}?",
+            system.display(),
+            verb.as_str()
+        ))?
+    {
         eprintln!("Not activated.");
         return Ok(ExitCode::from(1));
     }

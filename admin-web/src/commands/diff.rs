@@ -29,7 +29,10 @@ pub fn run(bento: &BentoDir, filter: &HostFilter) -> anyhow::Result<ExitCode> {
         let from = PathBuf::from("/nix/store").join(running);
         let to = PathBuf::from("/nix/store").join(expected);
         if !from.exists() {
-            println!("  {} is not in this machine's store: cannot compute the difference", from.display());
+            println!(
+                "  {} is not in this machine's store: cannot compute the difference",
+                from.display()
+            );
         } else {
             match nix.diff_closures(&from, &to) {
                 Ok(d) if d.trim().is_empty() => println!("  (no package differences)"),
@@ -42,5 +45,9 @@ pub fn run(bento: &BentoDir, filter: &HostFilter) -> anyhow::Result<ExitCode> {
         }
         println!("-------------");
     }
-    Ok(if failed { ExitCode::from(1) } else { ExitCode::SUCCESS })
+    Ok(if failed {
+        ExitCode::from(1)
+    } else {
+        ExitCode::SUCCESS
+    })
 }

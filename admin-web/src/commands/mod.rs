@@ -4,7 +4,10 @@ pub mod build;
 pub mod diff;
 pub mod flake_update;
 pub mod init;
+pub mod serve;
 pub mod status;
+pub mod token;
+pub mod user;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -28,6 +31,9 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Status { json, once, filter } => status::run(&open(dir)?, json, once, &filter),
         Command::Diff { filter } => diff::run(&open(dir)?, &filter),
         Command::FlakeUpdate { input } => flake_update::run(&open(dir)?, input.as_deref()),
+        Command::Serve(args) => serve::run(dir, args),
+        Command::User { action } => user::run(dir, action),
+        Command::Token { action } => token::run(dir, action),
         Command::CheckConfig => {
             let b = open(dir)?;
             let (dirs, unusable) = b.host_dirs()?;

@@ -27,10 +27,20 @@ pub fn collect(bento: &BentoDir, filter: &HostFilter) -> anyhow::Result<Vec<Host
         poll_interval: Duration::from_secs(bento.settings.poll_interval),
         offline_after_polls: bento.settings.offline_after_polls,
     };
-    Ok(fleet_status_of(&chroot, &hosts, &chroot.read_states(), &opts))
+    Ok(fleet_status_of(
+        &chroot,
+        &hosts,
+        &chroot.read_states(),
+        &opts,
+    ))
 }
 
-pub fn run(bento: &BentoDir, json: bool, once: bool, filter: &HostFilter) -> anyhow::Result<ExitCode> {
+pub fn run(
+    bento: &BentoDir,
+    json: bool,
+    once: bool,
+    filter: &HostFilter,
+) -> anyhow::Result<ExitCode> {
     let rows = collect(bento, filter)?;
     for h in &rows {
         for w in &h.warnings {
@@ -51,7 +61,11 @@ pub fn run(bento: &BentoDir, json: bool, once: bool, filter: &HostFilter) -> any
 }
 
 /// Redraws whenever the chroot changes, and every 30 s for the elapsed times.
-fn watch(bento: &BentoDir, filter: &HostFilter, mut rows: Vec<HostStatus>) -> anyhow::Result<ExitCode> {
+fn watch(
+    bento: &BentoDir,
+    filter: &HostFilter,
+    mut rows: Vec<HostStatus>,
+) -> anyhow::Result<ExitCode> {
     let (tx, rx) = mpsc::channel();
     let mut watcher = notify::recommended_watcher(move |_| {
         let _ = tx.send(());
@@ -59,8 +73,16 @@ fn watch(bento: &BentoDir, filter: &HostFilter, mut rows: Vec<HostStatus>) -> an
     watcher.watch(&bento.settings.chroot_dir, RecursiveMode::Recursive)?;
     loop {
         let mut out = std::io::stdout().lock();
-        write!(out, "\x1b[2J\x1b[H{}", crate::table::render(&rows, SystemTime::now()))?;
-        writeln!(out, "\n(watching {} — Ctrl-C to quit)", bento.settings.chroot_dir.display())?;
+        write!(
+            out,
+            "\x1b[2J\x1b[H{}",
+            crate::table::render(&rows, SystemTime::now())
+        )?;
+        writeln!(
+            out,
+            "\n(watching {} — Ctrl-C to quit)",
+            bento.settings.chroot_dir.display()
+        )?;
         out.flush()?;
         drop(out);
         match rx.recv_timeout(Duration::from_secs(30)) {

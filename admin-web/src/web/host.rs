@@ -1,0 +1,662 @@
+//! A host's page (status, report history, jobs, actions), its log viewer and the
+//! closure diff between what it runs and what it should run.
+//!
+//! Everything shown comes from the host, which may be compromised: askama escapes
+//! it, logs are decompressed up to [`LOG_CAP`] and opened only as regular files
+//! (never through a symlink), and a report that cannot be read is shown as such.
+
+use std::io::Read;
+use std::path::PathBuf;
+use std::time::{Duration, SystemTime};
+
+use askama::Template;
+use axum::extract::{Path, Query, State};
+use axum::response::Html;
+use bento_core::chroot::Chroot;
+use bento_core::nix::Nix;
+use bento_core::report::{short_hash, ReportName};
+use bento_core::status::HostStatus;
+use bento_core::HostName;
+use serde::Deserialize;
+
+use super::auth::SessionUser;
+use super::db::now_ms;
+use super::error::{WebError, WebResult};
+use super::ingest::open_host_file;
+use super::jobs::{Job, JobView};
+use super::views::{self, Nav};
+use super::AppState;
+
+/// Decompressed bytes of a log shown at most (a gzip bomb costs no more).
+pub const LOG_CAP: usize = 2 * 1024 * 1024;
+/// Closure diff output kept at most.
+const DIFF_CAP: usize = 256 * 1024;
+const REPORTS_PER_PAGE: i64 = 50;
+
+fn host_name(name: &str) -> WebResult<HostName> {
+    HostName::new(name).map_err(|e| WebError::BadRequest(format!("{e}.")))
+}
+
+fn cached_status(state: &AppState, h: &HostName) -> WebResult<std::sync::Arc<HostStatus>> {
+    state.fleet.get(h.as_str()).ok_or_else(|| {
+        WebError::NotFound(format!(
+            "There is no host {h} in the chroot. A host appears here once it has been deployed."
+        ))
+    })
+}
+
+/// A stored report, as the history shows it.
+#[derive(sqlx::FromRow)]
+struct ReportRow {
+    file: String,
+    client_time: String,
+    status: String,
+    system: String,
+    received: i64,
+    has_sidecar: bool,
+    sidecar_error: Option<String>,
+    revision: Option<String>,
+    started: Option<i64>,
+    finished: Option<i64>,
+    error: Option<String>,
+    agent_version: Option<String>,
+    reboot_required: bool,
+}
+
+struct ReportView {
+    file: String,
+    url: String,
+    time: String,
+    received_ago: String,
+    received_title: String,
+    status: String,
+    class: &'static str,
+    revision: String,
+    system: String,
+    duration: String,
+    error: String,
+    sidecar: String,
+    sidecar_bad: bool,
+    deciding: bool,
+}
+
+impl ReportView {
+    fn new(host: &str, r: &ReportRow, deciding: Option<&str>, now: SystemTime) -> Self {
+        let received = Some(super::db::from_ms(r.received));
+        ReportView {
+            url: format!("/hosts/{host}/logs/{}", views::segment(&r.file)),
+            time: r.client_time.clone(),
+            received_ago: views::ago(received, now),
+            received_title: views::full_time(received),
+            class: views::status_class(&r.status),
+            status: r.status.clone(),
+            revision: r
+                .revision
+                .as_deref()
+                .map(|s| views::clip(s, 12))
+                .unwrap_or_default(),
+            system: short_hash(&r.system).to_owned(),
+            duration: match (r.started, r.finished) {
+                (Some(s), Some(f)) if f >= s => views::duration_ms(f - s),
+                _ => String::new(),
+            },
+            error: r
+                .error
+                .as_deref()
+                .map(|e| views::clip(e, 200))
+                .unwrap_or_default(),
+            sidecar: match (&r.sidecar_error, r.has_sidecar) {
+                (Some(e), _) => views::clip(e, 200),
+                (None, false) => "legacy client (no sidecar)".into(),
+                (None, true) => String::new(),
+            },
+            sidecar_bad: r.sidecar_error.is_some(),
+            deciding: deciding == Some(r.file.as_str()),
+            file: r.file.clone(),
+        }
+    }
+}
+
+struct Fact {
+    label: &'static str,
+    value: String,
+    title: String,
+    mono: bool,
+}
+
+fn fact(label: &'static str, value: impl Into<String>) -> Fact {
+    Fact {
+        label,
+        value: value.into(),
+        title: String::new(),
+        mono: false,
+    }
+}
+
+#[derive(Template)]
+#[template(path = "host.html")]
+struct HostPage {
+    nav: Nav,
+    host: String,
+    emoji: &'static str,
+    label: &'static str,
+    class: &'static str,
+    reboot: bool,
+    offline: bool,
+    matches: &'static str,
+    facts: Vec<Fact>,
+    tags: Vec<String>,
+    warnings: Vec<String>,
+    reports: Vec<ReportView>,
+    total_reports: i64,
+    older: String,
+    newer: String,
+    jobs: Vec<JobView>,
+    can_diff: bool,
+    diff_note: String,
+}
+
+#[derive(Deserialize, Default)]
+pub struct HostQuery {
+    #[serde(default)]
+    page: String,
+}
+
+pub async fn page(
+    State(state): State<AppState>,
+    user: SessionUser,
+    Path(name): Path<String>,
+    Query(q): Query<HostQuery>,
+) -> WebResult<Html<String>> {
+    let h = host_name(&name)?;
+    let st = cached_status(&state, &h)?;
+    let now = SystemTime::now();
+    let page = q.page.parse::<i64>().unwrap_or(1).max(1);
+    let rows: Vec<ReportRow> = sqlx::query_as(
+        "SELECT file, client_time, status, system, received, has_sidecar, sidecar_error, revision, \
+                started, finished, error, agent_version, reboot_required \
+         FROM reports WHERE host = ? ORDER BY client_time DESC, ctime DESC, id DESC LIMIT ? OFFSET ?",
+    )
+    .bind(h.as_str())
+    .bind(REPORTS_PER_PAGE)
+    .bind((page - 1) * REPORTS_PER_PAGE)
+    .fetch_all(&state.db)
+    .await?;
+    let total_reports: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM reports WHERE host = ?")
+        .bind(h.as_str())
+        .fetch_one(&state.db)
+        .await?;
+    let newest: Option<ReportRow> = if page == 1 {
+        None
+    } else {
+        sqlx::query_as(
+            "SELECT file, client_time, status, system, received, has_sidecar, sidecar_error, revision, \
+                    started, finished, error, agent_version, reboot_required \
+             FROM reports WHERE host = ? ORDER BY client_time DESC, ctime DESC, id DESC LIMIT 1",
+        )
+        .bind(h.as_str())
+        .fetch_optional(&state.db)
+        .await?
+    };
+    let latest = if page == 1 {
+        rows.first()
+    } else {
+        newest.as_ref()
+    };
+    let jobs = sqlx::query_as::<_, Job>(
+        "SELECT * FROM jobs WHERE host = ? OR id IN (SELECT job_id FROM job_hosts WHERE host = ?) \
+         ORDER BY id DESC LIMIT 10",
+    )
+    .bind(h.as_str())
+    .bind(h.as_str())
+    .fetch_all(&state.db)
+    .await?;
+
+    let deciding = st.last_report.as_ref().map(|r| r.file.as_str());
+    let mut facts = vec![
+        Fact {
+            title: st.expected_system.clone().unwrap_or_default(),
+            mono: true,
+            ..fact(
+                "Expected system",
+                st.expected_system
+                    .clone()
+                    .unwrap_or_else(|| "non-flake host (the host builds it)".into()),
+            )
+        },
+        Fact {
+            mono: true,
+            ..fact(
+                "Running system",
+                st.running_system
+                    .clone()
+                    .unwrap_or_else(|| "not reported yet".into()),
+            )
+        },
+        Fact {
+            mono: true,
+            ..fact(
+                "Published revision",
+                st.revision.clone().unwrap_or_else(|| "—".into()),
+            )
+        },
+        Fact {
+            mono: true,
+            ..fact(
+                "Running revision",
+                st.running_revision.clone().unwrap_or_else(|| "—".into()),
+            )
+        },
+        Fact {
+            title: views::full_time(st.published_at),
+            ..fact("New config", views::ago(st.published_at, now))
+        },
+        Fact {
+            title: views::full_time(st.last_seen),
+            ..fact("Last seen", views::ago(st.last_seen, now))
+        },
+        fact(
+            "Reboot",
+            if st.reboot_pending {
+                "pending: the running kernel is not the built one"
+            } else {
+                "not needed"
+            },
+        ),
+        fact(
+            "Reports",
+            format!(
+                "{} in total, {} since the last publication",
+                st.total_reports, st.reports_since_publication
+            ),
+        ),
+    ];
+    if let Some(v) = latest.and_then(|r| r.agent_version.clone()) {
+        facts.push(fact("Agent version", v));
+    }
+    if let Some(r) = latest.filter(|r| r.reboot_required && !st.reboot_pending) {
+        facts.push(fact(
+            "Last report",
+            format!("{}: asked for a reboot", r.client_time),
+        ));
+    }
+    let (can_diff, diff_note) = match (&st.running_system, &st.expected_system) {
+        (Some(r), Some(e)) if r != e => (true, String::new()),
+        (Some(_), Some(_)) => (
+            false,
+            "The host runs the expected system: nothing to compare.".into(),
+        ),
+        (None, _) => (false, "The host has not reported what it runs yet.".into()),
+        (_, None) => (
+            false,
+            "A non-flake host is built on the host itself: no expected system to compare with."
+                .into(),
+        ),
+    };
+    let tags = state
+        .fleet
+        .read()
+        .tags
+        .get(h.as_str())
+        .cloned()
+        .unwrap_or_default();
+    let last_page = (total_reports + REPORTS_PER_PAGE - 1) / REPORTS_PER_PAGE;
+    let p = HostPage {
+        nav: Nav::new(&user, "fleet"),
+        host: h.to_string(),
+        emoji: st.state.emoji(),
+        label: st.state.label(),
+        class: views::state_class(st.state),
+        reboot: st.reboot_pending,
+        offline: st.offline,
+        matches: match st.matches_expected() {
+            Some(true) => "running the expected system",
+            Some(false) => "not running the expected system",
+            None => "",
+        },
+        facts,
+        tags,
+        warnings: st
+            .warnings
+            .iter()
+            .take(50)
+            .map(|w| views::clip(w, 300))
+            .collect(),
+        reports: rows
+            .iter()
+            .map(|r| ReportView::new(h.as_str(), r, deciding, now))
+            .collect(),
+        total_reports,
+        older: if page < last_page {
+            format!("/hosts/{h}?page={}", page + 1)
+        } else {
+            String::new()
+        },
+        newer: if page > 1 {
+            format!("/hosts/{h}?page={}", page - 1)
+        } else {
+            String::new()
+        },
+        jobs: jobs.iter().map(JobView::new).collect(),
+        can_diff,
+        diff_note,
+    };
+    Ok(Html(p.render().map_err(WebError::internal)?))
+}
+
+/// A log, decompressed up to `cap` bytes. What could be read before an error (a
+/// corrupt or truncated upload) is kept, with the error.
+pub struct LogText {
+    pub text: String,
+    pub truncated: bool,
+    pub error: Option<String>,
+    pub compressed: u64,
+}
+
+pub fn read_log(path: &std::path::Path, cap: usize) -> std::io::Result<LogText> {
+    let f = open_host_file(path)?;
+    let compressed = f.metadata().map(|m| m.len()).unwrap_or(0);
+    let mut dec = flate2::read::MultiGzDecoder::new(std::io::BufReader::new(f));
+    let mut buf = Vec::with_capacity(cap.min(256 * 1024));
+    let mut chunk = [0u8; 64 * 1024];
+    let mut error = None;
+    let mut truncated = false;
+    loop {
+        if buf.len() >= cap {
+            truncated = matches!(dec.read(&mut chunk[..1]), Ok(n) if n > 0);
+            break;
+        }
+        let want = chunk.len().min(cap - buf.len());
+        match dec.read(&mut chunk[..want]) {
+            Ok(0) => break,
+            Ok(n) => buf.extend_from_slice(&chunk[..n]),
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+            Err(e) => {
+                error = Some(format!(
+                    "the log is not a valid gzip file past this point ({e})"
+                ));
+                break;
+            }
+        }
+    }
+    Ok(LogText {
+        text: String::from_utf8_lossy(&buf).into_owned(),
+        truncated,
+        error,
+        compressed,
+    })
+}
+
+#[derive(Template)]
+#[template(path = "log.html")]
+struct LogPage {
+    nav: Nav,
+    host: String,
+    file: String,
+    lines: Vec<String>,
+    truncated: bool,
+    cap_mib: usize,
+    error: String,
+    missing: String,
+    compressed: String,
+    meta: Vec<Fact>,
+}
+
+pub async fn log(
+    State(state): State<AppState>,
+    user: SessionUser,
+    Path((name, file)): Path<(String, String)>,
+) -> WebResult<Html<String>> {
+    let h = host_name(&name)?;
+    if file.starts_with('.') || file.contains('/') || ReportName::parse(&file).is_err() {
+        return Err(WebError::BadRequest(format!(
+            "{:?} is not a report log name (YYYYmmdd-HHMM_SYSTEM_STATUS.log.gz).",
+            views::clip(&file, 80)
+        )));
+    }
+    let path: PathBuf = Chroot::new(&state.settings().chroot_dir)
+        .logs_dir(&h)
+        .join(&file);
+    let read = tokio::task::spawn_blocking(move || read_log(&path, LOG_CAP)).await?;
+    let row: Option<ReportRow> = sqlx::query_as(
+        "SELECT file, client_time, status, system, received, has_sidecar, sidecar_error, revision, \
+                started, finished, error, agent_version, reboot_required \
+         FROM reports WHERE host = ? AND file = ?",
+    )
+    .bind(h.as_str())
+    .bind(&file)
+    .fetch_optional(&state.db)
+    .await?;
+    let (text, truncated, error, missing, compressed) = match read {
+        Ok(l) => (
+            l.text,
+            l.truncated,
+            l.error.unwrap_or_default(),
+            String::new(),
+            format_size(l.compressed),
+        ),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound && row.is_none() => {
+            return Err(WebError::NotFound(format!(
+                "Host {h} has no report {file}."
+            )))
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => (
+            String::new(),
+            false,
+            String::new(),
+            "The log is no longer in the chroot (removed from the host's logs/).".into(),
+            String::new(),
+        ),
+        Err(e) if e.raw_os_error() == Some(libc::ELOOP) => (
+            String::new(),
+            false,
+            "The log is a symbolic link: not followed.".into(),
+            String::new(),
+            String::new(),
+        ),
+        Err(e) => {
+            tracing::warn!("{h}: cannot read the log {file}: {e}");
+            (
+                String::new(),
+                false,
+                format!("The log cannot be read: {e}."),
+                String::new(),
+                String::new(),
+            )
+        }
+    };
+    let mut meta = Vec::new();
+    if let Some(r) = &row {
+        meta.push(fact("Status", r.status.clone()));
+        meta.push(fact("Client time", r.client_time.clone()));
+        meta.push(Fact {
+            mono: true,
+            ..fact("System", r.system.clone())
+        });
+        if let Some(rev) = &r.revision {
+            meta.push(Fact {
+                mono: true,
+                ..fact("Revision", rev.clone())
+            });
+        }
+        if let (Some(s), Some(f)) = (r.started, r.finished) {
+            meta.push(fact("Duration", views::duration_ms(f - s)));
+        }
+        if let Some(e) = &r.error {
+            meta.push(fact("Error", views::clip(e, 2000)));
+        }
+        if let Some(v) = &r.agent_version {
+            meta.push(fact("Agent", v.clone()));
+        }
+        meta.push(fact(
+            "Sidecar",
+            match (&r.sidecar_error, r.has_sidecar) {
+                (Some(e), _) => e.clone(),
+                (None, true) => "present".into(),
+                (None, false) => "none (legacy client)".into(),
+            },
+        ));
+    }
+    let p = LogPage {
+        nav: Nav::new(&user, "fleet"),
+        host: h.to_string(),
+        lines: if text.is_empty() {
+            Vec::new()
+        } else {
+            text.lines().map(str::to_owned).collect()
+        },
+        file,
+        truncated,
+        cap_mib: LOG_CAP / (1024 * 1024),
+        error,
+        missing,
+        compressed,
+        meta,
+    };
+    Ok(Html(p.render().map_err(WebError::internal)?))
+}
+
+fn format_size(b: u64) -> String {
+    if b >= 1024 * 1024 {
+        format!("{:.1} MiB", b as f64 / (1024.0 * 1024.0))
+    } else if b >= 1024 {
+        format!("{:.1} KiB", b as f64 / 1024.0)
+    } else {
+        format!("{b} bytes")
+    }
+}
+
+/// A store path basename as nix prints it: 32 hash characters, `-`, a name.
+fn valid_store_name(s: &str) -> bool {
+    let (hash, name) = match s.split_once('-') {
+        Some(x) => x,
+        None => return false,
+    };
+    hash.len() == 32
+        && hash
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit())
+        && !name.is_empty()
+        && name.len() <= 200
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"+-._?=".contains(&b))
+}
+
+#[derive(Template)]
+#[template(path = "diff.html")]
+struct DiffPage {
+    nav: Nav,
+    host: String,
+    from: String,
+    to: String,
+    output: String,
+    error: String,
+    computed: String,
+    cached: bool,
+}
+
+pub async fn diff(
+    State(state): State<AppState>,
+    user: SessionUser,
+    Path(name): Path<String>,
+) -> WebResult<Html<String>> {
+    let h = host_name(&name)?;
+    let st = cached_status(&state, &h)?;
+    let (Some(from), Some(to)) = (st.running_system.clone(), st.expected_system.clone()) else {
+        return Err(WebError::BadRequest(format!(
+            "Host {h} has no running or no expected system: there is nothing to compare."
+        )));
+    };
+    let mut page = DiffPage {
+        nav: Nav::new(&user, "fleet"),
+        host: h.to_string(),
+        from: from.clone(),
+        to: to.clone(),
+        output: String::new(),
+        error: String::new(),
+        computed: String::new(),
+        cached: false,
+    };
+    let render = |p: DiffPage| -> WebResult<Html<String>> {
+        Ok(Html(p.render().map_err(WebError::internal)?))
+    };
+    if from == to {
+        page.error = "The host runs the expected system: nothing changed.".into();
+        return render(page);
+    }
+    if !valid_store_name(&from) || !valid_store_name(&to) {
+        page.error = "The reported system is not a store path name: cannot compare.".into();
+        return render(page);
+    }
+    let cached: Option<(String, i64)> =
+        sqlx::query_as("SELECT output, computed_at FROM closure_diffs WHERE from_system = ? AND to_system = ? AND ok = 1")
+            .bind(&from)
+            .bind(&to)
+            .fetch_optional(&state.db)
+            .await?;
+    if let Some((output, at)) = cached {
+        page.output = output;
+        page.computed = views::full_time_ms(Some(at));
+        page.cached = true;
+        return render(page);
+    }
+    let (fp, tp) = (
+        PathBuf::from("/nix/store").join(&from),
+        PathBuf::from("/nix/store").join(&to),
+    );
+    for p in [&fp, &tp] {
+        if !p.exists() {
+            page.error = format!(
+                "{} is not in this server's nix store: the difference cannot be computed here.",
+                p.display()
+            );
+            return render(page);
+        }
+    }
+    let nix = Nix::default();
+    let job = tokio::task::spawn_blocking(move || nix.diff_closures(&fp, &tp));
+    match tokio::time::timeout(Duration::from_secs(120), job).await {
+        Err(_) => {
+            page.error =
+                "Computing the difference took longer than two minutes; try again later.".into()
+        }
+        Ok(r) => {
+            match r? {
+                Ok(out) => {
+                    let out = if out.len() > DIFF_CAP {
+                        format!(
+                            "{}\n… (cut at {} KiB)",
+                            views::clip(&out, DIFF_CAP),
+                            DIFF_CAP / 1024
+                        )
+                    } else {
+                        out
+                    };
+                    let out = if out.trim().is_empty() {
+                        "(no package differences)".to_owned()
+                    } else {
+                        out
+                    };
+                    let now = now_ms();
+                    sqlx::query(
+                    "INSERT OR REPLACE INTO closure_diffs (from_system, to_system, output, ok, computed_at) VALUES (?, ?, ?, 1, ?)",
+                )
+                .bind(&from)
+                .bind(&to)
+                .bind(&out)
+                .bind(now)
+                .execute(&state.db)
+                .await?;
+                    page.output = out;
+                    page.computed = views::full_time_ms(Some(now));
+                }
+                Err(e) => {
+                    tracing::warn!("{h}: closure diff failed: {}", e.summary());
+                    page.error = "nix could not compare the two systems; the details are in the server's log.".into();
+                }
+            }
+        }
+    }
+    render(page)
+}

@@ -1,0 +1,131 @@
+//! `/metrics` (Prometheus text format; a session or a bearer token) and
+//! `/healthz` (open: load balancers and the NixOS module's checks use it).
+
+use std::fmt::Write;
+use std::sync::atomic::Ordering;
+
+use axum::extract::State;
+use axum::http::{header, StatusCode};
+use axum::response::{IntoResponse, Response};
+use bento_core::status::State as HostState;
+
+use super::auth::ApiUser;
+use super::error::ApiResult;
+use super::AppState;
+
+/// Upper bounds (seconds) of the job duration histogram.
+const BUCKETS: [f64; 10] = [
+    1.0, 5.0, 15.0, 30.0, 60.0, 120.0, 300.0, 600.0, 1800.0, 3600.0,
+];
+
+pub async fn metrics(State(state): State<AppState>, _user: ApiUser) -> ApiResult<Response> {
+    let mut out = String::with_capacity(4096);
+    {
+        let cache = state.fleet.read();
+        let mut counts = [0usize; HostState::ALL.len()];
+        let (mut reboot, mut offline) = (0, 0);
+        for h in cache.hosts.values() {
+            if let Some(i) = HostState::ALL.iter().position(|s| *s == h.state) {
+                counts[i] += 1;
+            }
+            reboot += h.reboot_pending as usize;
+            offline += h.offline as usize;
+        }
+        out.push_str("# HELP bento_hosts Hosts per state.\n# TYPE bento_hosts gauge\n");
+        for (s, n) in HostState::ALL.iter().zip(counts) {
+            let _ = writeln!(out, "bento_hosts{{state=\"{}\"}} {n}", s.id());
+        }
+        let _ = writeln!(
+            out,
+            "# HELP bento_hosts_reboot_pending Hosts running an older kernel than they built.\n\
+             # TYPE bento_hosts_reboot_pending gauge\nbento_hosts_reboot_pending {reboot}"
+        );
+        let _ = writeln!(
+            out,
+            "# HELP bento_hosts_offline Hosts whose heartbeat is late.\n\
+             # TYPE bento_hosts_offline gauge\nbento_hosts_offline {offline}"
+        );
+    }
+    let _ = writeln!(
+        out,
+        "# HELP bento_reports_ingested_total Reports read from the chroot since the panel started.\n\
+         # TYPE bento_reports_ingested_total counter\nbento_reports_ingested_total {}",
+        state.fleet.reports_ingested.load(Ordering::Relaxed)
+    );
+
+    let by_status: Vec<(String, String, i64)> = sqlx::query_as(
+        "SELECT kind, status, COUNT(*) FROM jobs GROUP BY kind, status ORDER BY kind, status",
+    )
+    .fetch_all(&state.db)
+    .await?;
+    out.push_str("# HELP bento_jobs Jobs per kind and status.\n# TYPE bento_jobs gauge\n");
+    for (kind, status, n) in &by_status {
+        let _ = writeln!(out, "bento_jobs{{kind=\"{kind}\",status=\"{status}\"}} {n}");
+    }
+    let durations: Vec<(String, i64)> = sqlx::query_as(
+        "SELECT kind, finished_at - started_at FROM jobs \
+         WHERE status IN ('succeeded', 'failed') AND started_at IS NOT NULL AND finished_at IS NOT NULL \
+         ORDER BY kind",
+    )
+    .fetch_all(&state.db)
+    .await?;
+    out.push_str(
+        "# HELP bento_job_duration_seconds Duration of finished jobs.\n# TYPE bento_job_duration_seconds histogram\n",
+    );
+    let mut i = 0;
+    while i < durations.len() {
+        let kind = &durations[i].0;
+        let j = durations[i..]
+            .iter()
+            .position(|(k, _)| k != kind)
+            .map_or(durations.len(), |p| i + p);
+        let secs: Vec<f64> = durations[i..j]
+            .iter()
+            .map(|(_, ms)| *ms as f64 / 1000.0)
+            .collect();
+        for le in BUCKETS {
+            let n = secs.iter().filter(|s| **s <= le).count();
+            let _ = writeln!(
+                out,
+                "bento_job_duration_seconds_bucket{{kind=\"{kind}\",le=\"{le}\"}} {n}"
+            );
+        }
+        let _ = writeln!(
+            out,
+            "bento_job_duration_seconds_bucket{{kind=\"{kind}\",le=\"+Inf\"}} {}",
+            secs.len()
+        );
+        let _ = writeln!(
+            out,
+            "bento_job_duration_seconds_sum{{kind=\"{kind}\"}} {:.3}",
+            secs.iter().sum::<f64>()
+        );
+        let _ = writeln!(
+            out,
+            "bento_job_duration_seconds_count{{kind=\"{kind}\"}} {}",
+            secs.len()
+        );
+        i = j;
+    }
+    Ok((
+        [(
+            header::CONTENT_TYPE,
+            "text/plain; version=0.0.4; charset=utf-8",
+        )],
+        out,
+    )
+        .into_response())
+}
+
+pub async fn healthz(State(state): State<AppState>) -> Response {
+    match sqlx::query_scalar::<_, i64>("SELECT 1")
+        .fetch_one(&state.db)
+        .await
+    {
+        Ok(_) => (StatusCode::OK, "ok\n").into_response(),
+        Err(e) => {
+            tracing::error!("health check: the database does not answer: {e}");
+            (StatusCode::SERVICE_UNAVAILABLE, "database unavailable\n").into_response()
+        }
+    }
+}

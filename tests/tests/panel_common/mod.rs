@@ -1,0 +1,506 @@
+//! The panel tests' fixture: the real `bento serve` binary on a loopback port it
+//! picks itself (`--listen 127.0.0.1:0`, address read from its stderr), a real
+//! SQLite file in the test directory, a bento directory of toy hosts and a chroot
+//! holding reports in the real on-disk format.
+
+#![allow(dead_code)]
+
+use std::fs;
+use std::io::{BufRead, BufReader, Write};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Stdio};
+use std::sync::{mpsc, Arc, Mutex};
+use std::time::{Duration, Instant, SystemTime};
+
+use anyhow::{bail, ensure, Context, Result};
+use bento_core::report::{AgentState, ReportStatus};
+use bento_tests::cli::BentoFixture;
+use bento_tests::reports::{set_mtime, write_heartbeat, Report};
+use reqwest::header::{COOKIE, LOCATION, SET_COOKIE};
+use reqwest::redirect::Policy;
+use reqwest::{Response, StatusCode};
+use time::OffsetDateTime;
+
+pub const ADMIN: &str = "admin";
+pub const PASSWORD: &str = "correct horse battery staple";
+
+/// A running `bento serve`.
+pub struct PanelServer {
+    pub fx: BentoFixture,
+    child: Option<Child>,
+    pub base: String,
+    log: Arc<Mutex<String>>,
+    pub db_url: String,
+}
+
+impl PanelServer {
+    /// A bento directory (chroot under the test directory, logs owned by root), a user
+    /// `admin`, and the panel started on it.
+    pub fn start(label: &str) -> Result<PanelServer> {
+        Self::start_with(label, "")
+    }
+
+    /// Same, with `extra` TOML in bento.toml (tags, `[web]`...).
+    pub fn start_with(label: &str, extra: &str) -> Result<PanelServer> {
+        let fx = BentoFixture::new(label)?;
+        fx.write_config(extra)?;
+        fs::create_dir_all(fx.chroot())?;
+        let db_url = format!("sqlite://{}", fx.dir.join("panel.sqlite").display());
+        let mut s = PanelServer {
+            fx,
+            child: None,
+            base: String::new(),
+            log: Arc::default(),
+            db_url,
+        };
+        s.bento_stdin(
+            &["user", "add", ADMIN, "--password-stdin"],
+            &format!("{PASSWORD}\n"),
+        )?;
+        s.spawn()?;
+        Ok(s)
+    }
+
+    /// Runs `bento ARGS --database DB` with `stdin`; fails unless it succeeds.
+    pub fn bento_stdin(&self, args: &[&str], stdin: &str) -> Result<String> {
+        let mut cmd = self.fx.cmd();
+        cmd.args(args)
+            .args(["--database", &self.db_url])
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped());
+        let mut child = cmd.spawn().context("starting bento")?;
+        child.stdin.take().unwrap().write_all(stdin.as_bytes())?;
+        let out = child.wait_with_output()?;
+        ensure!(
+            out.status.success(),
+            "bento {args:?} failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        Ok(String::from_utf8(out.stdout)?)
+    }
+
+    fn spawn(&mut self) -> Result<()> {
+        let mut child = self
+            .fx
+            .cmd()
+            .args([
+                "serve",
+                "--listen",
+                "127.0.0.1:0",
+                "--database",
+                &self.db_url,
+            ])
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .context("starting bento serve")?;
+        let stderr = child.stderr.take().unwrap();
+        let (tx, rx) = mpsc::channel();
+        let log = self.log.clone();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+                if let Some(addr) = line.strip_prefix("bento serve: listening on ") {
+                    let _ = tx.send(addr.to_owned());
+                }
+                let mut l = log.lock().unwrap();
+                l.push_str(&line);
+                l.push('\n');
+            }
+        });
+        self.child = Some(child);
+        match rx.recv_timeout(Duration::from_secs(60)) {
+            Ok(addr) => self.base = addr,
+            Err(_) => bail!("bento serve did not start:\n{}", self.server_log()),
+        }
+        Ok(())
+    }
+
+    /// Kills the server (SIGKILL: no chance to clean up) and starts it again on the
+    /// same database.
+    pub fn restart(&mut self) -> Result<()> {
+        self.kill();
+        self.spawn()
+    }
+
+    pub fn kill(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    /// What the server wrote to stderr.
+    pub fn server_log(&self) -> String {
+        self.log.lock().unwrap().clone()
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("{}{path}", self.base)
+    }
+
+    pub fn chroot(&self) -> PathBuf {
+        self.fx.chroot()
+    }
+
+    pub fn logs(&self, host: &str) -> PathBuf {
+        self.fx.host_chroot(host).join("logs")
+    }
+
+    /// Logs in as `admin`.
+    pub async fn login(&self) -> Result<Session> {
+        self.login_as(ADMIN, PASSWORD).await
+    }
+
+    pub async fn login_as(&self, user: &str, password: &str) -> Result<Session> {
+        let c = client();
+        let (status, cookie, _) = try_login(&c, &self.base, user, password).await?;
+        ensure!(
+            status == StatusCode::SEE_OTHER,
+            "login as {user} answered {status}"
+        );
+        let cookie = cookie.context("no session cookie")?;
+        let mut s = Session {
+            client: c,
+            base: self.base.clone(),
+            cookie,
+            csrf: String::new(),
+        };
+        let body = s.get("/jobs").await?.text().await?;
+        s.csrf = hidden(&body, "csrf").context("no csrf field on /jobs")?;
+        Ok(s)
+    }
+
+    /// A host in the chroot as `bento deploy` leaves it: release `rev` published
+    /// `published_ago` ago, expected system `expected` in states.txt.
+    pub fn add_host(
+        &self,
+        host: &str,
+        expected: Option<&str>,
+        published_ago: Duration,
+    ) -> Result<()> {
+        let hd = self.fx.host_chroot(host);
+        fs::create_dir_all(hd.join("logs"))?;
+        fs::create_dir_all(hd.join(".releases/r1"))?;
+        let current = hd.join(".releases/current");
+        if current.symlink_metadata().is_err() {
+            std::os::unix::fs::symlink("r1", &current)?;
+        }
+        fs::write(hd.join("last_change_date"), "r1\n")?;
+        set_mtime(
+            &hd.join("last_change_date"),
+            SystemTime::now() - published_ago,
+        )?;
+        if let Some(e) = expected {
+            let states = self.chroot().join("states.txt");
+            let mut text = fs::read_to_string(&states).unwrap_or_default();
+            text.push_str(&format!("{host}={e}\n"));
+            fs::write(states, text)?;
+        }
+        Ok(())
+    }
+
+    /// Writes a report of the new agent (with sidecar) for revision `r1`.
+    pub fn report(
+        &self,
+        host: &str,
+        system: &str,
+        status: ReportStatus,
+        log: &str,
+        error: Option<&str>,
+    ) -> Result<String> {
+        Report {
+            log,
+            error,
+            time: OffsetDateTime::now_utc(),
+            ..Report::agent(host, system, status, "r1")
+        }
+        .write(&self.logs(host))
+    }
+
+    pub fn heartbeat(&self, host: &str, system: &str, reboot: bool) -> Result<()> {
+        write_heartbeat(
+            &self.logs(host),
+            host,
+            Some(system),
+            Some("r1"),
+            AgentState::Idle,
+            reboot,
+        )
+    }
+}
+
+impl Drop for PanelServer {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+/// A store path basename for a made-up system of `host`, version `v`.
+pub fn system(host: &str, v: u32) -> String {
+    use std::hash::{Hash, Hasher};
+    let mut h = std::collections::hash_map::DefaultHasher::new();
+    (host, v).hash(&mut h);
+    let a = h.finish();
+    format!(
+        "{a:016x}{:016x}-nixos-system-{host}-{v}",
+        a.rotate_left(17) ^ 0x5bd1_e995
+    )
+}
+
+/// An HTTP client that follows no redirect and keeps no cookie: tests see both.
+pub fn client() -> reqwest::Client {
+    reqwest::Client::builder()
+        .redirect(Policy::none())
+        .timeout(Duration::from_secs(60))
+        .build()
+        .expect("http client")
+}
+
+/// Value of `name=` in a response's Set-Cookie headers, with the whole header.
+pub fn set_cookie(res: &Response, name: &str) -> Option<(String, String)> {
+    res.headers().get_all(SET_COOKIE).iter().find_map(|v| {
+        let v = v.to_str().ok()?;
+        let value = v
+            .strip_prefix(&format!("{name}="))?
+            .split(';')
+            .next()?
+            .to_owned();
+        Some((value, v.to_owned()))
+    })
+}
+
+/// The value of a hidden form field in a page.
+pub fn hidden(body: &str, name: &str) -> Option<String> {
+    let at = body.find(&format!("name=\"{name}\" value=\""))?;
+    let rest = &body[at + name.len() + 15..];
+    Some(rest[..rest.find('"')?].to_owned())
+}
+
+/// GET /login, then POST the form: (status, session cookie value, body).
+pub async fn try_login(
+    c: &reqwest::Client,
+    base: &str,
+    user: &str,
+    password: &str,
+) -> Result<(StatusCode, Option<String>, String)> {
+    let page = c.get(format!("{base}/login")).send().await?;
+    let (login_cookie, _) = set_cookie(&page, "bento_login").context("no login cookie")?;
+    let csrf = hidden(&page.text().await?, "csrf").context("no csrf on the login form")?;
+    let res = c
+        .post(format!("{base}/login"))
+        .header(COOKIE, format!("bento_login={login_cookie}"))
+        .form(&[
+            ("user", user),
+            ("password", password),
+            ("csrf", &csrf),
+            ("next", "/"),
+        ])
+        .send()
+        .await?;
+    let status = res.status();
+    let cookie = set_cookie(&res, "bento_session")
+        .map(|c| c.0)
+        .filter(|c| !c.is_empty());
+    Ok((status, cookie, res.text().await?))
+}
+
+/// A logged-in browser-like client.
+pub struct Session {
+    pub client: reqwest::Client,
+    pub base: String,
+    pub cookie: String,
+    pub csrf: String,
+}
+
+impl Session {
+    pub fn cookie_header(&self) -> String {
+        format!("bento_session={}", self.cookie)
+    }
+
+    pub async fn get(&self, path: &str) -> Result<Response> {
+        Ok(self
+            .client
+            .get(format!("{}{path}", self.base))
+            .header(COOKIE, self.cookie_header())
+            .send()
+            .await?)
+    }
+
+    /// GET, expecting 200; the body.
+    pub async fn page(&self, path: &str) -> Result<String> {
+        let res = self.get(path).await?;
+        ensure!(
+            res.status() == StatusCode::OK,
+            "GET {path}: {}",
+            res.status()
+        );
+        Ok(res.text().await?)
+    }
+
+    pub async fn json(&self, path: &str) -> Result<serde_json::Value> {
+        let res = self.get(path).await?;
+        ensure!(
+            res.status() == StatusCode::OK,
+            "GET {path}: {}",
+            res.status()
+        );
+        Ok(res.json().await?)
+    }
+
+    /// GET a JSON resource that may not exist yet: `None` on 404.
+    pub async fn json_opt(&self, path: &str) -> Result<Option<serde_json::Value>> {
+        let res = self.get(path).await?;
+        if res.status() == StatusCode::NOT_FOUND {
+            return Ok(None);
+        }
+        ensure!(
+            res.status() == StatusCode::OK,
+            "GET {path}: {}",
+            res.status()
+        );
+        Ok(Some(res.json().await?))
+    }
+
+    /// POSTs a form with the session's CSRF token.
+    pub async fn post(&self, path: &str, fields: &[(&str, &str)]) -> Result<Response> {
+        let mut all: Vec<(&str, &str)> = fields.to_vec();
+        all.push(("csrf", &self.csrf));
+        self.post_raw(path, &all).await
+    }
+
+    /// POSTs exactly these fields.
+    pub async fn post_raw(&self, path: &str, fields: &[(&str, &str)]) -> Result<Response> {
+        Ok(self
+            .client
+            .post(format!("{}{path}", self.base))
+            .header(COOKIE, self.cookie_header())
+            .form(fields)
+            .send()
+            .await?)
+    }
+
+    /// Starts a job through the form; returns its id.
+    pub async fn start_job(&self, kind: &str, host: &str) -> Result<i64> {
+        let res = self
+            .post("/jobs", &[("kind", kind), ("host", host)])
+            .await?;
+        ensure!(
+            res.status() == StatusCode::SEE_OTHER,
+            "POST /jobs: {} {}",
+            res.status(),
+            res.text().await?
+        );
+        let loc = res
+            .headers()
+            .get(LOCATION)
+            .context("no Location")?
+            .to_str()?;
+        Ok(loc
+            .strip_prefix("/jobs/")
+            .context("odd Location")?
+            .parse()?)
+    }
+
+    /// Waits until job `id` is done; returns it (from the API).
+    pub async fn wait_job(&self, id: i64, timeout: Duration) -> Result<serde_json::Value> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let j = self.json(&format!("/api/v1/jobs/{id}")).await?;
+            if matches!(
+                j["status"].as_str(),
+                Some("succeeded" | "failed" | "cancelled")
+            ) {
+                return Ok(j);
+            }
+            ensure!(
+                Instant::now() < deadline,
+                "job {id} not done in {timeout:?}: {j}"
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+}
+
+/// Polls `probe` until it yields, with a deadline (never a fixed sleep).
+pub async fn eventually<T, F, Fut>(timeout: Duration, what: &str, mut probe: F) -> Result<T>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Result<Option<T>>>,
+{
+    let deadline = Instant::now() + timeout;
+    let mut wait = Duration::from_millis(5);
+    loop {
+        if let Some(v) = probe().await? {
+            return Ok(v);
+        }
+        ensure!(
+            Instant::now() < deadline,
+            "timed out after {timeout:?} waiting for {what}"
+        );
+        tokio::time::sleep(wait).await;
+        wait = (wait * 2).min(Duration::from_millis(100));
+    }
+}
+
+pub fn write_gz(path: &Path, data: &[u8]) -> Result<()> {
+    let mut e = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
+    e.write_all(data)?;
+    fs::write(path, e.finish()?)?;
+    Ok(())
+}
+
+/// Reads a Server-Sent Events response until the next complete event; returns
+/// (event name, data). Keep-alive comments are skipped.
+pub async fn next_event(res: &mut Response, buf: &mut String) -> Result<(String, String)> {
+    loop {
+        if let Some(end) = buf.find("\n\n") {
+            let block: String = buf.drain(..end + 2).collect();
+            if block.trim_start().starts_with(':') {
+                continue;
+            }
+            let mut event = String::from("message");
+            let mut data = Vec::new();
+            for line in block.lines() {
+                if let Some(v) = line.strip_prefix("event:") {
+                    event = v.trim().to_owned();
+                } else if let Some(v) = line.strip_prefix("data:") {
+                    data.push(v.strip_prefix(' ').unwrap_or(v).to_owned());
+                }
+            }
+            return Ok((event, data.join("\n")));
+        }
+        let chunk = res.chunk().await?.context("the event stream ended")?;
+        buf.push_str(&String::from_utf8_lossy(&chunk));
+    }
+}
+
+/// Reads a job's log stream until `done`; returns the lines and the final status.
+pub async fn read_job_log(
+    s: &Session,
+    id: i64,
+    timeout: Duration,
+) -> Result<(Vec<String>, String)> {
+    let mut res = s.get(&format!("/jobs/{id}/log")).await?;
+    ensure!(
+        res.status() == StatusCode::OK,
+        "log stream: {}",
+        res.status()
+    );
+    let mut buf = String::new();
+    let mut lines = Vec::new();
+    let deadline = tokio::time::Instant::now() + timeout;
+    loop {
+        let (event, data) = tokio::time::timeout_at(deadline, next_event(&mut res, &mut buf))
+            .await
+            .with_context(|| {
+                format!("job {id} not done in {timeout:?}; log so far: {lines:#?}")
+            })??;
+        match event.as_str() {
+            "line" => lines.push(data),
+            "done" => return Ok((lines, data)),
+            other => bail!("unexpected event {other}"),
+        }
+    }
+}
