@@ -335,7 +335,7 @@ pub fn read_json_capped_n<T: serde::de::DeserializeOwned>(
     path: &Path,
     cap: u64,
 ) -> Result<T, String> {
-    let f = fs::File::open(path).map_err(|e| e.to_string())?;
+    let f = open_untrusted(path).map_err(|e| e.to_string())?;
     let mut buf = Vec::new();
     f.take(cap + 1)
         .read_to_end(&mut buf)
@@ -346,10 +346,28 @@ pub fn read_json_capped_n<T: serde::de::DeserializeOwned>(
     serde_json::from_slice(&buf).map_err(|e| format!("malformed JSON: {e}"))
 }
 
+/// Opens a file a host wrote (its `logs/` is the host's to fill): never through a
+/// symlink, never blocking on a FIFO, and only if it is a regular file. A
+/// compromised host can then neither make the server read another file nor hang it.
+pub fn open_untrusted(path: &Path) -> std::io::Result<fs::File> {
+    use std::os::unix::fs::OpenOptionsExt;
+    let f = fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK)
+        .open(path)?;
+    if !f.metadata()?.is_file() {
+        return Err(std::io::Error::new(
+            std::io::ErrorKind::InvalidData,
+            "not a regular file",
+        ));
+    }
+    Ok(f)
+}
+
 /// Reads a gzipped log, decompressing at most `cap` bytes. Returns the text (lossy
 /// UTF-8) and whether it was cut. A gzip bomb costs at most `cap` bytes of memory.
 pub fn read_log_capped(path: &Path, cap: usize) -> std::io::Result<(String, bool)> {
-    let f = fs::File::open(path)?;
+    let f = open_untrusted(path)?;
     let mut dec = flate2::read::MultiGzDecoder::new(std::io::BufReader::new(f));
     let mut buf = Vec::with_capacity(cap.min(1 << 20));
     (&mut dec).take(cap as u64).read_to_end(&mut buf)?;

@@ -2,6 +2,7 @@
 //! format, with the server's own file times.
 
 use std::fs;
+use std::process::{Command, Stdio};
 use std::time::{Duration, SystemTime};
 
 use anyhow::Result;
@@ -282,5 +283,44 @@ fn non_flake_hosts_show_non_flakes_and_a_pin() -> Result<()> {
         line.contains("non-flakes") && line.contains("abcdefgh 📌"),
         "{table}"
     );
+    Ok(())
+}
+
+#[test]
+fn a_compromised_host_cannot_hang_or_redirect_status() -> Result<()> {
+    let mut f = BentoFixture::new("status-hostile")?;
+    let host = format!("{}-evil", unique_prefix());
+    f.fleet.nonflake_host(&host)?;
+    f.ok(&["deploy"])?;
+    let logs = f.host_chroot(&host).join("logs");
+    // A FIFO as heartbeat would block a plain open() forever; a symlink would make the
+    // server read a file of its own.
+    let fifo = logs.join("heartbeat.json");
+    let st = Command::new("mkfifo").arg(&fifo).status()?;
+    assert!(st.success());
+    let mut r = Report::legacy(&host, "aaaa-nixos-system-evil-1", ReportStatus::Success);
+    let name = r.write(&logs)?;
+    std::os::unix::fs::symlink("/etc/shadow", logs.join(name.replace(".log.gz", ".json")))?;
+    r.time -= time::Duration::minutes(5);
+    r.write(&logs)?;
+
+    let mut child = f
+        .cmd()
+        .args(["status", "--json"])
+        .stdout(Stdio::piped())
+        .spawn()?;
+    let done = bento_tests::wait_until(Duration::from_secs(20), || {
+        child.try_wait().ok().flatten().is_some()
+    });
+    if !done {
+        let _ = child.kill();
+    }
+    assert!(done, "bento status hung on a FIFO in a host's logs/");
+    let out = child.wait_with_output()?;
+    let rows: Vec<Value> = serde_json::from_slice(&out.stdout)?;
+    let row = by_host(&rows, &host);
+    let warnings = row["warnings"].to_string();
+    assert!(warnings.contains("heartbeat.json"), "{warnings}");
+    assert!(!warnings.contains("root:"), "{warnings}");
     Ok(())
 }
