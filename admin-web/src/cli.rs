@@ -8,7 +8,11 @@ use clap::{Parser, Subcommand, ValueEnum};
 use bento_core::HostName;
 
 #[derive(Debug, Parser)]
-#[command(name = "bento", version, about = "Pull-based deployment for fleets of NixOS machines")]
+#[command(
+    name = "bento",
+    version,
+    about = "Pull-based deployment for fleets of NixOS machines"
+)]
 pub struct Cli {
     /// The bento directory (default: the current directory).
     #[arg(long, short = 'C', env = "BENTO_DIR", global = true)]

@@ -54,5 +54,6 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
 /// Opens the bento directory given by `--dir`/`BENTO_DIR`, else the current one.
 pub fn open(dir: Option<PathBuf>) -> anyhow::Result<BentoDir> {
     let dir = dir.unwrap_or_else(|| PathBuf::from("."));
-    BentoDir::open(&dir).with_context(|| format!("cannot open the bento directory {}", dir.display()))
+    BentoDir::open(&dir)
+        .with_context(|| format!("cannot open the bento directory {}", dir.display()))
 }
