@@ -361,3 +361,43 @@ fn publish_all(
         }
     }
 }
+
+/// Counts of a run, for the one-line summary the CLI and the panel both show.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct Summary {
+    pub total: usize,
+    pub published: usize,
+    pub unchanged: usize,
+    pub failed: usize,
+}
+
+impl Summary {
+    pub fn of(outcomes: &[HostOutcome]) -> Self {
+        let count = |f: &dyn Fn(&HostOutcome) -> bool| outcomes.iter().filter(|o| f(o)).count();
+        Summary {
+            total: outcomes.len(),
+            published: count(&|o| matches!(o.published, Some(Published::New { .. }))),
+            unchanged: count(&|o| matches!(o.published, Some(Published::Unchanged { .. }))),
+            failed: count(&|o| !o.ok()),
+        }
+    }
+
+    /// `3 hosts: 1 published, 2 unchanged, 0 failed` for a deploy, else
+    /// `3 hosts: 3 built, 0 failed` with `verb` (built, evaluated).
+    pub fn line(&self, deploy: bool, verb: &str) -> String {
+        let hosts = if self.total == 1 { "host" } else { "hosts" };
+        if deploy {
+            format!(
+                "{} {hosts}: {} published, {} unchanged, {} failed",
+                self.total, self.published, self.unchanged, self.failed
+            )
+        } else {
+            format!(
+                "{} {hosts}: {} {verb}, {} failed",
+                self.total,
+                self.total - self.failed,
+                self.failed
+            )
+        }
+    }
+}

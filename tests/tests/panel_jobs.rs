@@ -42,7 +42,7 @@ async fn a_deploy_job_publishes_and_streams_its_log() -> Result<()> {
     );
     assert!(text.contains(&format!("{host}: published ")), "{text}");
     assert!(
-        text.ends_with("1 host(s): 1 published, 0 unchanged, 0 failed"),
+        text.ends_with("1 host: 1 published, 0 unchanged, 0 failed"),
         "{text}"
     );
 
@@ -96,7 +96,7 @@ async fn a_deploy_job_publishes_and_streams_its_log() -> Result<()> {
             "job {j} missing"
         );
     }
-    assert!(jobs.contains("1 host(s): 1 published, 0 unchanged, 0 failed"));
+    assert!(jobs.contains("1 host: 1 published, 0 unchanged, 0 failed"));
     let m = s.get("/metrics").await?.text().await?;
     assert!(
         m.contains("bento_job_duration_seconds_count{kind=\"deploy\"} 2"),

@@ -182,29 +182,10 @@ fn secs(d: Duration) -> String {
 /// Prints the per-host summary; returns how many failed.
 fn summarize(outcomes: &[HostOutcome], deploying: bool) -> usize {
     let failed: Vec<_> = outcomes.iter().filter(|o| !o.ok()).collect();
-    let published = outcomes
-        .iter()
-        .filter(|o| matches!(o.published, Some(Published::New { .. })))
-        .count();
-    let unchanged = outcomes
-        .iter()
-        .filter(|o| matches!(o.published, Some(Published::Unchanged { .. })))
-        .count();
     if outcomes.is_empty() {
         eprintln!("No host matched.");
-    } else if deploying {
-        eprintln!(
-            "{} hosts: {published} published, {unchanged} unchanged, {} failed",
-            outcomes.len(),
-            failed.len()
-        );
     } else {
-        eprintln!(
-            "{} hosts: {} built, {} failed",
-            outcomes.len(),
-            outcomes.len() - failed.len(),
-            failed.len()
-        );
+        eprintln!("{}", deploy::Summary::of(outcomes).line(deploying, "built"));
     }
     for o in &failed {
         eprintln!(

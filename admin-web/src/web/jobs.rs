@@ -583,33 +583,12 @@ fn summarize(kind: JobKind, host: Option<&str>, outcomes: Vec<HostOutcome>) -> O
         };
     }
     let failed: Vec<&HostOutcome> = outcomes.iter().filter(|o| !o.ok()).collect();
-    let summary = if kind == JobKind::Deploy {
-        let published = outcomes
-            .iter()
-            .filter(|o| matches!(o.published, Some(Published::New { .. })))
-            .count();
-        let unchanged = outcomes
-            .iter()
-            .filter(|o| matches!(o.published, Some(Published::Unchanged { .. })))
-            .count();
-        format!(
-            "{} host(s): {published} published, {unchanged} unchanged, {} failed",
-            outcomes.len(),
-            failed.len()
-        )
+    let verb = if kind == JobKind::DryBuild {
+        "evaluated"
     } else {
-        format!(
-            "{} host(s): {} {}, {} failed",
-            outcomes.len(),
-            outcomes.len() - failed.len(),
-            if kind == JobKind::DryBuild {
-                "evaluated"
-            } else {
-                "built"
-            },
-            failed.len()
-        )
+        "built"
     };
+    let summary = deploy::Summary::of(&outcomes).line(kind == JobKind::Deploy, verb);
     Outcome {
         ok: failed.is_empty(),
         summary,
