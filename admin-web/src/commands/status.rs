@@ -48,8 +48,11 @@ pub fn run(
         }
     }
     if json {
-        serde_json::to_writer_pretty(std::io::stdout().lock(), &rows)?;
-        println!();
+        // Stdout is line-buffered: one write per JSON line would dominate at 10k hosts.
+        let mut out = std::io::BufWriter::new(std::io::stdout().lock());
+        serde_json::to_writer_pretty(&mut out, &rows)?;
+        writeln!(out)?;
+        out.flush()?;
         return Ok(ExitCode::SUCCESS);
     }
     let interactive = std::io::stdout().is_terminal() && !once;
