@@ -340,17 +340,7 @@ impl Agent {
         {
             remote.close().await;
             let msg = format!("cannot prepare {}: {e}", staging.display());
-            return self
-                .conclude(
-                    None,
-                    &rev,
-                    started,
-                    previous,
-                    log,
-                    Err((ReportStatus::Failure, msg)),
-                    st,
-                )
-                .await;
+            return self.fail(&rev, started, previous, log, msg, st).await;
         }
         let remote_dir = if published.legacy {
             CONFIG_LINK.to_owned()
@@ -364,17 +354,7 @@ impl Agent {
             Err(RemoteError::Refused(reason)) => {
                 let msg = format!("release {rev} refused: {reason}");
                 log.error(&msg);
-                return self
-                    .conclude(
-                        None,
-                        &rev,
-                        started,
-                        previous,
-                        log,
-                        Err((ReportStatus::Failure, msg)),
-                        st,
-                    )
-                    .await;
+                return self.fail(&rev, started, previous, log, msg, st).await;
             }
             Err(e) => {
                 // The server went away: nothing is wrong with the release; retry later.
@@ -411,34 +391,14 @@ impl Agent {
             Err(msg) => {
                 log.error(&msg);
                 let _ = state::remove_tree(&staging);
-                return self
-                    .conclude(
-                        None,
-                        &rev,
-                        started,
-                        previous,
-                        log,
-                        Err((ReportStatus::Failure, msg)),
-                        st,
-                    )
-                    .await;
+                return self.fail(&rev, started, previous, log, msg, st).await;
             }
         };
         let release = self.state.release(&rev);
         let placed = state::remove_tree(&release).and_then(|_| std::fs::rename(&dl, &release));
         if let Err(e) = placed {
             let msg = format!("cannot move the release into {}: {e}", release.display());
-            return self
-                .conclude(
-                    None,
-                    &rev,
-                    started,
-                    previous,
-                    log,
-                    Err((ReportStatus::Failure, msg)),
-                    st,
-                )
-                .await;
+            return self.fail(&rev, started, previous, log, msg, st).await;
         }
         let _ = state::remove_tree(&staging);
         let keep: Vec<&str> = [
@@ -456,17 +416,7 @@ impl Agent {
             Ok(s) => s,
             Err(msg) => {
                 log.error(&msg);
-                return self
-                    .conclude(
-                        None,
-                        &rev,
-                        started,
-                        previous,
-                        log,
-                        Err((ReportStatus::Failure, msg)),
-                        st,
-                    )
-                    .await;
+                return self.fail(&rev, started, previous, log, msg, st).await;
             }
         };
         if let Some(expected) = manifest.as_ref().and_then(|m| m.expected_system.as_deref()) {
@@ -733,6 +683,21 @@ impl Agent {
             }
             Err(_) => Vec::new(),
         }
+    }
+
+    /// Ends an update that failed before anything was activated, with a failure report.
+    async fn fail(
+        &self,
+        rev: &str,
+        started: OffsetDateTime,
+        previous: Option<PathBuf>,
+        log: UpdateLog,
+        msg: String,
+        st: &mut PersistedState,
+    ) -> PollResult {
+        let result = Err((ReportStatus::Failure, msg));
+        self.conclude(None, rev, started, previous, log, result, st)
+            .await
     }
 
     /// Writes the report to the outbox, records the outcome, announces it, then
