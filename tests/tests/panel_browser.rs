@@ -128,19 +128,37 @@ async fn shot(c: &Client, dir: &Path, name: &str) -> Result<()> {
     Ok(())
 }
 
-/// The visible text of the first element matching `css`, spaces normalized.
+/// Clicks the first element matching `css`, finding it again if a live update
+/// replaced it in between.
+async fn click(c: &Client, css: &str) -> Result<()> {
+    let mut attempts = 0;
+    loop {
+        let el = c.find(Locator::Css(css)).await?;
+        match el.click().await {
+            Ok(_) => return Ok(()),
+            Err(e) if attempts < 20 && e.to_string().contains("stale element") => attempts += 1,
+            Err(e) => return Err(e.into()),
+        }
+    }
+}
+
+/// The visible text of the first element matching `css`, spaces normalized. Live
+/// updates replace page regions, so an element can go stale between finding and
+/// reading it: then it is found again.
 async fn text_of(c: &Client, css: &str) -> Result<Option<String>> {
-    match c.find(Locator::Css(css)).await {
-        // Flex items come back on separate lines: compare words.
-        Ok(el) => Ok(Some(
-            el.text()
-                .await?
-                .split_whitespace()
-                .collect::<Vec<_>>()
-                .join(" "),
-        )),
-        Err(e) if e.is_no_such_element() => Ok(None),
-        Err(e) => Err(e.into()),
+    let mut attempts = 0;
+    loop {
+        let el = match c.find(Locator::Css(css)).await {
+            Ok(el) => el,
+            Err(e) if e.is_no_such_element() => return Ok(None),
+            Err(e) => return Err(e.into()),
+        };
+        match el.text().await {
+            // Flex items come back on separate lines: compare words.
+            Ok(t) => return Ok(Some(t.split_whitespace().collect::<Vec<_>>().join(" "))),
+            Err(e) if attempts < 20 && e.to_string().contains("stale element") => attempts += 1,
+            Err(e) => return Err(e.into()),
+        }
     }
 }
 
@@ -287,10 +305,7 @@ async fn drive(
 
     // Open a host; its state changes live too.
     let host = &hosts[3]; // rolled back
-    c.find(Locator::Css(&format!("a[href='/hosts/{host}']")))
-        .await?
-        .click()
-        .await?;
+    click(c, &format!("a[href='/hosts/{host}']")).await?;
     c.wait().for_element(Locator::Css("#host-head")).await?;
     assert_eq!(text_of(c, "main h1").await?.as_deref(), Some(host.as_str()));
     shot(c, shots, "host").await?;
@@ -318,10 +333,7 @@ async fn drive(
     assert_eq!(reports.len(), 2, "the new report is in the history");
 
     // The log viewer.
-    c.find(Locator::Css("#reports tbody tr a[href*='/logs/']"))
-        .await?
-        .click()
-        .await?;
+    click(c, "#reports tbody tr a[href*='/logs/']").await?;
     c.wait().for_element(Locator::Css("ol.log")).await?;
     assert_eq!(text_of(c, "ol.log li#L3").await?.as_deref(), Some("done"));
     shot(c, shots, "log").await?;
