@@ -10,13 +10,16 @@ use time::{Duration, OffsetDateTime};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn check_now_reaches_the_agent_and_a_refusal_is_explained() {
-    let dir = tempfile::tempdir().unwrap();
-    let bus = Bus::start(dir.path()).await;
-    let (_watcher, _) = serve_watcher(&bus).await;
-    let notes = NoteServer::serve(&bus, true).await;
-    let socket = dir.path().join("agent.sock");
-    let agent = Agent::start(&socket, status());
-    let tray = Tray::start(&bus, dir.path(), &socket);
+    let Desktop {
+        dir: _dir,
+        bus,
+        _watcher,
+        items: _,
+        notes,
+        socket: _socket,
+        agent,
+        tray,
+    } = Desktop::start().await;
     let conn = bus.connect().await;
     let v = wait_title(&conn, &tray, "Your computer is up to date").await;
 

@@ -13,13 +13,16 @@ const CRITICAL: Option<u8> = Some(2);
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn each_event_is_notified_in_order() {
-    let dir = tempfile::tempdir().unwrap();
-    let bus = Bus::start(dir.path()).await;
-    let (_watcher, _) = serve_watcher(&bus).await;
-    let notes = NoteServer::serve(&bus, true).await;
-    let socket = dir.path().join("agent.sock");
-    let agent = Agent::start(&socket, status());
-    let tray = Tray::start(&bus, dir.path(), &socket);
+    let Desktop {
+        dir: _dir,
+        bus: _bus,
+        _watcher,
+        items: _,
+        notes,
+        socket: _socket,
+        agent,
+        tray,
+    } = Desktop::start().await;
     agent.wait_subscribers(1).await;
 
     agent.send(Event::CheckStarted);

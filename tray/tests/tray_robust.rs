@@ -29,13 +29,16 @@ async fn starts_before_the_agent_and_connects() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn reconnects_after_the_agent_restarts() {
-    let dir = tempfile::tempdir().unwrap();
-    let bus = Bus::start(dir.path()).await;
-    let (_watcher, _) = serve_watcher(&bus).await;
-    let notes = NoteServer::serve(&bus, true).await;
-    let socket = dir.path().join("agent.sock");
-    let agent = Agent::start(&socket, status());
-    let tray = Tray::start(&bus, dir.path(), &socket);
+    let Desktop {
+        dir: _dir,
+        bus,
+        _watcher,
+        items: _,
+        notes,
+        socket,
+        agent,
+        tray,
+    } = Desktop::start().await;
     let conn = bus.connect().await;
     wait_title(&conn, &tray, "Your computer is up to date").await;
 

@@ -10,13 +10,16 @@ use time::{Duration, OffsetDateTime};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn icon_title_and_menu_follow_the_agent() {
-    let dir = tempfile::tempdir().unwrap();
-    let bus = Bus::start(dir.path()).await;
-    let (_watcher, items) = serve_watcher(&bus).await;
-    let _notes = NoteServer::serve(&bus, true).await;
-    let socket = dir.path().join("agent.sock");
-    let agent = Agent::start(&socket, status());
-    let tray = Tray::start(&bus, dir.path(), &socket);
+    let Desktop {
+        dir: _dir,
+        bus,
+        _watcher,
+        items,
+        notes: _notes,
+        socket: _socket,
+        agent,
+        tray,
+    } = Desktop::start().await;
     let conn = bus.connect().await;
 
     let v = wait_title(&conn, &tray, "Your computer is up to date").await;

@@ -753,3 +753,39 @@ pub async fn click(conn: &Connection, tray: &Tray, view: &ItemView, label: &str)
         .call("Event", &(id, "clicked", Value::from(0i32), 0u32))
         .await;
 }
+
+/// The usual test desktop: a private bus with a tray host (watcher) and a
+/// notification server, a test agent on its socket, and the real tray following it.
+/// Fields are declared in start order, so destructuring drops them tray first.
+pub struct Desktop {
+    pub dir: tempfile::TempDir,
+    pub bus: Bus,
+    pub _watcher: Connection,
+    pub items: Arc<Mutex<Vec<String>>>,
+    pub notes: NoteServer,
+    pub socket: PathBuf,
+    pub agent: Agent,
+    pub tray: Tray,
+}
+
+impl Desktop {
+    pub async fn start() -> Desktop {
+        let dir = tempfile::tempdir().unwrap();
+        let bus = Bus::start(dir.path()).await;
+        let (_watcher, items) = serve_watcher(&bus).await;
+        let notes = NoteServer::serve(&bus, true).await;
+        let socket = dir.path().join("agent.sock");
+        let agent = Agent::start(&socket, status());
+        let tray = Tray::start(&bus, dir.path(), &socket);
+        Desktop {
+            dir,
+            bus,
+            _watcher,
+            items,
+            notes,
+            socket,
+            agent,
+            tray,
+        }
+    }
+}
