@@ -93,6 +93,8 @@ pub enum Command {
     CheckConfig,
     /// Serve the web panel (fleet, hosts, jobs, audit log, JSON API, metrics).
     Serve(crate::commands::serve::ServeArgs),
+    /// Serve every host its chroot over SFTP, without sshd or system users.
+    Sftp(crate::commands::sftp::SftpArgs),
     /// Accounts of the web panel.
     User {
         #[command(subcommand)]
@@ -113,6 +115,7 @@ pub fn main() -> ExitCode {
                 .unwrap_or_else(|_| "warn".into()),
         )
         .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();
     match crate::commands::run(cli) {
         Ok(code) => code,

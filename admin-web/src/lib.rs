@@ -2,5 +2,6 @@
 
 pub mod cli;
 pub mod commands;
+pub mod sftp;
 pub mod table;
 pub mod web;

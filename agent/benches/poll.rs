@@ -23,6 +23,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::{ensure, Context, Result};
+use bento_tests::endpoint::Endpoint;
 use bento_tests::sshd::{unique_prefix, SshServer};
 use bento_tests::toy::ToyFleet;
 use bento_tests::{nixenv, wait_for, TestDir};

@@ -50,6 +50,9 @@ fn io_err(path: &Path) -> impl FnOnce(io::Error) -> ChrootError + '_ {
 /// Who owns what when a host is added.
 #[derive(Debug, Clone, Copy)]
 pub struct Owners {
+    /// Owner of the chroot directory and of the host's directory: root for sshd's
+    /// `ChrootDirectory`, the server's user for the embedded SFTP server.
+    pub dirs: (u32, u32),
     /// Owner of `logs/` (the host's user and its group).
     pub logs: (u32, u32),
     /// Owner of `.releases/`, `last_change_date` and `states.txt` (the publisher).
@@ -66,6 +69,16 @@ pub fn lookup_user(user: &str) -> Option<(u32, u32)> {
 
 pub fn is_root() -> bool {
     nix::unistd::geteuid().is_root()
+}
+
+/// Changes a path's owner only when it differs, so an unprivileged owner passes.
+fn set_owner(p: &Path, uid: u32, gid: u32) -> Result<(), ChrootError> {
+    use std::os::unix::fs::MetadataExt;
+    let md = fs::symlink_metadata(p).map_err(io_err(p))?;
+    if md.uid() != uid || md.gid() != gid {
+        std::os::unix::fs::chown(p, Some(uid), Some(gid)).map_err(io_err(p))?;
+    }
+    Ok(())
 }
 
 /// The outcome of publishing a host.
@@ -123,33 +136,25 @@ impl Chroot {
     }
 
     /// Creates (or repairs) a host's directory with the ownership and modes sshd's
-    /// `ChrootDirectory` needs. Needs root. A chroot made by the original tool (a
+    /// `ChrootDirectory` needs (root, for OpenSSH), or all owned by the server's
+    /// user (embedded SFTP, no root needed). A chroot made by the original tool (a
     /// plain `config/` directory) is converted.
     pub fn ensure_host(&self, h: &HostName, owners: Owners) -> Result<(), ChrootError> {
-        let root_dir = |p: &Path| -> Result<(), ChrootError> {
-            match fs::create_dir(p) {
-                Ok(()) => {}
-                Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {}
-                Err(e) => return Err(io_err(p)(e)),
-            }
-            std::os::unix::fs::chown(p, Some(0), Some(0)).map_err(io_err(p))?;
-            fs::set_permissions(p, fs::Permissions::from_mode(0o755)).map_err(io_err(p))
-        };
-        if !self.root.exists() {
-            fs::create_dir_all(&self.root).map_err(io_err(&self.root))?;
-        }
-        root_dir(&self.root)?;
-        let hd = self.host_dir(h);
-        root_dir(&hd)?;
         let owned_dir = |p: &Path, (uid, gid): (u32, u32)| -> Result<(), ChrootError> {
             match fs::create_dir(p) {
                 Ok(()) => {}
                 Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {}
                 Err(e) => return Err(io_err(p)(e)),
             }
-            std::os::unix::fs::chown(p, Some(uid), Some(gid)).map_err(io_err(p))?;
+            set_owner(p, uid, gid)?;
             fs::set_permissions(p, fs::Permissions::from_mode(0o755)).map_err(io_err(p))
         };
+        if !self.root.exists() {
+            fs::create_dir_all(&self.root).map_err(io_err(&self.root))?;
+        }
+        owned_dir(&self.root, owners.dirs)?;
+        let hd = self.host_dir(h);
+        owned_dir(&hd, owners.dirs)?;
         owned_dir(&self.releases_dir(h), owners.publisher)?;
         owned_dir(&self.logs_dir(h), owners.logs)?;
         let owned_file = |p: &Path, (uid, gid): (u32, u32)| -> Result<(), ChrootError> {
@@ -158,7 +163,7 @@ impl Chroot {
                 .append(true)
                 .open(p)
                 .map_err(io_err(p))?;
-            std::os::unix::fs::chown(p, Some(uid), Some(gid)).map_err(io_err(p))?;
+            set_owner(p, uid, gid)?;
             fs::set_permissions(p, fs::Permissions::from_mode(0o644)).map_err(io_err(p))
         };
         owned_file(&self.last_change_path(h), owners.publisher)?;
@@ -180,6 +185,22 @@ impl Chroot {
                 .map_err(io_err(&config))?,
         }
         Ok(())
+    }
+
+    /// The owners for the embedded SFTP server: everything belongs to the publisher
+    /// (`publish_user` when root deploys, else whoever runs `bento deploy`).
+    pub fn embedded_owners(publisher: Option<(u32, u32)>) -> Owners {
+        let me = publisher.unwrap_or_else(|| {
+            (
+                nix::unistd::geteuid().as_raw(),
+                nix::unistd::getegid().as_raw(),
+            )
+        });
+        Owners {
+            dirs: me,
+            logs: me,
+            publisher: me,
+        }
     }
 
     /// The revision `current` points to.
@@ -423,17 +444,10 @@ mod tests {
 
     #[test]
     fn publish_swaps_atomically_and_prunes() {
-        if !is_root() {
-            return;
-        }
         let t = tempfile::tempdir().unwrap();
         let c = Chroot::new(t.path().join("chroot"));
         let h = HostName::new("web").unwrap();
-        let owners = Owners {
-            logs: (0, 0),
-            publisher: (0, 0),
-        };
-        c.ensure_host(&h, owners).unwrap();
+        c.ensure_host(&h, Chroot::embedded_owners(None)).unwrap();
         let s = t.path().join("stage");
         let mut revs = Vec::new();
         for i in 0..4 {

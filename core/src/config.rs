@@ -116,6 +116,60 @@ impl fmt::Debug for WebSettings {
     }
 }
 
+/// `[sftp]`: the embedded SFTP server (`bento sftp`, or `bento serve` with `enable`),
+/// which serves every host its chroot with no system users and no sshd.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SftpSettings {
+    /// `bento serve` runs the SFTP server too.
+    #[serde(default)]
+    pub enable: bool,
+    #[serde(default = "default_sftp_listen")]
+    pub listen: String,
+    /// The server's ed25519 host key (relative to the bento directory), made on
+    /// first start; `<host_key>.pub` is written beside it for the hosts' known_hosts.
+    #[serde(default = "default_host_key")]
+    pub host_key: PathBuf,
+    /// Largest file a host may upload into its `logs/`, in bytes.
+    #[serde(default = "default_max_log_bytes")]
+    pub max_log_bytes: u64,
+    /// Most files a host's `logs/` may hold.
+    #[serde(default = "default_max_log_files")]
+    pub max_log_files: usize,
+    /// Most SSH connections at once, all hosts together.
+    #[serde(default = "default_max_connections")]
+    pub max_connections: usize,
+}
+
+fn default_sftp_listen() -> String {
+    "0.0.0.0:2222".into()
+}
+fn default_host_key() -> PathBuf {
+    "sftp_host_ed25519_key".into()
+}
+fn default_max_log_bytes() -> u64 {
+    4 << 20
+}
+fn default_max_log_files() -> usize {
+    2000
+}
+fn default_max_connections() -> usize {
+    1024
+}
+
+impl Default for SftpSettings {
+    fn default() -> Self {
+        SftpSettings {
+            enable: false,
+            listen: default_sftp_listen(),
+            host_key: default_host_key(),
+            max_log_bytes: default_max_log_bytes(),
+            max_log_files: default_max_log_files(),
+            max_connections: default_max_connections(),
+        }
+    }
+}
+
 /// `bento.toml`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -158,6 +212,9 @@ pub struct Settings {
     pub offline_after_polls: u32,
     #[serde(default)]
     pub web: WebSettings,
+    /// Present: the hosts are served by the embedded SFTP server (no system users;
+    /// `bento deploy` needs no root).
+    pub sftp: Option<SftpSettings>,
     #[serde(default)]
     pub hosts: BTreeMap<HostName, HostSettings>,
 }
@@ -204,6 +261,7 @@ impl Settings {
             poll_interval: default_poll(),
             offline_after_polls: default_offline_after(),
             web: WebSettings::default(),
+            sftp: None,
             hosts: BTreeMap::new(),
         }
     }
@@ -257,6 +315,36 @@ impl Settings {
                         ))
                     }
                 }
+            }
+        }
+        let mut seen_keys: BTreeMap<&str, &HostName> = BTreeMap::new();
+        for (name, h) in &self.hosts {
+            for (i, k) in h.keys.iter().enumerate() {
+                let mut fields = k.split_whitespace();
+                let (Some(kind), Some(blob)) = (fields.next(), fields.next()) else {
+                    return invalid(format!(
+                        "hosts.{name}.keys[{i}] is not an SSH public key line (\"ssh-ed25519 AAAA… comment\")"
+                    ));
+                };
+                if !(kind.starts_with("ssh-")
+                    || kind.starts_with("ecdsa-")
+                    || kind.starts_with("sk-"))
+                {
+                    return invalid(format!("hosts.{name}.keys[{i}]: unknown key type {kind:?}"));
+                }
+                if let Some(other) = seen_keys.insert(blob, name) {
+                    return invalid(format!(
+                        "hosts.{name}.keys[{i}] is also a key of host {other}: each host needs a key of its own"
+                    ));
+                }
+            }
+        }
+        if let Some(sftp) = &self.sftp {
+            if sftp.max_log_files == 0 || sftp.max_log_bytes == 0 || sftp.max_connections == 0 {
+                return invalid(
+                    "sftp: max_log_bytes, max_log_files and max_connections must be at least 1"
+                        .into(),
+                );
             }
         }
         for (key, u) in [
@@ -384,6 +472,31 @@ mod tests {
         assert!(e.to_string().contains("invalid host name"), "{e}");
         let e = Settings::from_toml("chroot_dir = \"rel\"\n", p).unwrap_err();
         assert!(e.to_string().contains("absolute"), "{e}");
+    }
+
+    #[test]
+    fn sftp_section_and_host_keys() {
+        let p = Path::new("bento.toml");
+        let s = Settings::from_toml(
+            "chroot_dir = \"/c\"\n[sftp]\nlisten = \"127.0.0.1:2200\"\n[hosts.a]\nkeys = [\"ssh-ed25519 AAAAC3 a@x\"]\n",
+            p,
+        )
+        .unwrap();
+        let sftp = s.sftp.unwrap();
+        assert_eq!(sftp.listen, "127.0.0.1:2200");
+        assert_eq!(sftp.max_log_bytes, 4 << 20);
+        let e = Settings::from_toml(
+            "chroot_dir = \"/c\"\n[hosts.a]\nkeys = [\"ssh-ed25519 AAAAC3\"]\n[hosts.b]\nkeys = [\"ssh-ed25519 AAAAC3 b\"]\n",
+            p,
+        )
+        .unwrap_err();
+        assert!(e.to_string().contains("also a key of host a"), "{e}");
+        let e = Settings::from_toml("chroot_dir = \"/c\"\n[hosts.a]\nkeys = [\"AAAAC3\"]\n", p)
+            .unwrap_err();
+        assert!(e.to_string().contains("not an SSH public key"), "{e}");
+        let e =
+            Settings::from_toml("chroot_dir = \"/c\"\n[sftp]\nmax_log_files = 0\n", p).unwrap_err();
+        assert!(e.to_string().contains("at least 1"), "{e}");
     }
 
     #[test]

@@ -300,7 +300,16 @@ fn publish_all(
             .expect("job of outcome");
         let host = HostName::new(&o.host).expect("validated before the build");
         let result = (|| -> Result<Published, String> {
-            if root {
+            if settings.sftp.is_some() {
+                let publisher = match &publisher {
+                    None => None,
+                    Some(Ok(ids)) => Some(*ids),
+                    Some(Err(u)) => return Err(format!("publish_user {u:?} does not exist")),
+                };
+                chroot
+                    .ensure_host(&host, Chroot::embedded_owners(publisher.filter(|_| root)))
+                    .map_err(|e| e.to_string())?;
+            } else if root {
                 let user = settings.host_user(&host);
                 let logs = chroot::lookup_user(&user).ok_or_else(|| {
                     chroot::ChrootError::NoSuchUser {
@@ -315,7 +324,14 @@ fn publish_all(
                     Some(Err(u)) => return Err(format!("publish_user {u:?} does not exist")),
                 };
                 chroot
-                    .ensure_host(&host, Owners { logs, publisher })
+                    .ensure_host(
+                        &host,
+                        Owners {
+                            dirs: (0, 0),
+                            logs,
+                            publisher,
+                        },
+                    )
                     .map_err(|e| e.to_string())?;
             }
             let listing = TreeListing::read(&job.staged).map_err(|e| e.to_string())?;

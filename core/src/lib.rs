@@ -11,6 +11,7 @@ pub mod cmd;
 pub mod config;
 pub mod deploy;
 pub mod hostname;
+pub mod jail;
 pub mod nix;
 pub mod release;
 pub mod report;

@@ -3,10 +3,14 @@
 //! - [`nixenv`]: the environment that makes the Debian `nix` 2.8 work offline, as root.
 //! - [`toy`]: the one generator of toy NixOS systems (flake and non-flake hosts).
 //! - [`sshd`]: a real OpenSSH server with one chroot SFTP user per test host.
+//! - [`embedded`]: bento's own SFTP server (`bento sftp`), one key per test host.
+//! - [`endpoint`]: what both servers offer the tests (ports, keys, `sftp -b`).
 //! - here: [`TestDir`], [`wait_until`] / [`wait_for`] and [`run`].
 
 pub mod bins;
 pub mod cli;
+pub mod embedded;
+pub mod endpoint;
 pub mod nixenv;
 pub mod reports;
 pub mod sshd;

@@ -16,16 +16,16 @@
 
 use std::collections::HashSet;
 use std::fs;
-use std::io::Write;
 use std::net::{Ipv4Addr, SocketAddr, TcpListener, TcpStream};
 use std::os::unix::fs::{chown, PermissionsExt};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Output, Stdio};
+use std::process::{Child, Command, Stdio};
 use std::sync::{Mutex, Once};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use anyhow::{bail, ensure, Context, Result};
 
+use crate::endpoint::Endpoint;
 use crate::wait_until;
 
 /// Parent of every server's directory.
@@ -355,15 +355,6 @@ Subsystem sftp internal-sftp
         }
     }
 
-    pub fn port(&self) -> u16 {
-        self.port
-    }
-
-    /// Always `127.0.0.1`.
-    pub fn address(&self) -> &'static str {
-        "127.0.0.1"
-    }
-
     fn socket_addr(&self) -> SocketAddr {
         SocketAddr::from((Ipv4Addr::LOCALHOST, self.port))
     }
@@ -376,26 +367,6 @@ Subsystem sftp internal-sftp
     /// `/var/lib/bento-tests/<id>`.
     pub fn root(&self) -> &Path {
         &self.root
-    }
-
-    /// The chroot base (`ChrootDirectory <chroot>/%u`): bento's `chroot_dir`.
-    pub fn chroot_dir(&self) -> PathBuf {
-        self.root.join("chroot")
-    }
-
-    /// `<chroot>/<host>`.
-    pub fn host_chroot(&self, host: &str) -> PathBuf {
-        self.chroot_dir().join(host)
-    }
-
-    /// The host's private key (0600, root-owned).
-    pub fn key_path(&self, host: &str) -> PathBuf {
-        self.root.join("clients").join(host)
-    }
-
-    /// The known_hosts file clients should use (filled by `accept-new`).
-    pub fn known_hosts_path(&self) -> PathBuf {
-        self.root.join("known_hosts")
     }
 
     pub fn config_path(&self) -> PathBuf {
@@ -429,57 +400,6 @@ Subsystem sftp internal-sftp
     /// The gid of this server's group.
     pub fn gid(&self) -> Result<u32> {
         lookup_gid(&self.id)
-    }
-
-    /// `ssh`/`sftp` options for connecting as `host` with its own key: port, user, key,
-    /// known_hosts with `accept-new`, batch mode. Use as `ssh <opts> 127.0.0.1`.
-    pub fn client_options(&self, host: &str) -> Vec<String> {
-        self.client_options_with_key(host, &self.key_path(host))
-    }
-
-    /// [`SshServer::client_options`] with another private key (e.g. another host's).
-    pub fn client_options_with_key(&self, user: &str, key: &Path) -> Vec<String> {
-        [
-            format!("Port={}", self.port),
-            format!("User={user}"),
-            format!("IdentityFile={}", key.display()),
-            "IdentitiesOnly=yes".to_owned(),
-            format!("UserKnownHostsFile={}", self.known_hosts_path().display()),
-            "StrictHostKeyChecking=accept-new".to_owned(),
-            "BatchMode=yes".to_owned(),
-            "ConnectTimeout=10".to_owned(),
-        ]
-        .into_iter()
-        .flat_map(|opt| ["-o".to_owned(), opt])
-        .collect()
-    }
-
-    /// Runs the real `sftp -b -` as `user` with the private key `key`, feeding it
-    /// `batch`. Returns the output whatever the exit status (tests assert on failures).
-    pub fn sftp_batch(&self, user: &str, key: &Path, batch: &str) -> Result<Output> {
-        let mut child = Command::new("sftp")
-            .arg("-b")
-            .arg("-")
-            .args(self.client_options_with_key(user, key))
-            .arg(self.address())
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .context("starting sftp")?;
-        let written = child
-            .stdin
-            .take()
-            .expect("piped")
-            .write_all(batch.as_bytes());
-        // sftp may quit before reading its batch (refused login): its status tells.
-        match written {
-            Err(e) if e.kind() != std::io::ErrorKind::BrokenPipe => {
-                return Err(e).context("writing the sftp batch")
-            }
-            _ => {}
-        }
-        child.wait_with_output().context("running sftp")
     }
 
     /// Creates `<chroot>/<host>/` (root, 0755) and its `logs/` (the host's user, 0755),
@@ -761,6 +681,27 @@ fn signal(pid: u32, signal: &str) {
         .stdout(Stdio::null())
         .stderr(Stdio::null())
         .status();
+}
+
+impl Endpoint for SshServer {
+    fn port(&self) -> u16 {
+        self.port
+    }
+
+    /// The chroot base (`ChrootDirectory <chroot>/%u`).
+    fn chroot_dir(&self) -> PathBuf {
+        self.root.join("chroot")
+    }
+
+    /// The host's private key (0600, root-owned).
+    fn key_path(&self, host: &str) -> PathBuf {
+        self.root.join("clients").join(host)
+    }
+
+    /// Filled by `accept-new`.
+    fn known_hosts_path(&self) -> PathBuf {
+        self.root.join("known_hosts")
+    }
 }
 
 #[cfg(test)]

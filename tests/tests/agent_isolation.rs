@@ -6,6 +6,7 @@ use std::fs;
 
 use anyhow::Result;
 use bento_core::status::State;
+use bento_tests::endpoint::Endpoint;
 
 use agent_common::Fleet;
 

@@ -6,6 +6,7 @@ use std::process::Command;
 use std::time::Duration;
 
 use anyhow::{ensure, Result};
+use bento_tests::endpoint::Endpoint;
 use bento_tests::nixenv;
 use bento_tests::sshd::{unique_prefix, SshServer};
 use bento_tests::toy::{self, ToyFleet};

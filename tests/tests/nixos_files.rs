@@ -14,6 +14,7 @@ use anyhow::{ensure, Context, Result};
 use bento_core::chroot::{
     CONFIG_LINK, CURRENT_LINK, LAST_CHANGE_FILE, LOGS_DIR, RELEASES_DIR, STATES_FILE,
 };
+use bento_tests::endpoint::Endpoint;
 use bento_tests::nixenv::nix_command;
 use bento_tests::sshd::{match_block, unique_prefix, SshServer, MATCH_BLOCK_TEMPLATE};
 use bento_tests::{run, TestDir};

@@ -5,6 +5,7 @@ pub mod diff;
 pub mod flake_update;
 pub mod init;
 pub mod serve;
+pub mod sftp;
 pub mod status;
 pub mod token;
 pub mod user;
@@ -32,6 +33,7 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Diff { filter } => diff::run(&open(dir)?, &filter),
         Command::FlakeUpdate { input } => flake_update::run(&open(dir)?, input.as_deref()),
         Command::Serve(args) => serve::run(dir, args),
+        Command::Sftp(args) => sftp::run(dir, args),
         Command::User { action } => user::run(dir, action),
         Command::Token { action } => token::run(dir, action),
         Command::CheckConfig => {
@@ -39,6 +41,13 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             let (dirs, unusable) = b.host_dirs()?;
             for u in &unusable {
                 eprintln!("warning: hosts/{u}: neither flake.nix nor configuration.nix");
+            }
+            let bad_keys = crate::sftp::check_keys(&b.settings);
+            if !bad_keys.is_empty() {
+                for k in &bad_keys {
+                    eprintln!("error: {k}");
+                }
+                anyhow::bail!("{} host key(s) in bento.toml do not parse", bad_keys.len());
             }
             println!(
                 "{}: ok ({} host directories, settings from {})",

@@ -24,6 +24,12 @@ pub struct ServeArgs {
     /// Seconds between full rescans of the chroot (new reports are seen at once anyway).
     #[arg(long, default_value_t = 60)]
     pub rescan_secs: u64,
+    /// Also run the embedded SFTP server (as `[sftp] enable = true`).
+    #[arg(long)]
+    pub sftp: bool,
+    /// Address of the SFTP server (default: `[sftp] listen`, 0.0.0.0:2222).
+    #[arg(long)]
+    pub sftp_listen: Option<String>,
 }
 
 pub fn run(dir: Option<PathBuf>, args: ServeArgs) -> anyhow::Result<ExitCode> {
@@ -41,11 +47,24 @@ pub fn run(dir: Option<PathBuf>, args: ServeArgs) -> anyhow::Result<ExitCode> {
     config.secure_cookies = bento.settings.web.secure_cookies;
     config.behind_proxy = args.behind_proxy;
     config.rescan_interval = Duration::from_secs(args.rescan_secs.max(1));
+    let with_sftp = args.sftp || bento.settings.sftp.as_ref().is_some_and(|s| s.enable);
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
         .context("cannot start the async runtime")?;
     let result = rt.block_on(async move {
+        let sftp = if with_sftp {
+            let p = crate::sftp::prepare(&bento, args.sftp_listen.as_deref()).await?;
+            eprintln!("bento serve: SFTP on {}", p.listener.local_addr()?);
+            Some(tokio::spawn(crate::sftp::serve(
+                p.listener,
+                p.shared,
+                p.host_key,
+                shutdown_signal(),
+            )))
+        } else {
+            None
+        };
         let panel = Panel::start(config).await?;
         let listener = tokio::net::TcpListener::bind(addr)
             .await
@@ -56,6 +75,9 @@ pub fn run(dir: Option<PathBuf>, args: ServeArgs) -> anyhow::Result<ExitCode> {
         }
         eprintln!("bento serve: listening on http://{local}");
         panel.serve(listener, shutdown_signal()).await?;
+        if let Some(s) = sftp {
+            s.abort();
+        }
         eprintln!("bento serve: stopped");
         anyhow::Ok(())
     });
@@ -64,7 +86,7 @@ pub fn run(dir: Option<PathBuf>, args: ServeArgs) -> anyhow::Result<ExitCode> {
     result.map(|()| ExitCode::SUCCESS)
 }
 
-async fn shutdown_signal() {
+pub async fn shutdown_signal() {
     use tokio::signal::unix::{signal, SignalKind};
     let mut term = match signal(SignalKind::terminate()) {
         Ok(s) => s,

@@ -1,11 +1,11 @@
 //! A demo fleet on this machine, in one command (`scripts/run.sh` runs it): toy
 //! NixOS hosts built by the real nix, published by the real `bento deploy` into
-//! chroots served by a real OpenSSH sshd, one real `bento-agent daemon` per host
-//! in sandbox paths, and the panel. Only the toy systems are simulated.
+//! chroots served by bento's own SFTP server (`bento serve` with `[sftp]`: no
+//! system users, no sshd), one real `bento-agent daemon` per host in sandbox
+//! paths with its own key, and the panel. Only the toy systems are simulated.
 //!
-//! Needs root (it creates one system user per demo host). Ctrl-C stops everything
-//! and removes the users, sshd and chroots it made; the bento directory is kept so
-//! it can be looked at.
+//! Ctrl-C stops everything; the demo directory is kept so it can be looked at, and
+//! the next run starts afresh.
 
 use std::fs;
 use std::path::{Path, PathBuf};
@@ -15,7 +15,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{bail, Context, Result};
-use bento_tests::sshd::SshServer;
+use bento_tests::embedded::{generate_key, known_hosts_line};
 use bento_tests::toy::ToyFleet;
 use bento_tests::{bins, nixenv};
 
@@ -77,48 +77,53 @@ fn bento(dir: &Path, fleet: &ToyFleet) -> Command {
 
 fn main() -> Result<()> {
     let o = parse_args()?;
-    if !is_root() {
-        bail!("the demo creates a system user per demo host: run it as root");
-    }
     let stop = Arc::new(AtomicBool::new(false));
     signal_hook::flag::register(signal_hook::consts::SIGINT, stop.clone())?;
     signal_hook::flag::register(signal_hook::consts::SIGTERM, stop.clone())?;
 
     // A fresh bento directory each run: the demo shows a fleet from its first poll.
     let _ = fs::remove_dir_all(&o.dir);
-    fs::create_dir_all(&o.dir)?;
+    fs::create_dir_all(o.dir.join("keys"))?;
     let hosts = ["demo-web", "demo-db", "demo-lab"];
     let mut fleet = ToyFleet::new(&o.dir.join("bento"))?;
     fleet.flake_host("demo-office", &hosts[..2])?;
     fleet.nonflake_host(hosts[2])?;
     fleet.write_file("demo-office", "motd.txt", "Welcome to the demo office.\n")?;
 
-    eprintln!("bento-demo: starting sshd with one chroot SFTP user per host…");
-    let ssh = SshServer::start(&hosts)?;
+    // Each host's key pair, as its admin would make it; the public halves go in
+    // bento.toml, which is all the SFTP server needs.
+    let mut host_tables = String::new();
+    for (host, tags) in hosts.iter().zip([
+        r#"["office", "web"]"#,
+        r#"["office", "database"]"#,
+        r#"["lab"]"#,
+    ]) {
+        let key = o.dir.join("keys").join(host);
+        generate_key(&key, host)?;
+        let public = fs::read_to_string(key.with_extension("pub"))?;
+        host_tables.push_str(&format!(
+            "\n[hosts.{host}]\ntags = {tags}\nkeys = [{:?}]\n",
+            public.trim()
+        ));
+    }
     fs::write(
         o.dir.join("bento/bento.toml"),
         format!(
             r#"# The demo fleet: edit a host under hosts/, then deploy from the panel.
 chroot_dir = {chroot:?}
 remote = "127.0.0.1"
-remote_port = {port}
 poll_interval = {interval}
 
 [web]
 listen = {listen:?}
 database_url = "sqlite://{db}"
 
-[hosts.demo-web]
-tags = ["office", "web"]
-
-[hosts.demo-db]
-tags = ["office", "database"]
-
-[hosts.demo-lab]
-tags = ["lab"]
-"#,
-            chroot = ssh.chroot_dir().display().to_string(),
-            port = ssh.port(),
+# bento serve also serves every host its chroot over SFTP (no sshd, no users).
+[sftp]
+enable = true
+listen = "127.0.0.1:0"
+{host_tables}"#,
+            chroot = o.dir.join("chroot").display().to_string(),
             interval = o.interval,
             listen = o.listen,
             db = o.dir.join("panel.sqlite").display(),
@@ -152,20 +157,53 @@ tags = ["lab"]
     }
 
     let mut children = Children(Vec::new());
+    let panel_log = fs::File::create(o.dir.join("panel.log"))?;
+    children.0.push(
+        bento(&o.dir, &fleet)
+            .arg("serve")
+            .stdout(panel_log.try_clone()?)
+            .stderr(panel_log)
+            .spawn()
+            .context("starting bento serve")?,
+    );
+    // The panel prints where it listens (the ports may have been chosen by the system).
+    let panel_log = o.dir.join("panel.log");
+    let addrs = bento_tests::wait_for(Duration::from_secs(60), || {
+        let log = fs::read_to_string(&panel_log).ok()?;
+        let after = |marker: &str| -> Option<String> {
+            let rest = log.split(marker).nth(1)?;
+            Some(
+                rest.split_whitespace()
+                    .next()?
+                    .trim_end_matches('/')
+                    .to_owned(),
+            )
+        };
+        Some((after("listening on http://")?, after("SFTP on ")?))
+    });
+    let Some((addr, sftp_addr)) = addrs else {
+        bail!("the panel did not start; see {}", panel_log.display());
+    };
+    let sftp_port: u16 = sftp_addr
+        .rsplit(':')
+        .next()
+        .and_then(|p| p.parse().ok())
+        .context("the SFTP address has no port")?;
+    let known_hosts = o.dir.join("known_hosts");
+    fs::write(
+        &known_hosts,
+        known_hosts_line(&o.dir.join("bento"), sftp_port)?,
+    )?;
+
     for host in hosts {
         let adir = o.dir.join("agents").join(host);
         fs::create_dir_all(adir.join("profiles"))?;
         fleet.fake_booted_system(&adir.join("booted-system"), "6.1.0")?;
-        let opts: Vec<String> = ssh
-            .client_options(host)
-            .chunks(2)
-            .filter_map(|kv| kv.get(1).cloned())
-            .filter(|o| {
-                !o.starts_with("Port=")
-                    && !o.starts_with("User=")
-                    && !o.starts_with("IdentityFile=")
-            })
-            .collect();
+        let opts = [
+            format!("UserKnownHostsFile={}", known_hosts.display()),
+            "StrictHostKeyChecking=yes".to_owned(),
+            "IdentitiesOnly=yes".to_owned(),
+        ];
         let config = format!(
             r#"server = "127.0.0.1"
 port = {port}
@@ -182,8 +220,8 @@ booted_system = {booted:?}
 reboot_command = ["true"]
 nix_path = [{nix_path:?}]
 "#,
-            port = ssh.port(),
-            key = ssh.key_path(host).display().to_string(),
+            port = sftp_port,
+            key = o.dir.join("keys").join(host).display().to_string(),
             interval = o.interval,
             state = adir.join("state").display().to_string(),
             run = adir.join("run").display().to_string(),
@@ -207,30 +245,6 @@ nix_path = [{nix_path:?}]
         );
     }
 
-    let panel_log = fs::File::create(o.dir.join("panel.log"))?;
-    children.0.push(
-        bento(&o.dir, &fleet)
-            .arg("serve")
-            .stdout(panel_log.try_clone()?)
-            .stderr(panel_log)
-            .spawn()
-            .context("starting bento serve")?,
-    );
-    // The panel prints where it listens (the port may have been chosen by the system).
-    let panel_log = o.dir.join("panel.log");
-    let addr = bento_tests::wait_for(Duration::from_secs(60), || {
-        let log = fs::read_to_string(&panel_log).ok()?;
-        let rest = log.split("listening on http://").nth(1)?;
-        Some(
-            rest.split_whitespace()
-                .next()?
-                .trim_end_matches('/')
-                .to_owned(),
-        )
-    });
-    let Some(addr) = addr else {
-        bail!("the panel did not start; see {}", panel_log.display());
-    };
     println!();
     println!("  bento demo fleet is running.");
     println!(
@@ -242,6 +256,7 @@ nix_path = [{nix_path:?}]
         hosts.join(", "),
         o.interval
     );
+    println!("  SFTP:      {sftp_addr}   (bento's own server, keys in bento.toml)");
     println!(
         "  Directory: {}   (edit hosts/, then deploy from the panel)",
         o.dir.join("bento").display()
@@ -255,7 +270,7 @@ nix_path = [{nix_path:?}]
         o.dir.display(),
         o.dir.display()
     );
-    println!("  Ctrl-C stops the demo and removes its users and sshd.");
+    println!("  Ctrl-C stops the demo.");
     println!();
 
     while !stop.load(Ordering::Relaxed) {
@@ -269,12 +284,5 @@ nix_path = [{nix_path:?}]
     }
     eprintln!("bento-demo: stopping…");
     drop(children);
-    drop(ssh);
     Ok(())
-}
-
-fn is_root() -> bool {
-    fs::metadata("/proc/self")
-        .map(|m| std::os::unix::fs::MetadataExt::uid(&m) == 0)
-        .unwrap_or(false)
 }

@@ -15,16 +15,19 @@ use anyhow::{ensure, Context, Result};
 use bento_core::agent_proto::AgentStatus;
 use bento_core::report::ReportMeta;
 use bento_core::status::HostStatus;
+use bento_tests::embedded::EmbeddedSftp;
+use bento_tests::endpoint::Endpoint;
 use bento_tests::sshd::{unique_prefix, SshServer};
 use bento_tests::toy::ToyFleet;
 use bento_tests::{bins, nixenv, wait_for, TestDir};
 
 pub const AGENT_TIMEOUT: Duration = Duration::from_secs(180);
 
-/// A server with its chroot, and a bento directory whose hosts live there.
-pub struct Fleet {
+/// A server with its chroot, and a bento directory whose hosts live there: OpenSSH's
+/// sshd with a user per host, or bento's own SFTP server ([`Fleet::embedded`]).
+pub struct Fleet<S = SshServer> {
     pub dir: TestDir,
-    pub server: SshServer,
+    pub server: S,
     pub toy: ToyFleet,
     pub hosts: Vec<String>,
 }
@@ -66,7 +69,43 @@ impl Fleet {
         f.write_config(extra)?;
         Ok(f)
     }
+}
 
+impl Fleet<EmbeddedSftp> {
+    /// Flake hosts served by `bento sftp` (one key each in bento.toml, no system
+    /// users); `sftp_settings` go into `[sftp]`.
+    pub fn embedded(label: &str, names: &[&str], extra: &str, sftp_settings: &str) -> Result<Self> {
+        let dir = TestDir::new(label)?;
+        fs::set_permissions(dir.path(), fs::Permissions::from_mode(0o755))?;
+        let p = unique_prefix();
+        let hosts: Vec<String> = names.iter().map(|n| format!("{p}-{n}")).collect();
+        let refs: Vec<&str> = hosts.iter().map(String::as_str).collect();
+        let mut toy = ToyFleet::new(&dir.join("bento"))?;
+        for h in &hosts {
+            toy.flake_host(h, &[h])?;
+        }
+        let server = EmbeddedSftp::new(
+            &dir.join("sftp"),
+            toy.bento_dir(),
+            &dir.join("chroot"),
+            &refs,
+        )?
+        .with_settings(sftp_settings);
+        let mut f = Fleet {
+            dir,
+            server,
+            toy,
+            hosts,
+        };
+        f.write_config(extra)?;
+        f.server.start()?;
+        // The agents' port, for a human reading bento.toml.
+        f.write_config(extra)?;
+        Ok(f)
+    }
+}
+
+impl<S: Endpoint> Fleet<S> {
     pub fn host(&self, i: usize) -> &str {
         &self.hosts[i]
     }
@@ -79,9 +118,10 @@ impl Fleet {
         fs::write(
             self.bento_dir().join("bento.toml"),
             format!(
-                "chroot_dir = {:?}\nremote = \"127.0.0.1\"\nremote_port = {}\npoll_interval = 3600\n{extra}",
+                "chroot_dir = {:?}\nremote = \"127.0.0.1\"\nremote_port = {}\npoll_interval = 3600\n{extra}{}",
                 self.server.chroot_dir().display().to_string(),
-                self.server.port()
+                self.server.port(),
+                self.server.bento_toml()
             ),
         )?;
         Ok(())
@@ -198,7 +238,7 @@ impl Run {
 }
 
 impl Agent {
-    fn new(fleet: &Fleet, host: &str) -> Result<Agent> {
+    fn new<S: Endpoint>(fleet: &Fleet<S>, host: &str) -> Result<Agent> {
         let root = fleet.dir.join(format!("agent-{host}"));
         fs::create_dir_all(root.join("shim"))?;
         fs::set_permissions(&root, fs::Permissions::from_mode(0o755))?;

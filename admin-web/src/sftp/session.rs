@@ -1,0 +1,457 @@
+//! One host's SFTP session: protocol version 3 as OpenSSH's `sftp-server` speaks it,
+//! plus `posix-rename@openssh.com`, over [`Jail`].
+
+use std::collections::HashMap;
+use std::fs::File;
+use std::os::unix::fs::FileExt;
+
+use bento_core::jail::{fstat_file, FileStat, Jail, JailError, VPath, WriteMode};
+use bento_core::HostName;
+use russh_sftp::protocol::{
+    Attrs, Data, FileAttributes, Handle, Name, OpenFlags, Packet, Status, StatusCode, Version,
+};
+use russh_sftp::server::StatusReply;
+use tracing::{debug, warn};
+
+/// Largest read answered at once (OpenSSH clients ask for 32–256 KiB).
+const MAX_READ: u32 = 256 * 1024;
+/// Open handles per session.
+const MAX_HANDLES: usize = 64;
+/// Entries per READDIR answer.
+const DIR_BATCH: usize = 128;
+const POSIX_RENAME: &str = "posix-rename@openssh.com";
+
+enum Open {
+    Read(File),
+    Write { file: File, path: VPath },
+    Dir(std::vec::IntoIter<russh_sftp::protocol::File>),
+}
+
+pub struct SftpSession {
+    host: HostName,
+    jail: Jail,
+    handles: HashMap<String, Open>,
+    next_handle: u64,
+    initialized: bool,
+}
+
+fn ok(id: u32) -> Status {
+    Status {
+        id,
+        status_code: StatusCode::Ok,
+        error_message: "Ok".into(),
+        language_tag: "en-US".into(),
+    }
+}
+
+fn attrs_of(st: &FileStat) -> FileAttributes {
+    FileAttributes {
+        size: Some(st.st_size as u64),
+        uid: Some(st.st_uid),
+        user: None,
+        gid: Some(st.st_gid),
+        group: None,
+        permissions: Some(st.st_mode),
+        atime: Some(st.st_atime.clamp(0, u32::MAX as i64) as u32),
+        mtime: Some(st.st_mtime.clamp(0, u32::MAX as i64) as u32),
+    }
+}
+
+/// `ls -l`'s line, as OpenSSH's server sends it.
+fn long_name(name: &str, st: &FileStat) -> String {
+    let kind = match st.st_mode & libc::S_IFMT {
+        libc::S_IFDIR => 'd',
+        libc::S_IFLNK => 'l',
+        libc::S_IFREG => '-',
+        libc::S_IFIFO => 'p',
+        libc::S_IFSOCK => 's',
+        libc::S_IFCHR => 'c',
+        libc::S_IFBLK => 'b',
+        _ => '?',
+    };
+    let mut perms = String::with_capacity(10);
+    perms.push(kind);
+    for shift in [6, 3, 0] {
+        let bits = (st.st_mode >> shift) & 7;
+        perms.push(if bits & 4 != 0 { 'r' } else { '-' });
+        perms.push(if bits & 2 != 0 { 'w' } else { '-' });
+        perms.push(if bits & 1 != 0 { 'x' } else { '-' });
+    }
+    let when = time::OffsetDateTime::from_unix_timestamp(st.st_mtime)
+        .ok()
+        .and_then(|t| {
+            t.format(time::macros::format_description!(
+                "[month repr:short] [day padding:space] [hour]:[minute]"
+            ))
+            .ok()
+        })
+        .unwrap_or_default();
+    format!(
+        "{perms} {:>4} {:<8} {:<8} {:>8} {when} {name}",
+        st.st_nlink, st.st_uid, st.st_gid, st.st_size
+    )
+}
+
+/// Reads an SSH string (u32 length, bytes) from `data`.
+fn ssh_string(data: &mut &[u8]) -> Option<String> {
+    let (len, rest) = data.split_first_chunk::<4>()?;
+    let len = u32::from_be_bytes(*len) as usize;
+    if rest.len() < len {
+        return None;
+    }
+    let (s, rest) = rest.split_at(len);
+    *data = rest;
+    String::from_utf8(s.to_vec()).ok()
+}
+
+impl SftpSession {
+    pub fn new(host: HostName, jail: Jail) -> Self {
+        SftpSession {
+            host,
+            jail,
+            handles: HashMap::new(),
+            next_handle: 0,
+            initialized: false,
+        }
+    }
+
+    /// The reply to a failed operation; refusals are logged.
+    fn fail(&self, op: &str, path: &str, e: JailError) -> StatusReply {
+        match e {
+            JailError::NotFound => {
+                debug!(target: "bento::sftp", host = %self.host, op, path, "no such file");
+                StatusCode::NoSuchFile.into()
+            }
+            JailError::Denied(why) => {
+                warn!(target: "bento::sftp", host = %self.host, op, path, "refused: {why}");
+                StatusCode::PermissionDenied.with_message(why)
+            }
+            JailError::Cap(why) => {
+                warn!(target: "bento::sftp", host = %self.host, op, path, "refused: {why}");
+                StatusCode::Failure.with_message(why)
+            }
+            JailError::InvalidPath(why) => {
+                warn!(target: "bento::sftp", host = %self.host, op, "refused: invalid path ({why})");
+                StatusCode::BadMessage.with_message(format!("invalid path: {why}"))
+            }
+            JailError::Io(e) => {
+                warn!(target: "bento::sftp", host = %self.host, op, path, "failed: {e}");
+                StatusCode::Failure.with_message("server error")
+            }
+        }
+    }
+
+    fn refuse(&self, op: &str, path: &str, why: &str) -> StatusReply {
+        self.fail(op, path, JailError::Denied(why.into()))
+    }
+
+    fn path(&self, op: &str, p: &str) -> Result<VPath, StatusReply> {
+        VPath::parse(p).map_err(|e| self.fail(op, p, e))
+    }
+
+    fn add_handle(&mut self, op: &str, path: &str, h: Open) -> Result<String, StatusReply> {
+        if self.handles.len() >= MAX_HANDLES {
+            return Err(self.fail(
+                op,
+                path,
+                JailError::Cap(format!("at most {MAX_HANDLES} open handles")),
+            ));
+        }
+        self.next_handle += 1;
+        let name = self.next_handle.to_string();
+        self.handles.insert(name.clone(), h);
+        Ok(name)
+    }
+
+    fn bad_handle() -> StatusReply {
+        StatusCode::Failure.with_message("invalid handle")
+    }
+
+    fn do_rename(
+        &mut self,
+        id: u32,
+        old: &str,
+        new: &str,
+        replace: bool,
+    ) -> Result<Status, StatusReply> {
+        let a = self.path("rename", old)?;
+        let b = self.path("rename", new)?;
+        self.jail
+            .rename_log(&a, &b, replace)
+            .map_err(|e| self.fail("rename", &format!("{a} -> {b}"), e))?;
+        Ok(ok(id))
+    }
+}
+
+impl russh_sftp::server::Handler for SftpSession {
+    type Error = StatusReply;
+
+    fn unimplemented(&self) -> Self::Error {
+        StatusCode::OpUnsupported.into()
+    }
+
+    async fn init(
+        &mut self,
+        _version: u32,
+        _extensions: HashMap<String, String>,
+    ) -> Result<Version, Self::Error> {
+        if self.initialized {
+            return Err(StatusCode::BadMessage.into());
+        }
+        self.initialized = true;
+        let mut v = Version::new();
+        v.extensions.insert(POSIX_RENAME.into(), "1".into());
+        Ok(v)
+    }
+
+    async fn open(
+        &mut self,
+        id: u32,
+        filename: String,
+        pflags: OpenFlags,
+        _attrs: FileAttributes,
+    ) -> Result<Handle, Self::Error> {
+        let p = self.path("open", &filename)?;
+        let writing = pflags.intersects(
+            OpenFlags::WRITE | OpenFlags::APPEND | OpenFlags::CREATE | OpenFlags::TRUNCATE,
+        );
+        let open = if writing {
+            let mode = WriteMode {
+                create: pflags.contains(OpenFlags::CREATE),
+                truncate: pflags.contains(OpenFlags::TRUNCATE),
+                exclusive: pflags.contains(OpenFlags::EXCLUDE),
+                append: pflags.contains(OpenFlags::APPEND),
+            };
+            let file = self
+                .jail
+                .open_log(&p, mode)
+                .map_err(|e| self.fail("write", &filename, e))?;
+            Open::Write { file, path: p }
+        } else {
+            Open::Read(
+                self.jail
+                    .open_read(&p)
+                    .map_err(|e| self.fail("read", &filename, e))?,
+            )
+        };
+        let handle = self.add_handle("open", &filename, open)?;
+        Ok(Handle { id, handle })
+    }
+
+    async fn close(&mut self, id: u32, handle: String) -> Result<Status, Self::Error> {
+        match self.handles.remove(&handle) {
+            Some(_) => Ok(ok(id)),
+            None => Err(Self::bad_handle()),
+        }
+    }
+
+    async fn read(
+        &mut self,
+        id: u32,
+        handle: String,
+        offset: u64,
+        len: u32,
+    ) -> Result<Data, Self::Error> {
+        let Some(Open::Read(f)) = self.handles.get(&handle) else {
+            return Err(Self::bad_handle());
+        };
+        let mut buf = vec![0u8; len.min(MAX_READ) as usize];
+        let mut n = 0;
+        while n < buf.len() {
+            match f.read_at(&mut buf[n..], offset + n as u64) {
+                Ok(0) => break,
+                Ok(k) => n += k,
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+                Err(e) => return Err(self.fail("read", &handle, JailError::Io(e))),
+            }
+        }
+        if n == 0 && len > 0 {
+            return Err(StatusCode::Eof.into());
+        }
+        buf.truncate(n);
+        Ok(Data { id, data: buf })
+    }
+
+    async fn write(
+        &mut self,
+        id: u32,
+        handle: String,
+        offset: u64,
+        data: Vec<u8>,
+    ) -> Result<Status, Self::Error> {
+        let Some(Open::Write { file, path }) = self.handles.get(&handle) else {
+            return Err(Self::bad_handle());
+        };
+        if let Err(e) = self.jail.check_write(offset, data.len() as u64) {
+            // A capped upload is removed: a truncated report would be misread.
+            let path = path.clone();
+            self.handles.remove(&handle);
+            let _ = self.jail.remove_log(&path);
+            return Err(self.fail("write", &path.to_string(), e));
+        }
+        if let Err(e) = file.write_all_at(&data, offset) {
+            let path = path.to_string();
+            return Err(self.fail("write", &path, JailError::Io(e)));
+        }
+        Ok(ok(id))
+    }
+
+    async fn lstat(&mut self, id: u32, path: String) -> Result<Attrs, Self::Error> {
+        let p = self.path("lstat", &path)?;
+        let st = self
+            .jail
+            .lstat(&p)
+            .map_err(|e| self.fail("lstat", &path, e))?;
+        Ok(Attrs {
+            id,
+            attrs: attrs_of(&st),
+        })
+    }
+
+    async fn stat(&mut self, id: u32, path: String) -> Result<Attrs, Self::Error> {
+        let p = self.path("stat", &path)?;
+        let st = self
+            .jail
+            .stat(&p)
+            .map_err(|e| self.fail("stat", &path, e))?;
+        Ok(Attrs {
+            id,
+            attrs: attrs_of(&st),
+        })
+    }
+
+    async fn fstat(&mut self, id: u32, handle: String) -> Result<Attrs, Self::Error> {
+        let f = match self.handles.get(&handle) {
+            Some(Open::Read(f)) | Some(Open::Write { file: f, .. }) => f,
+            _ => return Err(Self::bad_handle()),
+        };
+        let st = fstat_file(f).map_err(|e| self.fail("fstat", &handle, JailError::Io(e)))?;
+        Ok(Attrs {
+            id,
+            attrs: attrs_of(&st),
+        })
+    }
+
+    async fn setstat(
+        &mut self,
+        _id: u32,
+        path: String,
+        _attrs: FileAttributes,
+    ) -> Result<Status, Self::Error> {
+        Err(self.refuse("setstat", &path, "attributes are not changed here"))
+    }
+
+    async fn fsetstat(
+        &mut self,
+        _id: u32,
+        handle: String,
+        _attrs: FileAttributes,
+    ) -> Result<Status, Self::Error> {
+        Err(self.refuse("fsetstat", &handle, "attributes are not changed here"))
+    }
+
+    async fn opendir(&mut self, id: u32, path: String) -> Result<Handle, Self::Error> {
+        let p = self.path("opendir", &path)?;
+        let entries = self
+            .jail
+            .read_dir(&p)
+            .map_err(|e| self.fail("opendir", &path, e))?;
+        let files: Vec<_> = entries
+            .into_iter()
+            .map(|e| russh_sftp::protocol::File {
+                longname: long_name(&e.name, &e.stat),
+                attrs: attrs_of(&e.stat),
+                filename: e.name,
+            })
+            .collect();
+        let handle = self.add_handle("opendir", &path, Open::Dir(files.into_iter()))?;
+        Ok(Handle { id, handle })
+    }
+
+    async fn readdir(&mut self, id: u32, handle: String) -> Result<Name, Self::Error> {
+        let Some(Open::Dir(it)) = self.handles.get_mut(&handle) else {
+            return Err(Self::bad_handle());
+        };
+        let files: Vec<_> = it.by_ref().take(DIR_BATCH).collect();
+        if files.is_empty() {
+            return Err(StatusCode::Eof.into());
+        }
+        Ok(Name { id, files })
+    }
+
+    async fn remove(&mut self, id: u32, filename: String) -> Result<Status, Self::Error> {
+        let p = self.path("remove", &filename)?;
+        self.jail
+            .remove_log(&p)
+            .map_err(|e| self.fail("remove", &filename, e))?;
+        Ok(ok(id))
+    }
+
+    async fn mkdir(
+        &mut self,
+        _id: u32,
+        path: String,
+        _attrs: FileAttributes,
+    ) -> Result<Status, Self::Error> {
+        Err(self.refuse("mkdir", &path, "read-only: no directories are made here"))
+    }
+
+    async fn rmdir(&mut self, _id: u32, path: String) -> Result<Status, Self::Error> {
+        Err(self.refuse("rmdir", &path, "read-only: no directories are removed here"))
+    }
+
+    async fn realpath(&mut self, id: u32, path: String) -> Result<Name, Self::Error> {
+        let p = self.path("realpath", &path)?;
+        Ok(Name {
+            id,
+            files: vec![russh_sftp::protocol::File::dummy(p.to_string())],
+        })
+    }
+
+    async fn rename(
+        &mut self,
+        id: u32,
+        oldpath: String,
+        newpath: String,
+    ) -> Result<Status, Self::Error> {
+        self.do_rename(id, &oldpath, &newpath, false)
+    }
+
+    async fn readlink(&mut self, id: u32, path: String) -> Result<Name, Self::Error> {
+        let p = self.path("readlink", &path)?;
+        let target = self
+            .jail
+            .readlink(&p)
+            .map_err(|e| self.fail("readlink", &path, e))?;
+        Ok(Name {
+            id,
+            files: vec![russh_sftp::protocol::File::dummy(target)],
+        })
+    }
+
+    async fn symlink(
+        &mut self,
+        _id: u32,
+        linkpath: String,
+        _targetpath: String,
+    ) -> Result<Status, Self::Error> {
+        Err(self.refuse("symlink", &linkpath, "no symbolic links are made here"))
+    }
+
+    async fn extended(
+        &mut self,
+        id: u32,
+        request: String,
+        data: Vec<u8>,
+    ) -> Result<Packet, Self::Error> {
+        if request != POSIX_RENAME {
+            debug!(target: "bento::sftp", host = %self.host, request, "unsupported extension");
+            return Err(StatusCode::OpUnsupported.into());
+        }
+        let mut d = data.as_slice();
+        let (Some(old), Some(new)) = (ssh_string(&mut d), ssh_string(&mut d)) else {
+            return Err(StatusCode::BadMessage.into());
+        };
+        self.do_rename(id, &old, &new, true).map(Packet::Status)
+    }
+}

@@ -1,0 +1,588 @@
+//! One host's view of its chroot, for the embedded SFTP server.
+//!
+//! A client path is first normalized lexically ([`VPath::parse`]): relative paths
+//! start at the host's root, `.` and empty components vanish, and `..` stops at the
+//! root, as it does inside a real `chroot(2)`. The kernel then resolves the result
+//! against the host's directory with `openat2(RESOLVE_IN_ROOT)`, so a symlink in a
+//! release (absolute or full of `..`) is followed *inside* the host's directory and
+//! can never reach another host's files, whatever is renamed meanwhile.
+//!
+//! Everything is read-only except plain files directly in `logs/`, which are
+//! reached with `RESOLVE_BENEATH | RESOLVE_NO_SYMLINKS` and capped in size and count.
+
+use std::fmt;
+use std::fs::File;
+use std::io;
+use std::os::fd::{AsFd, OwnedFd};
+use std::path::Path;
+
+use nix::errno::Errno;
+use nix::fcntl::{
+    openat, openat2, readlinkat, renameat2, OFlag, OpenHow, RenameFlags, ResolveFlag,
+};
+pub use nix::sys::stat::FileStat;
+use nix::sys::stat::{fstat, fstatat, Mode, SFlag};
+use nix::unistd::{unlinkat, UnlinkatFlags};
+
+use crate::chroot::LOGS_DIR;
+
+/// Longest client path accepted, in bytes (Linux's `PATH_MAX`).
+pub const MAX_PATH: usize = 4096;
+
+#[derive(Debug, thiserror::Error)]
+pub enum JailError {
+    #[error("no such file")]
+    NotFound,
+    /// The operation is not allowed; the text says why (it is logged and sent).
+    #[error("{0}")]
+    Denied(String),
+    /// A cap on `logs/` was reached.
+    #[error("{0}")]
+    Cap(String),
+    #[error("invalid path: {0}")]
+    InvalidPath(&'static str),
+    #[error("{0}")]
+    Io(io::Error),
+}
+
+impl From<Errno> for JailError {
+    fn from(e: Errno) -> Self {
+        match e {
+            Errno::ENOENT | Errno::ENOTDIR => JailError::NotFound,
+            // RESOLVE_NO_SYMLINKS / RESOLVE_NO_XDEV / a path that escaped (cannot
+            // happen with RESOLVE_IN_ROOT, but the kernel's answer is final).
+            Errno::ELOOP => JailError::Denied("symbolic links are not followed here".into()),
+            Errno::EXDEV => JailError::Denied("path leaves the host's directory".into()),
+            Errno::EACCES | Errno::EPERM => JailError::Denied("permission denied".into()),
+            e => JailError::Io(io::Error::from(e)),
+        }
+    }
+}
+
+/// A normalized path inside a host's root: no `.`, no `..`, no empty component.
+#[derive(Clone, PartialEq, Eq, Hash, Default)]
+pub struct VPath(Vec<String>, bool);
+
+impl VPath {
+    /// Normalizes a client path. Relative paths are relative to the root (the
+    /// session's working directory); `..` above the root stays at the root.
+    pub fn parse(path: &str) -> Result<VPath, JailError> {
+        if path.len() > MAX_PATH {
+            return Err(JailError::InvalidPath("longer than 4096 bytes"));
+        }
+        if path.contains('\0') {
+            return Err(JailError::InvalidPath("contains a NUL byte"));
+        }
+        let mut parts: Vec<String> = Vec::new();
+        // `link/` and `link/.` name the directory a link points to, as in POSIX.
+        let dir = path.ends_with('/') || path.ends_with("/.") || path == ".";
+        for c in path.split('/') {
+            match c {
+                "" | "." => {}
+                ".." => {
+                    parts.pop();
+                }
+                c => parts.push(c.to_owned()),
+            }
+        }
+        Ok(VPath(parts, dir))
+    }
+
+    /// Whether the client wrote a trailing `/`: the last component is followed.
+    pub fn names_a_directory(&self) -> bool {
+        self.1
+    }
+
+    pub fn components(&self) -> &[String] {
+        &self.0
+    }
+
+    pub fn is_root(&self) -> bool {
+        self.0.is_empty()
+    }
+
+    /// The path relative to the root, `.` for the root itself.
+    pub fn relative(&self) -> String {
+        if self.0.is_empty() {
+            ".".into()
+        } else {
+            self.0.join("/")
+        }
+    }
+
+    /// The parent's path and the last component (`None` for the root).
+    pub fn split_last(&self) -> Option<(VPath, &str)> {
+        let (last, parent) = self.0.split_last()?;
+        Some((VPath(parent.to_vec(), true), last))
+    }
+
+    /// The file name when this path is a file directly in `logs/`.
+    pub fn log_name(&self) -> Option<&str> {
+        match self.0.as_slice() {
+            [dir, name] if dir == LOGS_DIR => Some(name),
+            _ => None,
+        }
+    }
+}
+
+impl fmt::Display for VPath {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if self.0.is_empty() {
+            return f.write_str("/");
+        }
+        for c in &self.0 {
+            write!(f, "/{c}")?;
+        }
+        Ok(())
+    }
+}
+
+impl fmt::Debug for VPath {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{:?}", self.to_string())
+    }
+}
+
+/// `fstat` of an open file.
+pub fn fstat_file(f: &File) -> io::Result<FileStat> {
+    fstat(f).map_err(io::Error::from)
+}
+
+/// Caps on what a host may put in its `logs/`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct LogLimits {
+    /// Largest file, in bytes.
+    pub max_bytes: u64,
+    /// Most entries in `logs/`.
+    pub max_files: usize,
+}
+
+/// How a file in `logs/` is opened for writing.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct WriteMode {
+    pub create: bool,
+    pub truncate: bool,
+    pub exclusive: bool,
+    pub append: bool,
+}
+
+/// A directory entry with its `lstat`.
+pub struct Entry {
+    pub name: String,
+    pub stat: FileStat,
+}
+
+/// One host's root directory, held open: renaming or replacing the path afterwards
+/// does not move the session elsewhere.
+pub struct Jail {
+    root: OwnedFd,
+    limits: LogLimits,
+}
+
+fn in_root() -> ResolveFlag {
+    ResolveFlag::RESOLVE_IN_ROOT | ResolveFlag::RESOLVE_NO_MAGICLINKS | ResolveFlag::RESOLVE_NO_XDEV
+}
+
+fn beneath_no_links() -> ResolveFlag {
+    ResolveFlag::RESOLVE_BENEATH
+        | ResolveFlag::RESOLVE_NO_SYMLINKS
+        | ResolveFlag::RESOLVE_NO_MAGICLINKS
+        | ResolveFlag::RESOLVE_NO_XDEV
+}
+
+fn is_kind(st: &FileStat, kind: SFlag) -> bool {
+    SFlag::from_bits_truncate(st.st_mode) & SFlag::S_IFMT == kind
+}
+
+impl Jail {
+    /// Opens `dir` as a host's root.
+    pub fn open(dir: &Path, limits: LogLimits) -> io::Result<Jail> {
+        let root = nix::fcntl::open(
+            dir,
+            OFlag::O_PATH | OFlag::O_DIRECTORY | OFlag::O_CLOEXEC,
+            Mode::empty(),
+        )
+        .map_err(io::Error::from)?;
+        Ok(Jail { root, limits })
+    }
+
+    pub fn limits(&self) -> LogLimits {
+        self.limits
+    }
+
+    fn resolve(&self, p: &VPath, flags: OFlag) -> Result<OwnedFd, JailError> {
+        // openat2 refuses O_PATH with flags that have no meaning for it.
+        let extra = if flags.contains(OFlag::O_PATH) {
+            OFlag::O_CLOEXEC
+        } else {
+            OFlag::O_CLOEXEC | OFlag::O_NOCTTY
+        };
+        let how = OpenHow::new().flags(flags | extra).resolve(in_root());
+        Ok(openat2(self.root.as_fd(), p.relative().as_str(), how)?)
+    }
+
+    /// `stat`, following symlinks (inside the root).
+    pub fn stat(&self, p: &VPath) -> Result<FileStat, JailError> {
+        let fd = self.resolve(p, OFlag::O_PATH)?;
+        Ok(fstat(&fd)?)
+    }
+
+    /// `lstat`: the last component is not followed.
+    pub fn lstat(&self, p: &VPath) -> Result<FileStat, JailError> {
+        if p.names_a_directory() {
+            return self.stat(p);
+        }
+        let Some((parent, name)) = p.split_last() else {
+            return self.stat(p);
+        };
+        let dir = self.resolve(&parent, OFlag::O_PATH | OFlag::O_DIRECTORY)?;
+        Ok(fstatat(
+            &dir,
+            name,
+            nix::fcntl::AtFlags::AT_SYMLINK_NOFOLLOW,
+        )?)
+    }
+
+    /// The target of a symlink, as stored (it is only text to the client).
+    pub fn readlink(&self, p: &VPath) -> Result<String, JailError> {
+        let Some((parent, name)) = p.split_last() else {
+            return Err(JailError::Denied("the root is not a symbolic link".into()));
+        };
+        let dir = self.resolve(&parent, OFlag::O_PATH | OFlag::O_DIRECTORY)?;
+        let t = readlinkat(&dir, name).map_err(|e| match e {
+            Errno::EINVAL => JailError::Denied("not a symbolic link".into()),
+            e => e.into(),
+        })?;
+        Ok(t.to_string_lossy().into_owned())
+    }
+
+    /// Opens a regular file for reading.
+    pub fn open_read(&self, p: &VPath) -> Result<File, JailError> {
+        // O_NONBLOCK: a FIFO must not hang the session; it is refused below.
+        let fd = self.resolve(p, OFlag::O_RDONLY | OFlag::O_NONBLOCK)?;
+        let st = fstat(&fd)?;
+        if !is_kind(&st, SFlag::S_IFREG) {
+            return Err(JailError::Denied("not a regular file".into()));
+        }
+        Ok(File::from(fd))
+    }
+
+    /// The entries of a directory (`.` and `..` first), each with its `lstat`.
+    pub fn read_dir(&self, p: &VPath) -> Result<Vec<Entry>, JailError> {
+        let fd = self.resolve(p, OFlag::O_RDONLY | OFlag::O_DIRECTORY)?;
+        let own = fstat(&fd)?;
+        let mut out = vec![
+            Entry {
+                name: ".".into(),
+                stat: own,
+            },
+            Entry {
+                name: "..".into(),
+                stat: own,
+            },
+        ];
+        let dup = fd.try_clone().map_err(JailError::Io)?;
+        let mut dir = nix::dir::Dir::from_fd(dup)?;
+        for ent in dir.iter() {
+            let ent = ent?;
+            let name = ent.file_name().to_bytes();
+            if name == b"." || name == b".." {
+                continue;
+            }
+            let Ok(name) = std::str::from_utf8(name) else {
+                continue; // SFTP v3 names are UTF-8 here; release files always are
+            };
+            match fstatat(&fd, name, nix::fcntl::AtFlags::AT_SYMLINK_NOFOLLOW) {
+                Ok(stat) => out.push(Entry {
+                    name: name.to_owned(),
+                    stat,
+                }),
+                Err(Errno::ENOENT) => {} // removed meanwhile
+                Err(e) => return Err(e.into()),
+            }
+        }
+        Ok(out)
+    }
+
+    fn logs_dir(&self) -> Result<OwnedFd, JailError> {
+        let how = OpenHow::new()
+            .flags(OFlag::O_PATH | OFlag::O_DIRECTORY | OFlag::O_CLOEXEC)
+            .resolve(beneath_no_links());
+        openat2(self.root.as_fd(), LOGS_DIR, how).map_err(|e| match e {
+            Errno::ENOENT => JailError::Denied("the host has no logs/ directory".into()),
+            Errno::ELOOP | Errno::EXDEV => {
+                JailError::Denied("logs/ is a symbolic link: uploads refused".into())
+            }
+            e => e.into(),
+        })
+    }
+
+    fn log_name<'a>(&self, p: &'a VPath) -> Result<&'a str, JailError> {
+        p.log_name().ok_or_else(|| {
+            JailError::Denied("read-only: only files directly in logs/ may be written".into())
+        })
+    }
+
+    fn count_logs(&self, logs: &OwnedFd) -> Result<usize, JailError> {
+        let fd = openat(
+            logs,
+            ".",
+            OFlag::O_RDONLY | OFlag::O_DIRECTORY | OFlag::O_CLOEXEC,
+            Mode::empty(),
+        )?;
+        let mut dir = nix::dir::Dir::from_fd(fd)?;
+        Ok(dir
+            .iter()
+            .filter_map(Result::ok)
+            .filter(|e| !matches!(e.file_name().to_bytes(), b"." | b".."))
+            .count())
+    }
+
+    /// Opens (or creates) a file in `logs/` for writing.
+    pub fn open_log(&self, p: &VPath, mode: WriteMode) -> Result<File, JailError> {
+        let name = self.log_name(p)?;
+        let logs = self.logs_dir()?;
+        let exists = match fstatat(&logs, name, nix::fcntl::AtFlags::AT_SYMLINK_NOFOLLOW) {
+            Ok(st) if is_kind(&st, SFlag::S_IFREG) => true,
+            Ok(_) => return Err(JailError::Denied("not a regular file".into())),
+            Err(Errno::ENOENT) => false,
+            Err(e) => return Err(e.into()),
+        };
+        if !exists {
+            if !mode.create {
+                return Err(JailError::NotFound);
+            }
+            let n = self.count_logs(&logs)?;
+            if n >= self.limits.max_files {
+                return Err(JailError::Cap(format!(
+                    "logs/ already holds {n} files, the most allowed ({})",
+                    self.limits.max_files
+                )));
+            }
+        }
+        let mut flags = OFlag::O_WRONLY | OFlag::O_NOFOLLOW | OFlag::O_NONBLOCK | OFlag::O_CLOEXEC;
+        if mode.create {
+            flags |= OFlag::O_CREAT;
+        }
+        if mode.truncate {
+            flags |= OFlag::O_TRUNC;
+        }
+        if mode.exclusive {
+            flags |= OFlag::O_EXCL;
+        }
+        if mode.append {
+            flags |= OFlag::O_APPEND;
+        }
+        let fd = openat(&logs, name, flags, Mode::from_bits_truncate(0o644))?;
+        let st = fstat(&fd)?;
+        if !is_kind(&st, SFlag::S_IFREG) {
+            return Err(JailError::Denied("not a regular file".into()));
+        }
+        Ok(File::from(fd))
+    }
+
+    /// Whether a write of `len` bytes at `offset` stays under the size cap.
+    pub fn check_write(&self, offset: u64, len: u64) -> Result<(), JailError> {
+        match offset.checked_add(len) {
+            Some(end) if end <= self.limits.max_bytes => Ok(()),
+            _ => Err(JailError::Cap(format!(
+                "a file in logs/ may hold at most {} bytes",
+                self.limits.max_bytes
+            ))),
+        }
+    }
+
+    /// Removes a file from `logs/`.
+    pub fn remove_log(&self, p: &VPath) -> Result<(), JailError> {
+        let name = self.log_name(p)?;
+        let logs = self.logs_dir()?;
+        Ok(unlinkat(&logs, name, UnlinkatFlags::NoRemoveDir)?)
+    }
+
+    /// Renames a file inside `logs/`; `replace` as POSIX `rename`, else the target
+    /// must not exist (SFTP v3).
+    pub fn rename_log(&self, from: &VPath, to: &VPath, replace: bool) -> Result<(), JailError> {
+        let a = self.log_name(from)?;
+        let b = self.log_name(to)?;
+        let logs = self.logs_dir()?;
+        let st = fstatat(&logs, a, nix::fcntl::AtFlags::AT_SYMLINK_NOFOLLOW)?;
+        if !is_kind(&st, SFlag::S_IFREG) {
+            return Err(JailError::Denied("only regular files are renamed".into()));
+        }
+        let flags = if replace {
+            RenameFlags::empty()
+        } else {
+            RenameFlags::RENAME_NOREPLACE
+        };
+        renameat2(&logs, a, &logs, b, flags).map_err(|e| match e {
+            Errno::EEXIST => JailError::Denied("the target exists".into()),
+            e => e.into(),
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::io::{Read, Write};
+    use std::os::unix::fs::symlink;
+
+    fn limits() -> LogLimits {
+        LogLimits {
+            max_bytes: 100,
+            max_files: 3,
+        }
+    }
+
+    #[test]
+    fn parse_stays_at_root() {
+        for (input, want) in [
+            ("", "/"),
+            (".", "/"),
+            ("/", "/"),
+            ("..", "/"),
+            ("/../../etc/passwd", "/etc/passwd"),
+            ("config/../../other/logs", "/other/logs"),
+            ("a//b/./c/", "/a/b/c"),
+            ("logs/x", "/logs/x"),
+        ] {
+            assert_eq!(VPath::parse(input).unwrap().to_string(), want, "{input}");
+        }
+        assert!(VPath::parse("a\0b").is_err());
+        assert!(VPath::parse(&"a/".repeat(3000)).is_err());
+        assert_eq!(VPath::parse("/logs/x").unwrap().log_name(), Some("x"));
+        assert_eq!(VPath::parse("/logs/../x").unwrap().log_name(), None);
+        assert_eq!(VPath::parse("/logs/a/b").unwrap().log_name(), None);
+    }
+
+    /// `<tmp>/a` is a host, `<tmp>/b` another one, `<tmp>/secret` outside both.
+    fn tree() -> (tempfile::TempDir, Jail) {
+        let t = tempfile::tempdir().unwrap();
+        let a = t.path().join("a");
+        std::fs::create_dir_all(a.join("logs")).unwrap();
+        std::fs::create_dir_all(a.join("rel")).unwrap();
+        std::fs::write(a.join("rel/file"), "mine").unwrap();
+        std::fs::create_dir_all(t.path().join("b/logs")).unwrap();
+        std::fs::write(t.path().join("b/file"), "other host").unwrap();
+        std::fs::write(t.path().join("secret"), "secret").unwrap();
+        symlink("rel", a.join("config")).unwrap();
+        symlink("../b/file", a.join("rel/up")).unwrap();
+        symlink(t.path().join("secret"), a.join("rel/abs")).unwrap();
+        symlink("/file", a.join("rel/rootabs")).unwrap();
+        let jail = Jail::open(&a, limits()).unwrap();
+        (t, jail)
+    }
+
+    fn read(j: &Jail, p: &str) -> Result<String, JailError> {
+        let mut s = String::new();
+        j.open_read(&VPath::parse(p).unwrap())?
+            .read_to_string(&mut s)
+            .unwrap();
+        Ok(s)
+    }
+
+    #[test]
+    fn symlinks_resolve_inside_the_root() {
+        let (_t, j) = tree();
+        assert_eq!(read(&j, "config/file").unwrap(), "mine");
+        assert!(matches!(read(&j, "config/up"), Err(JailError::NotFound)));
+        assert!(matches!(read(&j, "config/abs"), Err(JailError::NotFound)));
+        // An absolute link means the host's own root.
+        std::fs::write(_t.path().join("a/file"), "root file").unwrap();
+        assert_eq!(read(&j, "config/rootabs").unwrap(), "root file");
+        assert!(matches!(read(&j, "../b/file"), Err(JailError::NotFound)));
+        let p = |s: &str| VPath::parse(s).unwrap();
+        assert_eq!(j.readlink(&p("config")).unwrap(), "rel");
+        assert!(is_kind(&j.lstat(&p("config")).unwrap(), SFlag::S_IFLNK));
+        assert!(is_kind(&j.lstat(&p("config/")).unwrap(), SFlag::S_IFDIR));
+        assert!(is_kind(&j.stat(&p("config")).unwrap(), SFlag::S_IFDIR));
+        assert!(matches!(j.stat(&p("config/abs")), Err(JailError::NotFound)));
+    }
+
+    #[test]
+    fn the_root_moving_does_not_move_the_session() {
+        let (t, j) = tree();
+        std::fs::rename(t.path().join("a"), t.path().join("moved")).unwrap();
+        std::fs::create_dir(t.path().join("a")).unwrap();
+        std::fs::write(t.path().join("a/file"), "impostor").unwrap();
+        assert_eq!(read(&j, "config/file").unwrap(), "mine");
+        assert!(matches!(read(&j, "file"), Err(JailError::NotFound)));
+    }
+
+    #[test]
+    fn writes_only_in_logs_and_capped() {
+        let (t, j) = tree();
+        let w = WriteMode {
+            create: true,
+            truncate: true,
+            ..Default::default()
+        };
+        let p = |s: &str| VPath::parse(s).unwrap();
+        assert!(matches!(
+            j.open_log(&p("rel/new"), w),
+            Err(JailError::Denied(_))
+        ));
+        assert!(matches!(
+            j.open_log(&p("config/file"), w),
+            Err(JailError::Denied(_))
+        ));
+        assert!(matches!(
+            j.remove_log(&p("rel/file")),
+            Err(JailError::Denied(_))
+        ));
+        j.open_log(&p("logs/one"), w)
+            .unwrap()
+            .write_all(b"x")
+            .unwrap();
+        j.rename_log(&p("logs/one"), &p("logs/two"), false).unwrap();
+        j.open_log(&p("logs/one"), w).unwrap();
+        assert!(matches!(
+            j.rename_log(&p("logs/one"), &p("logs/two"), false),
+            Err(JailError::Denied(_))
+        ));
+        j.rename_log(&p("logs/one"), &p("logs/two"), true).unwrap();
+        assert!(matches!(
+            j.rename_log(&p("logs/two"), &p("rel/two"), true),
+            Err(JailError::Denied(_))
+        ));
+        j.open_log(&p("logs/2"), w).unwrap();
+        j.open_log(&p("logs/3"), w).unwrap();
+        assert!(matches!(
+            j.open_log(&p("logs/4"), w),
+            Err(JailError::Cap(_))
+        ));
+        assert!(j.check_write(90, 10).is_ok());
+        assert!(matches!(j.check_write(90, 11), Err(JailError::Cap(_))));
+        assert!(matches!(j.check_write(u64::MAX, 1), Err(JailError::Cap(_))));
+        // A symlink planted in logs/ is neither written through nor followed.
+        symlink(t.path().join("b/logs"), t.path().join("a/logs/evil")).unwrap();
+        std::fs::remove_file(t.path().join("a/logs/3")).unwrap();
+        assert!(j.open_log(&p("logs/evil"), w).is_err());
+        // logs/ itself replaced by a link to another host's logs.
+        std::fs::rename(t.path().join("a/logs"), t.path().join("a/oldlogs")).unwrap();
+        symlink(t.path().join("b/logs"), t.path().join("a/logs")).unwrap();
+        assert!(matches!(
+            j.open_log(&p("logs/x"), w),
+            Err(JailError::Denied(_))
+        ));
+        assert!(!t.path().join("b/logs/x").exists());
+    }
+
+    #[test]
+    fn fifos_do_not_hang() {
+        let (t, j) = tree();
+        nix::unistd::mkfifo(
+            &t.path().join("a/rel/fifo"),
+            Mode::from_bits_truncate(0o644),
+        )
+        .unwrap();
+        assert!(matches!(read(&j, "rel/fifo"), Err(JailError::Denied(_))));
+        let names: Vec<String> = j
+            .read_dir(&VPath::parse("config").unwrap())
+            .unwrap()
+            .into_iter()
+            .map(|e| e.name)
+            .collect();
+        assert!(names.contains(&"file".to_string()) && names.contains(&"fifo".to_string()));
+    }
+}

@@ -1,0 +1,186 @@
+//! bento's own SFTP server (`bento sftp`) run for a test: one key pair per host,
+//! listed in `bento.toml`, and the real binary on a free loopback port.
+
+use std::fs;
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use anyhow::{bail, Context, Result};
+
+use crate::endpoint::Endpoint;
+use crate::{bins, wait_for};
+
+pub struct EmbeddedSftp {
+    root: PathBuf,
+    bento_dir: PathBuf,
+    chroot_dir: PathBuf,
+    hosts: Vec<String>,
+    /// `[sftp]` keys beyond `listen`.
+    settings: String,
+    port: u16,
+    child: Option<Child>,
+    log: Arc<Mutex<String>>,
+}
+
+impl EmbeddedSftp {
+    /// Key pairs for `hosts` under `root/keys/`; nothing runs until [`EmbeddedSftp::start`].
+    /// The test writes [`Endpoint::bento_toml`] into `bento_dir/bento.toml` first.
+    pub fn new(root: &Path, bento_dir: &Path, chroot_dir: &Path, hosts: &[&str]) -> Result<Self> {
+        fs::create_dir_all(root.join("keys"))?;
+        let mut s = EmbeddedSftp {
+            root: root.to_owned(),
+            bento_dir: bento_dir.to_owned(),
+            chroot_dir: chroot_dir.to_owned(),
+            hosts: Vec::new(),
+            settings: String::new(),
+            port: 0,
+            child: None,
+            log: Arc::default(),
+        };
+        for h in hosts {
+            s.add_host(h)?;
+        }
+        Ok(s)
+    }
+
+    /// Extra `[sftp]` settings (e.g. `max_log_bytes = 1000`).
+    pub fn with_settings(mut self, toml: &str) -> Self {
+        self.settings = toml.to_owned();
+        self
+    }
+
+    /// A new key pair for `host`; it is in [`Endpoint::bento_toml`] from now on.
+    pub fn add_host(&mut self, host: &str) -> Result<()> {
+        generate_key(&self.key_path(host), host)?;
+        self.hosts.push(host.to_owned());
+        Ok(())
+    }
+
+    /// The `.pub` line of a host's key.
+    pub fn public_key(&self, host: &str) -> Result<String> {
+        let p = self.key_path(host).with_extension("pub");
+        Ok(fs::read_to_string(&p)
+            .with_context(|| format!("reading {}", p.display()))?
+            .trim()
+            .to_owned())
+    }
+
+    /// Starts `bento sftp` (on the port it had, after a [`EmbeddedSftp::stop`]) and
+    /// waits until it listens; writes the host key into known_hosts.
+    pub fn start(&mut self) -> Result<()> {
+        let listen = format!("127.0.0.1:{}", self.port);
+        let mut child = Command::new(bins::bin("bento"))
+            .arg("-C")
+            .arg(&self.bento_dir)
+            .args(["sftp", "--listen", &listen])
+            .env("BENTO_LOG", "bento=debug,warn")
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .context("starting bento sftp")?;
+        let stderr = child.stderr.take().expect("piped");
+        let log = self.log.clone();
+        let log_file = self.root.join("sftp.log");
+        std::thread::spawn(move || {
+            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+                let mut l = log.lock().unwrap_or_else(|e| e.into_inner());
+                l.push_str(&line);
+                l.push('\n');
+                let _ = fs::write(&log_file, l.as_bytes());
+            }
+        });
+        self.child = Some(child);
+        let port = wait_for(Duration::from_secs(30), || {
+            let l = self.log();
+            let rest = l
+                .lines()
+                .find_map(|l| l.strip_prefix("bento sftp: listening on "))?;
+            rest.trim().rsplit(':').next()?.parse::<u16>().ok()
+        });
+        let Some(port) = port else {
+            self.stop();
+            bail!("bento sftp did not start:\n{}", self.log());
+        };
+        self.port = port;
+        fs::write(
+            self.known_hosts_path(),
+            known_hosts_line(&self.bento_dir, port)?,
+        )?;
+        Ok(())
+    }
+
+    /// Kills the server ("server down"); [`EmbeddedSftp::start`] brings it back.
+    pub fn stop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    /// Everything the server logged so far.
+    pub fn log(&self) -> String {
+        self.log.lock().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+
+    /// The server's process id.
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(Child::id)
+    }
+}
+
+/// An ed25519 key pair at `path` and `path.pub`, as a host's admin makes one.
+pub fn generate_key(path: &Path, comment: &str) -> Result<()> {
+    crate::run(
+        Command::new("ssh-keygen")
+            .args(["-q", "-t", "ed25519", "-N", "", "-C", comment])
+            .arg("-f")
+            .arg(path),
+    )?;
+    Ok(())
+}
+
+/// The known_hosts line of the server of `bento_dir` (its default host key) on
+/// loopback port `port`.
+pub fn known_hosts_line(bento_dir: &Path, port: u16) -> Result<String> {
+    let p = bento_dir.join("sftp_host_ed25519_key.pub");
+    let public = fs::read_to_string(&p).with_context(|| format!("reading {}", p.display()))?;
+    let mut fields = public.split_whitespace();
+    let (kind, blob) = (fields.next().unwrap_or(""), fields.next().unwrap_or(""));
+    Ok(format!("[127.0.0.1]:{port} {kind} {blob}\n"))
+}
+
+impl Drop for EmbeddedSftp {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+impl Endpoint for EmbeddedSftp {
+    fn port(&self) -> u16 {
+        self.port
+    }
+
+    fn chroot_dir(&self) -> PathBuf {
+        self.chroot_dir.clone()
+    }
+
+    fn key_path(&self, host: &str) -> PathBuf {
+        self.root.join("keys").join(host)
+    }
+
+    fn known_hosts_path(&self) -> PathBuf {
+        self.root.join("known_hosts")
+    }
+
+    fn bento_toml(&self) -> String {
+        let mut s = format!("\n[sftp]\nlisten = \"127.0.0.1:0\"\n{}\n", self.settings);
+        for h in &self.hosts {
+            let key = self.public_key(h).unwrap_or_default();
+            s.push_str(&format!("[hosts.{h}]\nkeys = [{key:?}]\n"));
+        }
+        s
+    }
+}

@@ -1,0 +1,85 @@
+//! What the tests need of an SFTP server, whichever it is: OpenSSH's sshd with
+//! chroot users ([`crate::sshd::SshServer`]) or bento's own
+//! ([`crate::embedded::EmbeddedSftp`]).
+
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output, Stdio};
+
+use anyhow::{Context, Result};
+
+pub trait Endpoint {
+    /// The loopback port it listens on.
+    fn port(&self) -> u16;
+    /// bento's `chroot_dir`.
+    fn chroot_dir(&self) -> PathBuf;
+    /// The host's private key.
+    fn key_path(&self, host: &str) -> PathBuf;
+    /// The known_hosts file clients use.
+    fn known_hosts_path(&self) -> PathBuf;
+    /// What `bento.toml` needs for this server (tables, so it goes last).
+    fn bento_toml(&self) -> String {
+        String::new()
+    }
+
+    /// `127.0.0.1`.
+    fn address(&self) -> &'static str {
+        "127.0.0.1"
+    }
+
+    /// `<chroot>/<host>`.
+    fn host_chroot(&self, host: &str) -> PathBuf {
+        self.chroot_dir().join(host)
+    }
+
+    /// `ssh`/`sftp` options for connecting as `host` with its own key: port, user,
+    /// key, known_hosts with `accept-new`, batch mode. Use as `ssh <opts> 127.0.0.1`.
+    fn client_options(&self, host: &str) -> Vec<String> {
+        self.client_options_with_key(host, &self.key_path(host))
+    }
+
+    /// [`Endpoint::client_options`] with another private key (e.g. another host's).
+    fn client_options_with_key(&self, user: &str, key: &Path) -> Vec<String> {
+        [
+            format!("Port={}", self.port()),
+            format!("User={user}"),
+            format!("IdentityFile={}", key.display()),
+            "IdentitiesOnly=yes".to_owned(),
+            format!("UserKnownHostsFile={}", self.known_hosts_path().display()),
+            "StrictHostKeyChecking=accept-new".to_owned(),
+            "BatchMode=yes".to_owned(),
+            "ConnectTimeout=60".to_owned(),
+        ]
+        .into_iter()
+        .flat_map(|opt| ["-o".to_owned(), opt])
+        .collect()
+    }
+
+    /// Runs the real `sftp -b -` as `user` with the private key `key`, feeding it
+    /// `batch`. Returns the output whatever the exit status (tests assert on failures).
+    fn sftp_batch(&self, user: &str, key: &Path, batch: &str) -> Result<Output> {
+        let mut child = Command::new("sftp")
+            .arg("-b")
+            .arg("-")
+            .args(self.client_options_with_key(user, key))
+            .arg(self.address())
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .context("starting sftp")?;
+        let written = child
+            .stdin
+            .take()
+            .expect("piped")
+            .write_all(batch.as_bytes());
+        // sftp may quit before reading its batch (refused login): its status tells.
+        match written {
+            Err(e) if e.kind() != std::io::ErrorKind::BrokenPipe => {
+                return Err(e).context("writing the sftp batch")
+            }
+            _ => {}
+        }
+        child.wait_with_output().context("running sftp")
+    }
+}
