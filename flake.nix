@@ -66,7 +66,10 @@
         system:
         self.packages.${system}
         // lib.optionalAttrs (system == "x86_64-linux") {
-          vm = nixpkgs.legacyPackages.${system}.testers.runNixOSTest ./nixos/tests/vm.nix;
+          vm = nixpkgs.legacyPackages.${system}.testers.runNixOSTest (import ./nixos/tests/vm.nix { });
+          vm-embedded = nixpkgs.legacyPackages.${system}.testers.runNixOSTest (
+            import ./nixos/tests/vm.nix { sftpMode = "embedded"; }
+          );
         }
       );
     };

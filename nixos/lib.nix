@@ -32,6 +32,10 @@
   #     logs/                    the host user's: the only place it writes
   #     last_change_date         the publisher's
   #     config -> .releases/current
+  #
+  # With the embedded SFTP server (`embedded = true`) there are no host users and
+  # no sshd rules: everything belongs to the publisher, which also runs the
+  # server (Chroot::embedded_owners).
   chrootRules =
     {
       chrootDir,
@@ -39,10 +43,16 @@
       group,
       publishUser,
       publishGroup,
+      embedded ? false,
     }:
+    let
+      publisher = "${publishUser} ${publishGroup}";
+      dirOwner = if embedded then publisher else "root root";
+      logsOwner = name: if embedded then publisher else "${name} ${group}";
+    in
     [
-      "d ${chrootDir} 0755 root root - -"
-      "f ${chrootDir}/states.txt 0644 ${publishUser} ${publishGroup} - -"
+      "d ${chrootDir} 0755 ${dirOwner} - -"
+      "f ${chrootDir}/states.txt 0644 ${publisher} - -"
     ]
     ++ builtins.concatMap (
       name:
@@ -50,10 +60,10 @@
         dir = "${chrootDir}/${name}";
       in
       [
-        "d ${dir} 0755 root root - -"
-        "d ${dir}/.releases 0755 ${publishUser} ${publishGroup} - -"
-        "d ${dir}/logs 0755 ${name} ${group} - -"
-        "f ${dir}/last_change_date 0644 ${publishUser} ${publishGroup} - -"
+        "d ${dir} 0755 ${dirOwner} - -"
+        "d ${dir}/.releases 0755 ${publisher} - -"
+        "d ${dir}/logs 0755 ${logsOwner name} - -"
+        "f ${dir}/last_change_date 0644 ${publisher} - -"
         "L+ ${dir}/config - - - - .releases/current"
       ]
     ) (builtins.attrNames hosts);

@@ -4,7 +4,9 @@
 #   `bento check-config` at build time; hosts/ and utils/ are the admin's);
 # - per host: a system user with its SSH keys, its chroot directory with the
 #   ownership bento needs (so `bento deploy` never needs root), and the sshd
-#   Match block that locks the users into their chroots (OpenSSH mode);
+#   Match block that locks the users into their chroots (OpenSSH mode); or
+#   bento's own SFTP server as the `bento-sftp` service, with the keys in
+#   bento.toml and no users or sshd change at all (embedded mode);
 # - the web panel `bento serve` as a hardened service, run by the `bento` user
 #   that also publishes releases;
 # - optionally, this machine's Nix store as a binary cache for the hosts.
@@ -209,9 +211,11 @@ in
         description = ''
           How the hosts reach their chroots. `openssh`: this machine's sshd,
           one system user per host, chrooted by a `Match Group` block (the
-          original tool's setup). `embedded`: the SFTP server planned inside
-          `bento serve` (no system users, no sshd change); not available in
-          this version.
+          original tool's setup). `embedded`: bento's own SFTP server
+          (`bento sftp`, the `bento-sftp` service) run by {option}`user` on
+          {option}`sftp.port`, each host logging in with its keys from
+          {option}`hosts`; no system users, no sshd change, and host names
+          need not be user names.
         '';
       };
       group = mkOption {
@@ -223,6 +227,11 @@ in
         type = types.port;
         default = 2222;
         description = "Port of the embedded SFTP server (mode `embedded`).";
+      };
+      openFirewall = mkOption {
+        type = types.bool;
+        default = false;
+        description = "Open {option}`sftp.port` in the firewall (mode `embedded`).";
       };
     };
 
@@ -253,8 +262,13 @@ in
           };
           remote_port = mkOption {
             type = types.port;
-            default = lib.head (config.services.openssh.ports ++ [ 22 ]);
-            defaultText = literalExpression "head config.services.openssh.ports";
+            default =
+              if cfg.sftp.mode == "embedded" then
+                cfg.sftp.port
+              else
+                lib.head (config.services.openssh.ports ++ [ 22 ]);
+            defaultText = literalExpression ''
+              if sftp.mode == "embedded" then sftp.port else head config.services.openssh.ports'';
             description = "Its SSH port.";
           };
           local_build = mkOption {
@@ -352,13 +366,6 @@ in
     {
       assertions = [
         {
-          assertion = cfg.sftp.mode != "embedded";
-          message = ''
-            services.bento.server.sftp.mode = "embedded": the SFTP server embedded in
-            `bento serve` is planned but not in this version of bento. Use "openssh".
-          '';
-        }
-        {
           assertion = !(cfg.hosts ? ${cfg.user}) && !(cfg.hosts ? root);
           message = "services.bento.server.hosts: a host may not be called ${cfg.user} or root (its user would be the publisher's or root).";
         }
@@ -397,6 +404,7 @@ in
         inherit (cfg.sftp) group;
         publishUser = cfg.user;
         publishGroup = cfg.group;
+        embedded = cfg.sftp.mode == "embedded";
       };
 
       environment.systemPackages = [ bentoCommand ];
@@ -443,6 +451,94 @@ in
         inherit (cfg) hosts;
         inherit (cfg.sftp) group;
       };
+    })
+
+    (mkIf (cfg.sftp.mode == "embedded") {
+      assertions = [
+        {
+          assertion = lib.all (h: h.keys != [ ]) (lib.attrValues cfg.hosts);
+          message = ''
+            services.bento.server.hosts: in embedded mode a host logs in only with
+            its keys; these hosts have none:
+            ${concatStringsSep ", " (lib.attrNames (lib.filterAttrs (_: h: h.keys == [ ]) cfg.hosts))}
+          '';
+        }
+      ];
+
+      # `bento serve` leaves SFTP to the bento-sftp service below, so that a
+      # panel restart does not cut the agents off.
+      services.bento.server.settings.sftp = {
+        enable = false;
+        listen = "[::]:${toString cfg.sftp.port}";
+        host_key = "${dataDir}/sftp_host_ed25519_key";
+      };
+
+      systemd.services.bento-sftp = {
+        description = "bento SFTP server for the hosts' chroots";
+        wantedBy = [ "multi-user.target" ];
+        after = [
+          "network.target"
+          "systemd-tmpfiles-setup.service"
+        ];
+        # The host keys are read again from bento.toml when it changes; the
+        # rest of [sftp] needs a restart.
+        restartTriggers = [ checkedSettings ];
+        environment.BENTO_LOG = "info";
+        serviceConfig = {
+          ExecStart = escapeShellArgs [
+            "${cfg.package}/bin/bento"
+            "--dir"
+            cfg.directory
+            "sftp"
+          ];
+          User = cfg.user;
+          Group = cfg.group;
+          StateDirectory = "bento-server";
+          StateDirectoryMode = "0750";
+          Restart = "always";
+          RestartSec = 2;
+          UMask = "0022";
+          # Binding a port under 1024 is allowed, nothing else privileged.
+          AmbientCapabilities = optional (cfg.sftp.port < 1024) "CAP_NET_BIND_SERVICE";
+          CapabilityBoundingSet = optional (cfg.sftp.port < 1024) "CAP_NET_BIND_SERVICE";
+          # Hosts write only their logs/; the host key lives in the state directory.
+          ReadWritePaths = [ chrootDir ];
+          ReadOnlyPaths = [ cfg.directory ];
+          ProtectSystem = "strict";
+          ProtectHome = if underHome chrootDir || underHome cfg.directory then "read-only" else true;
+          PrivateTmp = true;
+          PrivateDevices = true;
+          DevicePolicy = "closed";
+          NoNewPrivileges = true;
+          RestrictAddressFamilies = [
+            "AF_UNIX"
+            "AF_INET"
+            "AF_INET6"
+          ];
+          RestrictNamespaces = true;
+          RestrictRealtime = true;
+          RestrictSUIDSGID = true;
+          LockPersonality = true;
+          MemoryDenyWriteExecute = true;
+          ProtectClock = true;
+          ProtectControlGroups = true;
+          ProtectHostname = true;
+          ProtectKernelLogs = true;
+          ProtectKernelModules = true;
+          ProtectKernelTunables = true;
+          ProtectProc = "invisible";
+          ProcSubset = "pid";
+          RemoveIPC = true;
+          SystemCallArchitectures = "native";
+          SystemCallFilter = [
+            "@system-service"
+            "~@privileged"
+          ];
+          LimitNOFILE = 65536;
+        };
+      };
+
+      networking.firewall.allowedTCPPorts = optionals cfg.sftp.openFirewall [ cfg.sftp.port ];
     })
 
     (mkIf cfg.panel.enable {

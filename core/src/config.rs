@@ -139,6 +139,10 @@ pub struct SftpSettings {
     /// Most SSH connections at once, all hosts together.
     #[serde(default = "default_max_connections")]
     pub max_connections: usize,
+    /// Most SSH connections at once of one host (a compromised host cannot take
+    /// the others' places).
+    #[serde(default = "default_max_connections_per_host")]
+    pub max_connections_per_host: usize,
 }
 
 fn default_sftp_listen() -> String {
@@ -156,6 +160,9 @@ fn default_max_log_files() -> usize {
 fn default_max_connections() -> usize {
     1024
 }
+fn default_max_connections_per_host() -> usize {
+    16
+}
 
 impl Default for SftpSettings {
     fn default() -> Self {
@@ -166,6 +173,7 @@ impl Default for SftpSettings {
             max_log_bytes: default_max_log_bytes(),
             max_log_files: default_max_log_files(),
             max_connections: default_max_connections(),
+            max_connections_per_host: default_max_connections_per_host(),
         }
     }
 }
@@ -340,9 +348,13 @@ impl Settings {
             }
         }
         if let Some(sftp) = &self.sftp {
-            if sftp.max_log_files == 0 || sftp.max_log_bytes == 0 || sftp.max_connections == 0 {
+            if sftp.max_log_files == 0
+                || sftp.max_log_bytes == 0
+                || sftp.max_connections == 0
+                || sftp.max_connections_per_host == 0
+            {
                 return invalid(
-                    "sftp: max_log_bytes, max_log_files and max_connections must be at least 1"
+                    "sftp: max_log_bytes, max_log_files, max_connections and max_connections_per_host must be at least 1"
                         .into(),
                 );
             }

@@ -421,6 +421,162 @@ impl Jail {
     }
 }
 
+/// The confinement property, for the fuzz target (`fuzz/`) and a unit test: whatever
+/// path or operation a client sends, every file it gets a descriptor for lies inside
+/// its root, and it writes only directly in `logs/`.
+#[cfg(any(test, feature = "fuzzing"))]
+pub mod fuzzing {
+    use super::*;
+    use std::os::fd::AsRawFd;
+    use std::os::unix::fs::symlink;
+    use std::path::PathBuf;
+
+    /// Two hosts side by side and a secret beside them, with every kind of link
+    /// out of host `a` planted in its tree.
+    pub struct Tree {
+        _dir: tempfile::TempDir,
+        /// `a`'s root, canonical.
+        pub root: PathBuf,
+        pub jail: Jail,
+    }
+
+    impl Default for Tree {
+        fn default() -> Self {
+            Self::new()
+        }
+    }
+
+    impl Tree {
+        pub fn new() -> Tree {
+            let dir = tempfile::tempdir().expect("tempdir");
+            let base = dir.path().canonicalize().expect("canonical");
+            let a = base.join("a");
+            for d in ["a/logs", "a/.releases/r1/sub", "b/logs"] {
+                std::fs::create_dir_all(base.join(d)).expect("mkdir");
+            }
+            std::fs::write(a.join(".releases/r1/file"), "a").expect("write");
+            std::fs::write(base.join("b/secret"), "b").expect("write");
+            std::fs::write(base.join("secret"), "outside").expect("write");
+            let links: [(&str, PathBuf); 8] = [
+                ("a/.releases/current", "r1".into()),
+                ("a/config", ".releases/current".into()),
+                ("a/.releases/r1/up", "../../../b/secret".into()),
+                ("a/.releases/r1/abs", base.join("b/secret")),
+                ("a/.releases/r1/sub/loop", "../sub/loop".into()),
+                ("a/.releases/r1/root", "/".into()),
+                ("a/logs/out", base.join("b/logs")),
+                ("a/logs/dotdot", "..".into()),
+            ];
+            for (l, t) in links {
+                symlink(t, base.join(l)).expect("symlink");
+            }
+            let jail = Jail::open(
+                &a,
+                LogLimits {
+                    max_bytes: 1024,
+                    max_files: 64,
+                },
+            )
+            .expect("jail");
+            Tree {
+                _dir: dir,
+                root: a,
+                jail,
+            }
+        }
+
+        fn assert_inside(&self, f: &impl AsRawFd, what: &str) {
+            let real =
+                std::fs::read_link(format!("/proc/self/fd/{}", f.as_raw_fd())).expect("fd path");
+            assert!(
+                real.starts_with(&self.root),
+                "{what} reached {} outside {}",
+                real.display(),
+                self.root.display()
+            );
+        }
+
+        /// One client request: the first byte picks the operation, the rest is
+        /// the path (a second path after a NUL for renames).
+        pub fn check(&self, data: &[u8]) {
+            let Some((&op, rest)) = data.split_first() else {
+                return;
+            };
+            let text = String::from_utf8_lossy(rest);
+            let (first, second) = text.split_once('\0').unwrap_or((&text, "logs/x"));
+            let Ok(p) = VPath::parse(first) else {
+                return;
+            };
+            // The lexical invariants.
+            assert!(p
+                .components()
+                .iter()
+                .all(|c| !c.is_empty() && c != "." && c != ".." && !c.contains('/')));
+            assert_eq!(
+                VPath::parse(&p.to_string())
+                    .map(|q| q.components().to_vec())
+                    .ok(),
+                Some(p.components().to_vec())
+            );
+            match op % 7 {
+                0 => {
+                    if let Ok(f) = self.jail.open_read(&p) {
+                        self.assert_inside(&f, "open_read");
+                    }
+                }
+                1 => {
+                    let _ = self.jail.stat(&p);
+                    let _ = self.jail.lstat(&p);
+                    let _ = self.jail.readlink(&p);
+                }
+                2 => {
+                    if let Ok(entries) = self.jail.read_dir(&p) {
+                        assert!(entries.iter().all(|e| !e.name.contains('/')));
+                    }
+                }
+                3 | 4 => {
+                    let mode = WriteMode {
+                        create: true,
+                        truncate: op % 2 == 0,
+                        ..Default::default()
+                    };
+                    if let Ok(f) = self.jail.open_log(&p, mode) {
+                        self.assert_inside(&f, "open_log");
+                        let real = std::fs::read_link(format!("/proc/self/fd/{}", f.as_raw_fd()))
+                            .expect("fd path");
+                        assert_eq!(real.parent(), Some(self.root.join("logs").as_path()));
+                        drop(f);
+                        let _ = self.jail.remove_log(&p);
+                    }
+                }
+                5 => {
+                    if let Ok(q) = VPath::parse(second) {
+                        if self.jail.rename_log(&p, &q, op % 2 == 1).is_ok() {
+                            assert!(p.log_name().is_some() && q.log_name().is_some());
+                            let _ = self.jail.rename_log(&q, &p, true);
+                        }
+                    }
+                }
+                _ => {
+                    if self.jail.remove_log(&p).is_ok() {
+                        assert!(p.log_name().is_some());
+                    }
+                }
+            }
+            // Nothing outside `a` was touched, and `a`'s own tree is intact.
+            assert!(self.root.join("config/file").exists());
+            assert!(!self
+                .root
+                .parent()
+                .unwrap()
+                .join("b/logs")
+                .read_dir()
+                .unwrap()
+                .any(|_| true));
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -566,6 +722,60 @@ mod tests {
             Err(JailError::Denied(_))
         ));
         assert!(!t.path().join("b/logs/x").exists());
+    }
+
+    /// The fuzz target's property over many generated paths (the fuzzer explores
+    /// further: `cargo +nightly fuzz run jail_paths` in `fuzz/`).
+    #[test]
+    fn generated_paths_never_leave_the_root() {
+        let tree = fuzzing::Tree::new();
+        let parts = [
+            "..",
+            ".",
+            "",
+            "config",
+            "logs",
+            "out",
+            "dotdot",
+            "up",
+            "abs",
+            "root",
+            "sub",
+            "loop",
+            "file",
+            "b",
+            "secret",
+            ".releases",
+            "current",
+            "r1",
+            "x",
+            "/",
+        ];
+        let mut seed = 0x9e37_79b9_7f4a_7c15u64;
+        let mut next = || {
+            seed ^= seed << 13;
+            seed ^= seed >> 7;
+            seed ^= seed << 17;
+            seed
+        };
+        for _ in 0..20_000 {
+            let n = next();
+            let mut data = vec![(n % 7) as u8];
+            let len = (n >> 8) % 8;
+            for _ in 0..len {
+                let i = (next() % parts.len() as u64) as usize;
+                if next() % 2 == 0 {
+                    data.push(b'/');
+                }
+                data.extend_from_slice(parts[i].as_bytes());
+            }
+            if n % 5 == 0 {
+                data.push(0);
+                data.extend_from_slice(b"logs/");
+                data.extend_from_slice(parts[(n >> 20) as usize % parts.len()].as_bytes());
+            }
+            tree.check(&data);
+        }
     }
 
     #[test]

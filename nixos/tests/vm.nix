@@ -1,7 +1,12 @@
 # The whole cycle on NixOS VMs: a bento server and two hosts, alpha (a flake)
 # and beta (a configuration.nix), with the modules of this repository.
 #
-#   nix build .#checks.x86_64-linux.vm -L      (KVM, network for the first build)
+#   nix build .#checks.x86_64-linux.vm -L            (KVM, network for the first build)
+#   nix build .#checks.x86_64-linux.vm-embedded -L   (the same over `bento sftp`)
+#
+# `sftpMode` is the server's services.bento.server.sftp.mode: "openssh" (sshd,
+# a user per host) or "embedded" (bento's own SFTP server, keys only; then the
+# two hosts log in with two different keys, as embedded mode requires).
 #
 # The hosts build and activate real NixOS systems, offline, inside their VMs:
 # like nixpkgs' nixos-rebuild tests, each holds the build dependencies of its
@@ -12,9 +17,13 @@
 # Steps: deploy (both up to date in `bento status --json`), a change, a
 # failure (alpha's build fails) and a rollback (beta's new system fails its
 # health check), recovery, and the panel answering /healthz and its API.
+{
+  sftpMode ? "openssh",
+}:
 { hostPkgs, lib, ... }:
 let
   pkgs = hostPkgs;
+  embedded = sftpMode == "embedded";
 
   # This repository as a flake input for alpha: the same files give the same
   # store path, so the agent package alpha's flake evaluates is the one the VM
@@ -25,13 +34,30 @@ let
 
   fleet = "/var/lib/bento-server/fleet";
 
+  # Each host's key: one for both with sshd, one each with the embedded server.
+  keys = {
+    alpha = {
+      private = sshKeys.snakeOilPrivateKey;
+      public = sshKeys.snakeOilPublicKey;
+    };
+    beta =
+      if embedded then
+        {
+          private = sshKeys.snakeOilEd25519PrivateKey;
+          public = sshKeys.snakeOilEd25519PublicKey;
+        }
+      else
+        keys.alpha;
+  };
+
   # What each host's agent needs, in the VM and in every system deployed to
   # it (as JSON, imported there with lib.modules.importJSON).
-  agentConfig = {
+  agentConfig = name: {
     services.bento.agent = {
       enable = true;
       server = "server";
-      keyFile = "/etc/bento/id_ecdsa";
+      port = if embedded then 2222 else null;
+      keyFile = "/etc/bento/id_key";
       sshOptions = [
         "StrictHostKeyChecking=accept-new"
         "UserKnownHostsFile=/var/lib/bento/known_hosts"
@@ -49,8 +75,8 @@ let
       ];
       socketGroup = "wheel";
     };
-    environment.etc."bento/id_ecdsa" = {
-      source = sshKeys.snakeOilPrivateKey;
+    environment.etc."bento/id_key" = {
+      source = keys.${name}.private;
       mode = "0600";
     };
     nix.nixPath = [ "nixpkgs=${pkgs.path}" ];
@@ -115,7 +141,7 @@ let
     };
   };
 
-  agentJSON = pkgs.writeText "agent.json" (builtins.toJSON agentConfig);
+  agentJSON = name: pkgs.writeText "agent.json" (builtins.toJSON (agentConfig name));
 
   changes = {
     v1 = pkgs.writeText "change.nix" ''
@@ -148,11 +174,12 @@ let
   };
 
   client =
+    name:
     { lib, modulesPath, ... }:
     {
       imports = [
         ../agent.nix
-        agentConfig
+        (agentConfig name)
         # As nixpkgs' nixos-rebuild tests: with these, a configuration derived
         # from the VM's own builds offline.
         (modulesPath + "/profiles/installation-device.nix")
@@ -177,7 +204,7 @@ let
     };
 in
 {
-  name = "bento";
+  name = if embedded then "bento-embedded" else "bento";
   meta.timeout = 5400;
   # installation-device.nix sets nixpkgs.overlays (as in nixpkgs' tests).
   node.pkgsReadOnly = false;
@@ -189,12 +216,14 @@ in
         imports = [ ../server.nix ];
         services.bento.server = {
           enable = true;
+          sftp.mode = sftpMode;
+          sftp.openFirewall = true;
           hosts.alpha = {
-            keys = [ sshKeys.snakeOilPublicKey ];
+            keys = [ keys.alpha.public ];
             tags = [ "flake" ];
           };
           hosts.beta = {
-            keys = [ sshKeys.snakeOilPublicKey ];
+            keys = [ keys.beta.public ];
             tags = [ "configuration.nix" ];
           };
           settings = {
@@ -215,8 +244,8 @@ in
           memorySize = 3072;
         };
       };
-    alpha = client;
-    beta = client;
+    alpha = client "alpha";
+    beta = client "beta";
   };
 
   testScript =
@@ -231,7 +260,7 @@ in
           lib.mapAttrsToList (file: src: [
             "${src}"
             "${fleet}/hosts/${name}/${file}"
-          ]) (hostFiles.${name} // { "agent.json" = agentJSON; "network.json" = networkJSON name; })
+          ]) (hostFiles.${name} // { "agent.json" = agentJSON name; "network.json" = networkJSON name; })
         ) [ "alpha" "beta" ]
       );
     in
@@ -269,27 +298,45 @@ in
           return machine.succeed("cat /etc/bento-generation").strip()
 
 
+      embedded = ${if embedded then "True" else "False"}
+
       start_all()
-      server.wait_for_unit("sshd.service")
+      server.wait_for_unit("bento-sftp.service" if embedded else "sshd.service")
       server.wait_for_unit("bento-panel.service")
       server.wait_for_open_port(8080)
+      if embedded:
+          server.wait_for_open_port(2222)
 
       with subtest("the panel answers"):
           server.succeed("curl -fsS http://127.0.0.1:8080/healthz")
 
-      with subtest("the module made users, chroots and the sshd Match block"):
-          server.succeed("id -nG alpha | grep -qw sftp_users", "id -nG beta | grep -qw sftp_users")
-          for h in ["alpha", "beta"]:
-              server.succeed(f'test "$(stat -c %U:%G:%a /srv/bento/{h})" = root:root:755')
-              server.succeed(f'test "$(stat -c %U:%G /srv/bento/{h}/logs)" = {h}:sftp_users')
-              server.succeed(f'test "$(stat -c %U /srv/bento/{h}/.releases)" = bento')
-              server.succeed(f'test "$(readlink /srv/bento/{h}/config)" = .releases/current')
-          server.succeed(
-              "sshd -T -C user=alpha,host=alpha,addr=192.168.1.2 | grep -q '^chrootdirectory /srv/bento/'",
-              "sshd -T -C user=alpha,host=alpha,addr=192.168.1.2 | grep -qx 'forcecommand internal-sftp'",
-              "test -L ${fleet}/bento.toml",
-              "bento check-config",
-          )
+      if embedded:
+          with subtest("embedded SFTP: no host users, chroots the bento user's"):
+              for h in ["alpha", "beta"]:
+                  server.fail(f"id {h}")
+                  server.succeed(f'test "$(stat -c %U:%G:%a /srv/bento/{h})" = bento:bento:755')
+                  server.succeed(f'test "$(stat -c %U /srv/bento/{h}/logs)" = bento')
+                  server.succeed(f'test "$(readlink /srv/bento/{h}/config)" = .releases/current')
+              server.succeed(
+                  "test -f /var/lib/bento-server/sftp_host_ed25519_key",
+                  "systemctl show -p User bento-sftp | grep -qx User=bento",
+                  "bento check-config",
+              )
+
+      if not embedded:
+          with subtest("the module made users, chroots and the sshd Match block"):
+              server.succeed("id -nG alpha | grep -qw sftp_users", "id -nG beta | grep -qw sftp_users")
+              for h in ["alpha", "beta"]:
+                  server.succeed(f'test "$(stat -c %U:%G:%a /srv/bento/{h})" = root:root:755')
+                  server.succeed(f'test "$(stat -c %U:%G /srv/bento/{h}/logs)" = {h}:sftp_users')
+                  server.succeed(f'test "$(stat -c %U /srv/bento/{h}/.releases)" = bento')
+                  server.succeed(f'test "$(readlink /srv/bento/{h}/config)" = .releases/current')
+              server.succeed(
+                  "sshd -T -C user=alpha,host=alpha,addr=192.168.1.2 | grep -q '^chrootdirectory /srv/bento/'",
+                  "sshd -T -C user=alpha,host=alpha,addr=192.168.1.2 | grep -qx 'forcecommand internal-sftp'",
+                  "test -L ${fleet}/bento.toml",
+                  "bento check-config",
+              )
 
       with subtest("the hosts' directories: alpha a flake, beta a configuration.nix"):
           for m in hosts:

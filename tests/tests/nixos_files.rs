@@ -165,10 +165,23 @@ fn rule(kind: &str, path: &str, mode: &str, user: &str, group: &str, arg: &str) 
     format!("{kind} {path} {mode} {user} {group} - {arg}")
 }
 
-/// The rules `chrootRules` must give: the layout of `Chroot::ensure_host` (core).
+/// The rules `chrootRules` must give: the layout of `Chroot::ensure_host` (core),
+/// for OpenSSH (root-owned directories, logs/ the host user's).
 fn expected_rules(chroot: &str, hosts: &[&str], group: &str, publisher: &str) -> Vec<String> {
+    expected_rules_owned(chroot, hosts, ("root", "root"), publisher, |h| {
+        (h.to_owned(), group.to_owned())
+    })
+}
+
+fn expected_rules_owned(
+    chroot: &str,
+    hosts: &[&str],
+    dirs: (&str, &str),
+    publisher: &str,
+    logs: impl Fn(&str) -> (String, String),
+) -> Vec<String> {
     let mut rules = vec![
-        rule("d", chroot, "0755", "root", "root", "-"),
+        rule("d", chroot, "0755", dirs.0, dirs.1, "-"),
         rule(
             "f",
             &format!("{chroot}/{STATES_FILE}"),
@@ -180,8 +193,9 @@ fn expected_rules(chroot: &str, hosts: &[&str], group: &str, publisher: &str) ->
     ];
     for host in hosts {
         let dir = format!("{chroot}/{host}");
+        let (lu, lg) = logs(host);
         rules.extend([
-            rule("d", &dir, "0755", "root", "root", "-"),
+            rule("d", &dir, "0755", dirs.0, dirs.1, "-"),
             rule(
                 "d",
                 &format!("{dir}/{RELEASES_DIR}"),
@@ -190,7 +204,7 @@ fn expected_rules(chroot: &str, hosts: &[&str], group: &str, publisher: &str) ->
                 publisher,
                 "-",
             ),
-            rule("d", &format!("{dir}/{LOGS_DIR}"), "0755", host, group, "-"),
+            rule("d", &format!("{dir}/{LOGS_DIR}"), "0755", &lu, &lg, "-"),
             rule(
                 "f",
                 &format!("{dir}/{LAST_CHANGE_FILE}"),
@@ -244,6 +258,29 @@ fn module_users_and_chroots_fit_the_match_block() -> Result<()> {
         rules,
         expected_rules("/srv/bento", &["db-1", "web"], "sftp_users", "bento")
     );
+
+    // The embedded SFTP server: no host users, everything the publisher's, as
+    // `Chroot::embedded_owners` makes it.
+    let rules = eval_module_lib(
+        "chrootRules",
+        &json!({
+            "chrootDir": "/srv/bento", "hosts": hosts, "group": "sftp_users",
+            "publishUser": "bento", "publishGroup": "bento", "embedded": true,
+        }),
+    )?;
+    let rules: Vec<String> = serde_json::from_value(rules)?;
+    assert_eq!(
+        rules,
+        expected_rules_owned(
+            "/srv/bento",
+            &["db-1", "web"],
+            ("bento", "bento"),
+            "bento",
+            |_| { ("bento".into(), "bento".into()) }
+        )
+    );
+    let owners = bento_core::chroot::Chroot::embedded_owners(Some((7, 8)));
+    assert!(owners.dirs == (7, 8) && owners.logs == (7, 8) && owners.publisher == (7, 8));
 
     let too_long = "a".repeat(33);
     for (name, valid) in [
@@ -476,8 +513,9 @@ fn flake_lists_its_outputs() -> Result<()> {
     );
     assert_eq!(names(&show["overlays"]), ["default"], "{show}");
     assert!(
-        show["checks"]["x86_64-linux"]["vm"].is_object(),
-        "no checks.x86_64-linux.vm: {show}"
+        show["checks"]["x86_64-linux"]["vm"].is_object()
+            && show["checks"]["x86_64-linux"]["vm-embedded"].is_object(),
+        "no checks.x86_64-linux.vm and vm-embedded: {show}"
     );
     println!(
         "nix flake show (nixpkgs stubbed): {}",

@@ -252,7 +252,7 @@ fn uploads_into_logs_are_capped_in_size_and_count() -> Result<()> {
 
 #[test]
 fn unknown_keys_are_refused_and_logged_and_new_keys_need_no_restart() -> Result<()> {
-    let mut fleet = Fleet::embedded("sftp-keys", &["a"], "", "")?;
+    let mut fleet = Fleet::embedded("sftp-keys", &["a"], "", "max_connections_per_host = 1\n")?;
     let a = fleet.host(0).to_owned();
     fleet.deploy()?;
     let stranger = fleet.dir.join("stranger");
@@ -310,7 +310,32 @@ fn unknown_keys_are_refused_and_logged_and_new_keys_need_no_restart() -> Result<
     let (ok, out) = sftp(&fleet.server, &a, &stranger, "ls config\n")?;
     assert!(ok, "{out}");
     assert!(fleet.server.log().contains("keeping the previous keys"));
-    fs::write(&toml_path, text)?;
+    fs::write(&toml_path, &text)?;
+
+    // One connection per host here: a second one waits its turn.
+    let mut idle = Command::new("sftp")
+        .args(fleet.server.client_options(&a))
+        .arg("127.0.0.1")
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()?;
+    let logged_in = |s: &EmbeddedSftp| s.log().matches("logged in").count();
+    let before = logged_in(&fleet.server);
+    assert!(
+        wait_until(Duration::from_secs(20), || logged_in(&fleet.server)
+            > before),
+        "the idle client did not log in:\n{}",
+        fleet.server.log()
+    );
+    let (ok, out) = sftp(&fleet.server, &a, &fleet.server.key_path(&a), "ls\n")?;
+    assert!(!ok, "a second connection of {a} was let in:\n{out}");
+    assert!(fleet.server.log().contains("max_connections_per_host"));
+    idle.kill()?;
+    idle.wait()?;
+    assert!(wait_until(Duration::from_secs(20), || {
+        sftp(&fleet.server, &a, &fleet.server.key_path(&a), "ls\n").is_ok_and(|(ok, _)| ok)
+    }));
     fleet.server.stop();
     Ok(())
 }
@@ -442,6 +467,33 @@ fn two_hundred_clients_polling_at_once_are_all_served() -> Result<()> {
         wait_until(Duration::from_secs(10), || fds() < 40),
         "{} descriptors still open",
         fds()
+    );
+    Ok(())
+}
+
+#[test]
+fn a_key_that_does_not_parse_fails_check_config() -> Result<()> {
+    let f = bento_tests::cli::BentoFixture::new("sftp-check")?;
+    f.write_config("[sftp]\n[hosts.web1]\nkeys = [\"ssh-ed25519 not-base64!! web1\"]\n")?;
+    let out = f.run(&["check-config"])?;
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "{err}");
+    assert!(err.contains("hosts.web1.keys[0]"), "{err}");
+    // Two hosts with one key: refused before anything is served.
+    let key = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIBgFMhajUng+Rjj/sCFXI9PzG8BQjru2n7JgUVF1Kbv5";
+    f.write_config(&format!(
+        "[sftp]\n[hosts.web1]\nkeys = [\"{key} a\"]\n[hosts.web2]\nkeys = [\"{key} b\"]\n"
+    ))?;
+    let out = f.run(&["sftp", "--listen", "127.0.0.1:0"])?;
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "{err}");
+    assert!(err.contains("also a key of host web1"), "{err}");
+    f.write_config(&format!("[sftp]\n[hosts.web1]\nkeys = [\"{key} a\"]\n"))?;
+    let out = f.run(&["check-config"])?;
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
     );
     Ok(())
 }

@@ -132,7 +132,9 @@ pub struct Shared {
     chroot_dir: PathBuf,
     limits: LogLimits,
     max_connections: usize,
+    max_per_host: usize,
     connections: AtomicUsize,
+    per_host: Mutex<HashMap<HostName, usize>>,
     keys: RwLock<KeyState>,
     reload_lock: Mutex<()>,
 }
@@ -156,7 +158,9 @@ impl Shared {
                 max_files: sftp.max_log_files,
             },
             max_connections: sftp.max_connections,
+            max_per_host: sftp.max_connections_per_host,
             connections: AtomicUsize::new(0),
+            per_host: Mutex::new(HashMap::new()),
             keys: RwLock::new(KeyState {
                 stamp: stamp(&bento.root.join(CONFIG_FILE)),
                 keys,
@@ -214,6 +218,27 @@ impl Shared {
         }
     }
 
+    /// Counts a logged-in connection of `host`; false when it has too many.
+    fn enter(&self, host: &HostName) -> bool {
+        let mut m = self.per_host.lock().unwrap_or_else(|e| e.into_inner());
+        let n = m.entry(host.clone()).or_insert(0);
+        if *n >= self.max_per_host {
+            return false;
+        }
+        *n += 1;
+        true
+    }
+
+    fn leave(&self, host: &HostName) {
+        let mut m = self.per_host.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(n) = m.get_mut(host) {
+            *n -= 1;
+            if *n == 0 {
+                m.remove(host);
+            }
+        }
+    }
+
     /// Opens a host's chroot.
     fn jail(&self, host: &HostName) -> std::io::Result<Jail> {
         Jail::open(&self.chroot_dir.join(host.as_str()), self.limits)
@@ -233,6 +258,7 @@ impl Drop for Connection {
     fn drop(&mut self) {
         self.shared.connections.fetch_sub(1, Ordering::Relaxed);
         if let Some(h) = &self.host {
+            self.shared.leave(h);
             debug!(target: "bento::sftp", host = %h, "disconnected");
         }
     }
@@ -313,6 +339,14 @@ impl russh::server::Handler for Connection {
             return Ok(Auth::reject());
         }
         match self.shared.authorize(user, key.public_key) {
+            Ok(h) if self.host.is_none() && !self.shared.enter(&h) => {
+                warn!(
+                    target: "bento::sftp", host = %h, peer = %peer(&self.peer),
+                    "refused: the host already has {} connections (max_connections_per_host)",
+                    self.shared.max_per_host
+                );
+                Ok(Auth::reject())
+            }
             Ok(h) => {
                 debug!(target: "bento::sftp", host = %h, peer = %peer(&self.peer), "logged in");
                 self.host = Some(h);
