@@ -80,6 +80,47 @@ let
 
   underHome = p: lib.hasPrefix "/home/" p || lib.hasPrefix "/root/" p || p == "/home" || p == "/root";
 
+  # What the panel and the SFTP service share: the bento user, its state
+  # directory, and the systemd hardening both run under.
+  serviceBase = {
+    User = cfg.user;
+    Group = cfg.group;
+    StateDirectory = "bento-server";
+    StateDirectoryMode = "0750";
+    # Releases must stay readable by the host users.
+    UMask = "0022";
+    ProtectSystem = "strict";
+    ProtectHome = if underHome chrootDir || underHome cfg.directory then "read-only" else true;
+    PrivateTmp = true;
+    PrivateDevices = true;
+    DevicePolicy = "closed";
+    NoNewPrivileges = true;
+    CapabilityBoundingSet = [ "" ];
+    AmbientCapabilities = [ "" ];
+    RestrictAddressFamilies = [
+      "AF_UNIX"
+      "AF_INET"
+      "AF_INET6"
+    ];
+    RestrictNamespaces = true;
+    RestrictRealtime = true;
+    RestrictSUIDSGID = true;
+    LockPersonality = true;
+    ProtectClock = true;
+    ProtectControlGroups = true;
+    ProtectHostname = true;
+    ProtectKernelLogs = true;
+    ProtectKernelModules = true;
+    ProtectKernelTunables = true;
+    ProtectProc = "invisible";
+    RemoveIPC = true;
+    SystemCallArchitectures = "native";
+    SystemCallFilter = [
+      "@system-service"
+      "~@privileged"
+    ];
+  };
+
   hostModule = {
     options = {
       keys = mkOption {
@@ -484,56 +525,24 @@ in
         # rest of [sftp] needs a restart.
         restartTriggers = [ checkedSettings ];
         environment.BENTO_LOG = "info";
-        serviceConfig = {
+        serviceConfig = serviceBase // {
           ExecStart = escapeShellArgs [
             "${cfg.package}/bin/bento"
             "--dir"
             cfg.directory
             "sftp"
           ];
-          User = cfg.user;
-          Group = cfg.group;
-          StateDirectory = "bento-server";
-          StateDirectoryMode = "0750";
           Restart = "always";
           RestartSec = 2;
-          UMask = "0022";
           # Binding a port under 1024 is allowed, nothing else privileged.
           AmbientCapabilities = optional (cfg.sftp.port < 1024) "CAP_NET_BIND_SERVICE";
-          CapabilityBoundingSet = optional (cfg.sftp.port < 1024) "CAP_NET_BIND_SERVICE";
+          CapabilityBoundingSet = if cfg.sftp.port < 1024 then [ "CAP_NET_BIND_SERVICE" ] else [ "" ];
           # Hosts write only their logs/; the host key lives in the state directory.
           ReadWritePaths = [ chrootDir ];
           ReadOnlyPaths = [ cfg.directory ];
-          ProtectSystem = "strict";
-          ProtectHome = if underHome chrootDir || underHome cfg.directory then "read-only" else true;
-          PrivateTmp = true;
-          PrivateDevices = true;
-          DevicePolicy = "closed";
-          NoNewPrivileges = true;
-          RestrictAddressFamilies = [
-            "AF_UNIX"
-            "AF_INET"
-            "AF_INET6"
-          ];
-          RestrictNamespaces = true;
-          RestrictRealtime = true;
-          RestrictSUIDSGID = true;
-          LockPersonality = true;
+          # It runs no other program.
           MemoryDenyWriteExecute = true;
-          ProtectClock = true;
-          ProtectControlGroups = true;
-          ProtectHostname = true;
-          ProtectKernelLogs = true;
-          ProtectKernelModules = true;
-          ProtectKernelTunables = true;
-          ProtectProc = "invisible";
           ProcSubset = "pid";
-          RemoveIPC = true;
-          SystemCallArchitectures = "native";
-          SystemCallFilter = [
-            "@system-service"
-            "~@privileged"
-          ];
           LimitNOFILE = 65536;
         };
       };
@@ -570,7 +579,7 @@ in
         }
         // config.networking.proxy.envVars;
 
-        serviceConfig = {
+        serviceConfig = serviceBase // {
           ExecStart = escapeShellArgs (
             [
               "${cfg.package}/bin/bento"
@@ -585,54 +594,18 @@ in
             ++ optional cfg.panel.behindProxy "--behind-proxy"
             ++ cfg.panel.extraArgs
           );
-          User = cfg.user;
-          Group = cfg.group;
           WorkingDirectory = cfg.directory;
-          StateDirectory = "bento-server";
-          StateDirectoryMode = "0750";
           Restart = "on-failure";
           RestartSec = 5;
-          # Releases must stay readable by the host users.
-          UMask = "0022";
 
-          # Hardening. The jobs run nix as a child (through the daemon), which
-          # is why neither MemoryDenyWriteExecute nor a tighter system call
-          # filter is set, and why disallowed calls fail instead of killing.
+          # The jobs run nix as a child (through the daemon), which is why
+          # neither MemoryDenyWriteExecute nor a tighter system call filter is
+          # set, and why disallowed calls fail instead of killing.
           ReadWritePaths = [
             chrootDir
             cfg.directory
           ];
-          ProtectSystem = "strict";
-          ProtectHome = if underHome chrootDir || underHome cfg.directory then "read-only" else true;
-          PrivateTmp = true;
-          PrivateDevices = true;
-          DevicePolicy = "closed";
-          NoNewPrivileges = true;
-          CapabilityBoundingSet = [ "" ];
-          AmbientCapabilities = [ "" ];
-          RestrictAddressFamilies = [
-            "AF_UNIX"
-            "AF_INET"
-            "AF_INET6"
-            "AF_NETLINK"
-          ];
-          RestrictNamespaces = true;
-          RestrictRealtime = true;
-          RestrictSUIDSGID = true;
-          LockPersonality = true;
-          ProtectClock = true;
-          ProtectControlGroups = true;
-          ProtectHostname = true;
-          ProtectKernelLogs = true;
-          ProtectKernelModules = true;
-          ProtectKernelTunables = true;
-          ProtectProc = "invisible";
-          RemoveIPC = true;
-          SystemCallArchitectures = "native";
-          SystemCallFilter = [
-            "@system-service"
-            "~@privileged"
-          ];
+          RestrictAddressFamilies = serviceBase.RestrictAddressFamilies ++ [ "AF_NETLINK" ];
           SystemCallErrorNumber = "EPERM";
         };
       };

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Quick start on a fresh Debian/Ubuntu machine, as root: installs what bento needs,
 # builds it, and starts the web panel on a demo fleet (toy NixOS hosts built by the
-# real nix, real sshd chroots, one real bento-agent per host). Ctrl-C stops it.
+# real nix, chroots served by bento's own SFTP server, one real bento-agent per host). Ctrl-C stops it.
 # Arguments go to the demo (--listen ADDR, --interval SECS, --password PW, --dir DIR).
 set -euo pipefail
 cd "$(dirname "$0")/.."

@@ -4,9 +4,11 @@
 # Usage: scripts/setup-debian.sh [--tests]   (as root, or through sudo)
 set -euo pipefail
 
-want=(nix-bin openssh-server openssh-client sqlite3 ca-certificates build-essential pkg-config)
+# The demo needs only ssh's client (the agents use it); bento serves SFTP itself.
+want=(nix-bin openssh-client sqlite3 ca-certificates build-essential pkg-config)
 if [ "${1:-}" = "--tests" ]; then
-  want+=(chromium chromium-driver dbus-daemon dbus xvfb xfce4-panel x11-utils imagemagick
+  # openssh-server: the OpenSSH-mode tests and the benchmarks start their own sshd.
+  want+=(openssh-server chromium chromium-driver dbus-daemon dbus xvfb xfce4-panel x11-utils imagemagick
          fonts-dejavu-core fonts-noto-color-emoji dunst wrk hyperfine curl systemd
          libwebkit2gtk-4.1-dev libgtk-3-dev libsoup-3.0-dev)
 fi
@@ -25,4 +27,6 @@ if [ ${#missing[@]} -gt 0 ]; then
 fi
 
 # sshd needs its privilege-separation directory; the tests start their own sshd.
-"${SUDO[@]}" mkdir -p /run/sshd
+if [ "${1:-}" = "--tests" ]; then
+  "${SUDO[@]}" mkdir -p /run/sshd
+fi

@@ -16,7 +16,6 @@
 use std::fs;
 use std::io::{Read, Write};
 use std::net::{Shutdown, TcpListener, TcpStream};
-use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
@@ -34,8 +33,8 @@ fn main() -> Result<()> {
         .ok()
         .and_then(|v| v.parse().ok())
         .unwrap_or(20);
-    let agent_bin = binary("bento-agent")?;
-    let bento_bin = binary("bento")?;
+    let agent_bin = bento_tests::bins::measured("bento-agent")?;
+    let bento_bin = bento_tests::bins::measured("bento")?;
     let dir = TestDir::new("poll-bench")?;
     let host = format!("{}-bench", unique_prefix());
     let server = SshServer::start(&[&host])?;
@@ -254,7 +253,11 @@ booted_system = "{root}/booted-system"
         field("VmRSS:"),
         field("VmHWM:")
     );
-    println!("binaries: {} / {}", agent_bin.display(), ssh_version());
+    println!(
+        "binaries: {} / {}",
+        agent_bin.display(),
+        bento_tests::bins::ssh_version()
+    );
     Ok(())
 }
 
@@ -358,31 +361,4 @@ impl Relay {
         });
         Ok(Relay { port, bytes, open })
     }
-}
-
-/// `BENTO_AGENT_BIN` / `BENTO_BIN`, else the release build, else the debug one.
-fn binary(name: &str) -> Result<PathBuf> {
-    let var = format!("{}_BIN", name.to_uppercase().replace('-', "_"));
-    if let Some(p) = std::env::var_os(&var) {
-        return Ok(PathBuf::from(p));
-    }
-    let exe = std::env::current_exe()?;
-    let target = exe
-        .ancestors()
-        .find(|p| p.join("release").is_dir() || p.join("debug").is_dir())
-        .map(Path::to_owned)
-        .context("no target directory above the bench")?;
-    ["release", "debug"]
-        .iter()
-        .map(|p| target.join(p).join(name))
-        .find(|p| p.is_file())
-        .with_context(|| format!("{name} is not built: cargo build --release -p {name}"))
-}
-
-fn ssh_version() -> String {
-    Command::new("ssh")
-        .arg("-V")
-        .output()
-        .map(|o| String::from_utf8_lossy(&o.stderr).trim().to_owned())
-        .unwrap_or_default()
 }

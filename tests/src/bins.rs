@@ -19,3 +19,33 @@ pub fn bin(name: &str) -> PathBuf {
     );
     p
 }
+
+/// For the benchmarks: `BENTO_AGENT_BIN` / `BENTO_BIN` (the name in capitals),
+/// else the release build, else the debug one.
+pub fn measured(name: &str) -> anyhow::Result<PathBuf> {
+    use anyhow::Context;
+    let var = format!("{}_BIN", name.to_uppercase().replace('-', "_"));
+    if let Some(p) = std::env::var_os(&var) {
+        return Ok(PathBuf::from(p));
+    }
+    let exe = std::env::current_exe()?;
+    let target = exe
+        .ancestors()
+        .find(|p| p.join("release").is_dir() || p.join("debug").is_dir())
+        .map(std::path::Path::to_owned)
+        .context("no target directory above the bench")?;
+    ["release", "debug"]
+        .iter()
+        .map(|p| target.join(p).join(name))
+        .find(|p| p.is_file())
+        .with_context(|| format!("{name} is not built: cargo build --release -p {name}"))
+}
+
+/// `ssh -V`, for the benchmarks' tables.
+pub fn ssh_version() -> String {
+    std::process::Command::new("ssh")
+        .arg("-V")
+        .output()
+        .map(|o| String::from_utf8_lossy(&o.stderr).trim().to_owned())
+        .unwrap_or_default()
+}

@@ -58,28 +58,35 @@ pub trait Endpoint {
     /// Runs the real `sftp -b -` as `user` with the private key `key`, feeding it
     /// `batch`. Returns the output whatever the exit status (tests assert on failures).
     fn sftp_batch(&self, user: &str, key: &Path, batch: &str) -> Result<Output> {
-        let mut child = Command::new("sftp")
-            .arg("-b")
+        let mut cmd = Command::new("sftp");
+        cmd.arg("-b")
             .arg("-")
             .args(self.client_options_with_key(user, key))
-            .arg(self.address())
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .context("starting sftp")?;
-        let written = child
-            .stdin
-            .take()
-            .expect("piped")
-            .write_all(batch.as_bytes());
-        // sftp may quit before reading its batch (refused login): its status tells.
-        match written {
-            Err(e) if e.kind() != std::io::ErrorKind::BrokenPipe => {
-                return Err(e).context("writing the sftp batch")
-            }
-            _ => {}
-        }
-        child.wait_with_output().context("running sftp")
+            .arg(self.address());
+        run_batch(cmd, batch)
     }
+}
+
+/// Runs `cmd` (an `sftp -b -`) with `batch` on its stdin. Returns the output
+/// whatever the exit status (tests assert on failures).
+pub fn run_batch(mut cmd: Command, batch: &str) -> Result<Output> {
+    let mut child = cmd
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .context("starting sftp")?;
+    let written = child
+        .stdin
+        .take()
+        .expect("piped")
+        .write_all(batch.as_bytes());
+    // sftp may quit before reading its batch (refused login): its status tells.
+    match written {
+        Err(e) if e.kind() != std::io::ErrorKind::BrokenPipe => {
+            return Err(e).context("writing the sftp batch")
+        }
+        _ => {}
+    }
+    child.wait_with_output().context("running sftp")
 }

@@ -282,18 +282,20 @@ impl russh_sftp::server::Handler for SftpSession {
         let Some(Open::Write { file, path }) = self.handles.get(&handle) else {
             return Err(Self::bad_handle());
         };
-        if let Err(e) = self.jail.check_write(offset, data.len() as u64) {
-            // A capped upload is removed: a truncated report would be misread.
-            let path = path.clone();
-            self.handles.remove(&handle);
-            let _ = self.jail.remove_log(&path);
-            return Err(self.fail("write", &path.to_string(), e));
+        match self.jail.write_log(file, offset, &data) {
+            Ok(()) => Ok(ok(id)),
+            Err(e @ JailError::Cap(_)) => {
+                // A capped upload is removed: a truncated report would be misread.
+                let path = path.clone();
+                self.handles.remove(&handle);
+                let _ = self.jail.remove_log(&path);
+                Err(self.fail("write", &path.to_string(), e))
+            }
+            Err(e) => {
+                let path = path.to_string();
+                Err(self.fail("write", &path, e))
+            }
         }
-        if let Err(e) = file.write_all_at(&data, offset) {
-            let path = path.to_string();
-            return Err(self.fail("write", &path, JailError::Io(e)));
-        }
-        Ok(ok(id))
     }
 
     async fn lstat(&mut self, id: u32, path: String) -> Result<Attrs, Self::Error> {
