@@ -9,7 +9,7 @@ use anyhow::{Context, Result};
 use bento_tests::{bins, wait_for, wait_until, TestDir};
 
 #[test]
-fn the_demo_fleet_comes_up_to_date_and_cleans_up() -> Result<()> {
+fn the_demo_fleet_comes_up_to_date_rolls_out_a_change_and_stops() -> Result<()> {
     let dir = TestDir::new("demo")?;
     let demo_dir = dir.join("demo");
     let mut child = Command::new(bins::bin("bento-demo"))
@@ -49,6 +49,45 @@ fn the_demo_fleet_comes_up_to_date_and_cleans_up() -> Result<()> {
     let healthz = Command::new("curl")
         .args(["-fsS", &format!("{panel}healthz")])
         .output();
+    // What a newcomer does next: change a host's file, deploy from the panel (its
+    // API here), and watch the change roll out to the hosts of that flake.
+    let rollout = all_up
+        .as_ref()
+        .map(|rows| -> Result<Vec<serde_json::Value>> {
+            let rev = |rows: &[serde_json::Value], h: &str| {
+                rows.iter()
+                    .find(|r| r["host"] == h)
+                    .map(|r| r["revision"].clone())
+            };
+            let before: Vec<_> = ["demo-web", "demo-db", "demo-lab"]
+                .iter()
+                .map(|h| rev(rows, h))
+                .collect();
+            let token = Command::new(bins::bin("bento"))
+                .args(["token", "add", "demo-test"])
+                .env("BENTO_DIR", demo_dir.join("bento"))
+                .output()?;
+            anyhow::ensure!(token.status.success(), "bento token add: {token:?}");
+            let token = String::from_utf8(token.stdout)?.trim().to_owned();
+            std::fs::write(
+                demo_dir.join("bento/hosts/demo-office/motd.txt"),
+                "Changed by the demo test.\n",
+            )?;
+            let post = Command::new("curl")
+                .args(["-fsS", "-X", "POST", "-H", "Content-Type: application/json"])
+                .args(["-H", &format!("Authorization: Bearer {token}")])
+                .args(["-d", r#"{"kind":"deploy"}"#, &format!("{panel}api/v1/jobs")])
+                .output()?;
+            anyhow::ensure!(post.status.success(), "POST /api/v1/jobs: {post:?}");
+            wait_for(Duration::from_secs(180), || {
+                let rows = status()?;
+                let changed = |h: &str, i: usize| rev(&rows, h) != before[i];
+                let up = rows.iter().all(|r| r["state"] == "up-to-date");
+                (up && changed("demo-web", 0) && changed("demo-db", 1) && !changed("demo-lab", 2))
+                    .then_some(rows)
+            })
+            .with_context(|| format!("the change did not roll out: {:#?}", status()))
+        });
     Command::new("kill")
         .args(["-TERM", &child.id().to_string()])
         .status()?;
@@ -60,6 +99,7 @@ fn the_demo_fleet_comes_up_to_date_and_cleans_up() -> Result<()> {
     assert_eq!(hosts, ["demo-db", "demo-lab", "demo-web"]);
     let h = healthz?;
     assert!(h.status.success(), "{panel}healthz: {h:?}");
+    rollout.expect("all up")?;
     assert!(exited, "the demo did not stop on SIGTERM");
     // The demo's hosts came through bento's own SFTP server: nothing else served
     // them, and it is gone with the demo.
