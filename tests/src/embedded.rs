@@ -125,6 +125,17 @@ impl EmbeddedSftp {
         self.log.lock().unwrap_or_else(|e| e.into_inner()).clone()
     }
 
+    /// The log once it holds every one of `needles` (the server's stderr is read by
+    /// another thread, so a line may land just after the client that caused it
+    /// ended), or as it is after 10 s. Assert on what it returns.
+    pub fn log_with(&self, needles: &[&str]) -> String {
+        crate::wait_until(Duration::from_secs(10), || {
+            let l = self.log();
+            needles.iter().all(|n| l.contains(n))
+        });
+        self.log()
+    }
+
     /// The server's process id.
     pub fn pid(&self) -> Option<u32> {
         self.child.as_ref().map(Child::id)

@@ -90,3 +90,25 @@ pub fn run_batch(mut cmd: Command, batch: &str) -> Result<Output> {
     }
     child.wait_with_output().context("running sftp")
 }
+
+/// `sftp` batches that write outside `logs/`, which every server must refuse to a
+/// host: `scratch` is a local file to upload, `revision` the host's current release.
+/// (Inside its `logs/`, sshd lets the host's user do what a directory's owner may;
+/// bento's server allows less: see its own test.)
+pub fn writes_outside_logs(scratch: &Path, revision: &str) -> Vec<String> {
+    let put = |dst: &str| format!("put {} {dst}\n", scratch.display());
+    vec![
+        put("intruder.txt"),
+        put("last_change_date"),
+        put("config/flake.nix"),
+        put(".releases/evil"),
+        put(&format!(".releases/{revision}/x")),
+        "rm config/flake.nix\n".to_owned(),
+        "rm config\n".to_owned(),
+        "rm last_change_date\n".to_owned(),
+        "rename last_change_date logs/stolen\n".to_owned(),
+        "rename logs config2\n".to_owned(),
+        "mkdir .releases/x\n".to_owned(),
+        "rmdir logs\n".to_owned(),
+    ]
+}

@@ -6,7 +6,7 @@ use std::fs;
 
 use anyhow::Result;
 use bento_core::status::State;
-use bento_tests::endpoint::Endpoint;
+use bento_tests::endpoint::{writes_outside_logs, Endpoint};
 
 use agent_common::Fleet;
 
@@ -48,15 +48,8 @@ fn a_host_reads_only_its_chroot_and_writes_only_its_logs() -> Result<()> {
     let (ok, out) = sftp(&b, "ls\n")?;
     assert!(!ok, "a's key logged in as b:\n{out}");
     // Writes outside logs/ are refused.
-    for batch in [
-        format!("put {} intruder.txt\n", scratch.display()),
-        format!("put {} last_change_date\n", scratch.display()),
-        format!("put {} .releases/evil\n", scratch.display()),
-        format!("put {} config/flake.nix\n", scratch.display()),
-        "rm config\n".to_owned(),
-        "rename logs config2\n".to_owned(),
-        "mkdir .releases/x\n".to_owned(),
-    ] {
+    let rev_a = fleet.published(&a)?;
+    for batch in writes_outside_logs(&scratch, &rev_a) {
         let (ok, out) = sftp(&a, &batch)?;
         assert!(!ok, "{batch:?} worked:\n{out}");
     }
