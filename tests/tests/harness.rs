@@ -1,7 +1,7 @@
 //! The test helpers themselves, against the real nix and OpenSSH.
 
 use std::fs;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Duration;
 
@@ -14,6 +14,28 @@ use bento_tests::{run, wait_until, TestDir};
 
 fn fleet(dir: &TestDir) -> Result<ToyFleet> {
     ToyFleet::new(&dir.join("bento"))
+}
+
+/// One flake host `<prefix>-web` in a fresh fleet, and its first system.
+struct OneHost {
+    dir: TestDir,
+    fleet: ToyFleet,
+    host: String,
+    system: PathBuf,
+}
+
+fn one_flake_host() -> Result<OneHost> {
+    let dir = TestDir::new("harness")?;
+    let mut fleet = fleet(&dir)?;
+    let host = format!("{}-web", unique_prefix());
+    fleet.flake_host(&host, &[&host])?;
+    let system = fleet.build_toplevel(&host)?;
+    Ok(OneHost {
+        dir,
+        fleet,
+        host,
+        system,
+    })
 }
 
 fn basename(path: &Path) -> String {
@@ -65,11 +87,12 @@ fn flake_with_two_hosts_builds_two_systems() -> Result<()> {
 
 #[test]
 fn only_system_version_changes_the_store_path() -> Result<()> {
-    let dir = TestDir::new("harness")?;
-    let mut fleet = fleet(&dir)?;
-    let host = format!("{}-web", unique_prefix());
-    fleet.flake_host(&host, &[&host])?;
-    let first = fleet.build_toplevel(&host)?;
+    let OneHost {
+        fleet,
+        host,
+        system: first,
+        dir: _dir, // kept: the fleet lives in it
+    } = one_flake_host()?;
 
     fleet.write_file(&host, "notes.txt", "only a note\n")?;
     assert_eq!(fleet.build_toplevel(&host)?, first);
@@ -83,11 +106,12 @@ fn only_system_version_changes_the_store_path() -> Result<()> {
 
 #[test]
 fn kernel_version_changes_the_kernel() -> Result<()> {
-    let dir = TestDir::new("harness")?;
-    let mut fleet = fleet(&dir)?;
-    let host = format!("{}-web", unique_prefix());
-    fleet.flake_host(&host, &[&host])?;
-    let old = fleet.build_toplevel(&host)?;
+    let OneHost {
+        dir,
+        fleet,
+        host,
+        system: old,
+    } = one_flake_host()?;
     fleet.set_kernel(&host, "6.6.1")?;
     let new = fleet.build_toplevel(&host)?;
     assert_ne!(old, new);
@@ -180,11 +204,12 @@ fn broken_hosts_fail_to_evaluate() -> Result<()> {
 
 #[test]
 fn switch_to_configuration_records_and_can_fail() -> Result<()> {
-    let dir = TestDir::new("harness")?;
-    let mut fleet = fleet(&dir)?;
-    let host = format!("{}-web", unique_prefix());
-    fleet.flake_host(&host, &[&host])?;
-    let system = fleet.build_toplevel(&host)?;
+    let OneHost {
+        fleet,
+        host,
+        system,
+        dir: _dir, // kept: the fleet lives in it
+    } = one_flake_host()?;
     let switch = system.join("bin/switch-to-configuration");
 
     assert!(fleet.switch_records(&host)?.is_empty());
@@ -208,11 +233,12 @@ fn switch_to_configuration_records_and_can_fail() -> Result<()> {
 
 #[test]
 fn profiles_take_toy_systems_and_roll_back() -> Result<()> {
-    let dir = TestDir::new("harness")?;
-    let mut fleet = fleet(&dir)?;
-    let host = format!("{}-web", unique_prefix());
-    fleet.flake_host(&host, &[&host])?;
-    let first = fleet.build_toplevel(&host)?;
+    let OneHost {
+        dir,
+        fleet,
+        host,
+        system: first,
+    } = one_flake_host()?;
     fleet.set_system_version(&host, "2")?;
     let second = fleet.build_toplevel(&host)?;
 

@@ -28,20 +28,7 @@ async fn login_sets_a_strict_session_and_logout_ends_it() -> Result<()> {
     assert_eq!(status, StatusCode::UNAUTHORIZED);
 
     // The session cookie: HttpOnly, SameSite=Strict, not Secure without TLS.
-    let page = c.get(p.url("/login")).send().await?;
-    let (login_cookie, _) = set_cookie(&page, "bento_login").unwrap();
-    let csrf = panel_common::hidden(&page.text().await?, "csrf").unwrap();
-    let res = c
-        .post(p.url("/login"))
-        .header("cookie", format!("bento_login={login_cookie}"))
-        .form(&[
-            ("user", ADMIN),
-            ("password", PASSWORD),
-            ("csrf", &csrf),
-            ("next", "/audit"),
-        ])
-        .send()
-        .await?;
+    let res = panel_common::post_login(&c, &p.base, ADMIN, PASSWORD, "/audit").await?;
     assert_eq!(res.status(), StatusCode::SEE_OTHER);
     assert_eq!(res.headers()[LOCATION], "/audit");
     let (_, header) = set_cookie(&res, "bento_session").unwrap();
@@ -56,20 +43,7 @@ async fn login_sets_a_strict_session_and_logout_ends_it() -> Result<()> {
     assert!(fleet.contains(ADMIN));
 
     // An outside `next` never leaves the site.
-    let page = c.get(p.url("/login?next=//evil.example/")).send().await?;
-    let (lc, _) = set_cookie(&page, "bento_login").unwrap();
-    let csrf = panel_common::hidden(&page.text().await?, "csrf").unwrap();
-    let res = c
-        .post(p.url("/login"))
-        .header("cookie", format!("bento_login={lc}"))
-        .form(&[
-            ("user", ADMIN),
-            ("password", PASSWORD),
-            ("csrf", &csrf),
-            ("next", "//evil.example/"),
-        ])
-        .send()
-        .await?;
+    let res = panel_common::post_login(&c, &p.base, ADMIN, PASSWORD, "//evil.example/").await?;
     assert_eq!(res.headers()[LOCATION], "/");
 
     // Logging out ends the session on the server, not only in the browser.
@@ -131,20 +105,7 @@ async fn failed_logins_are_rate_limited() -> Result<()> {
         assert_eq!(status, StatusCode::UNAUTHORIZED, "attempt {i}");
     }
     // Past the limit even the right password is refused, with a Retry-After.
-    let page = c.get(p.url("/login")).send().await?;
-    let (lc, _) = set_cookie(&page, "bento_login").unwrap();
-    let csrf = panel_common::hidden(&page.text().await?, "csrf").unwrap();
-    let res = c
-        .post(p.url("/login"))
-        .header("cookie", format!("bento_login={lc}"))
-        .form(&[
-            ("user", ADMIN),
-            ("password", PASSWORD),
-            ("csrf", &csrf),
-            ("next", "/"),
-        ])
-        .send()
-        .await?;
+    let res = panel_common::post_login(&c, &p.base, ADMIN, PASSWORD, "/").await?;
     assert_eq!(res.status(), StatusCode::TOO_MANY_REQUESTS);
     let retry: u64 = res.headers()[RETRY_AFTER].to_str()?.parse()?;
     assert!(retry > 0 && retry <= 15 * 60, "{retry}");

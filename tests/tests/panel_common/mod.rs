@@ -285,25 +285,36 @@ pub async fn try_login(
     user: &str,
     password: &str,
 ) -> Result<(StatusCode, Option<String>, String)> {
-    let page = c.get(format!("{base}/login")).send().await?;
-    let (login_cookie, _) = set_cookie(&page, "bento_login").context("no login cookie")?;
-    let csrf = hidden(&page.text().await?, "csrf").context("no csrf on the login form")?;
-    let res = c
-        .post(format!("{base}/login"))
-        .header(COOKIE, format!("bento_login={login_cookie}"))
-        .form(&[
-            ("user", user),
-            ("password", password),
-            ("csrf", &csrf),
-            ("next", "/"),
-        ])
-        .send()
-        .await?;
+    let res = post_login(c, base, user, password, "/").await?;
     let status = res.status();
     let cookie = set_cookie(&res, "bento_session")
         .map(|c| c.0)
         .filter(|c| !c.is_empty());
     Ok((status, cookie, res.text().await?))
+}
+
+/// What a browser does to log in: the login form (its cookie and CSRF token), then
+/// the form posted with `next`. The answer whatever it is.
+pub async fn post_login(
+    c: &reqwest::Client,
+    base: &str,
+    user: &str,
+    password: &str,
+    next: &str,
+) -> Result<reqwest::Response> {
+    let page = c.get(format!("{base}/login")).send().await?;
+    let (login_cookie, _) = set_cookie(&page, "bento_login").context("no login cookie")?;
+    let csrf = hidden(&page.text().await?, "csrf").context("no csrf on the login form")?;
+    Ok(c.post(format!("{base}/login"))
+        .header(COOKIE, format!("bento_login={login_cookie}"))
+        .form(&[
+            ("user", user),
+            ("password", password),
+            ("csrf", &csrf),
+            ("next", next),
+        ])
+        .send()
+        .await?)
 }
 
 /// A logged-in browser-like client.
