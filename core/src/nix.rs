@@ -56,18 +56,22 @@ impl Nix {
             .args(sub)
     }
 
-    /// The names of `nixosConfigurations` in a flake (`nix flake show --json`).
-    pub fn flake_configurations(&self, dir: &Path) -> Result<Vec<String>, NixError> {
+    /// `nix flake <sub> --json` of the flake in `dir`, parsed.
+    fn flake_json(&self, sub: &str, dir: &Path) -> Result<serde_json::Value, NixError> {
         let cmd = self
-            .nix(&["flake", "show", "--json"])
+            .nix(&["flake", sub, "--json"])
             .args(&self.extra_args)
             .arg(flake_ref(dir));
         let out = cmd.run()?;
-        let v: serde_json::Value =
-            serde_json::from_str(&out.stdout).map_err(|e| NixError::Output {
-                cmd: cmd.display(),
-                message: e.to_string(),
-            })?;
+        serde_json::from_str(&out.stdout).map_err(|e| NixError::Output {
+            cmd: cmd.display(),
+            message: e.to_string(),
+        })
+    }
+
+    /// The names of `nixosConfigurations` in a flake (`nix flake show --json`).
+    pub fn flake_configurations(&self, dir: &Path) -> Result<Vec<String>, NixError> {
+        let v = self.flake_json("show", dir)?;
         Ok(v.get("nixosConfigurations")
             .and_then(|c| c.as_object())
             .map(|o| o.keys().cloned().collect())
@@ -149,16 +153,7 @@ impl Nix {
 
     /// The names of a flake's direct inputs (`nix flake metadata --json`).
     pub fn flake_inputs(&self, dir: &Path) -> Result<Vec<String>, NixError> {
-        let cmd = self
-            .nix(&["flake", "metadata", "--json"])
-            .args(&self.extra_args)
-            .arg(flake_ref(dir));
-        let out = cmd.run()?;
-        let v: serde_json::Value =
-            serde_json::from_str(&out.stdout).map_err(|e| NixError::Output {
-                cmd: cmd.display(),
-                message: e.to_string(),
-            })?;
+        let v = self.flake_json("metadata", dir)?;
         let root = v["locks"]["root"].as_str().unwrap_or("root");
         Ok(v["locks"]["nodes"][root]["inputs"]
             .as_object()
