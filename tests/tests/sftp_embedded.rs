@@ -363,10 +363,27 @@ fn the_agent_updates_and_reports_through_it_and_survives_it_being_down() -> Resu
     assert!(fleet.report_for(&a, &second).is_ok());
 
     // Server down: the agent says it cannot reach it, and catches up afterwards.
+    // The host key made at the first start is kept (and printed at every start).
+    let pub_key = fleet.bento_dir().join("sftp_host_ed25519_key.pub");
+    let key_before = fs::read_to_string(&pub_key)?;
+    let fp = Command::new("ssh-keygen")
+        .arg("-lf")
+        .arg(&pub_key)
+        .output()?;
+    let fp = String::from_utf8(fp.stdout)?;
+    let fp = fp
+        .split_whitespace()
+        .nth(1)
+        .context("no fingerprint")?
+        .to_owned();
+    let printed = format!("host key {fp}");
+    let log = fleet.server.log_with(&[&printed]);
+    assert!(log.contains(&printed), "{log}");
     fleet.server.stop();
     let run = agent.run_once()?;
     assert_eq!(run.code, Some(3), "{}", run.stderr);
     fleet.server.start()?;
+    assert_eq!(fs::read_to_string(&pub_key)?, key_before);
     let run = agent.run_once()?;
     assert!(run.ok(), "{}", run.stderr);
     Ok(())

@@ -4,7 +4,6 @@
 mod common;
 
 use bento_core::agent_proto::{Event, Request, Response, ScheduledReboot};
-use bento_core::report::ReportStatus;
 use common::*;
 use time::{Duration, OffsetDateTime};
 
@@ -57,11 +56,7 @@ async fn check_now_reaches_the_agent_and_a_refusal_is_explained() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn restart_and_postpone_from_the_menu() {
-    let dir = tempfile::tempdir().unwrap();
-    let bus = Bus::start(dir.path()).await;
-    let (_watcher, _) = serve_watcher(&bus).await;
-    let _notes = NoteServer::serve(&bus, true).await;
-    let socket = dir.path().join("agent.sock");
+    let stage = Stage::start(TrayHost::Present, Buttons::Supported).await;
     let mut s = status();
     let at = OffsetDateTime::now_utc() + Duration::hours(1);
     s.reboot_required = true;
@@ -69,21 +64,17 @@ async fn restart_and_postpone_from_the_menu() {
         at,
         deadline: at + Duration::minutes(90),
     });
-    let agent = Agent::start(&socket, s);
-    let tray = Tray::start(&bus, dir.path(), &socket);
-    let conn = bus.connect().await;
+    let agent = stage.start_agent(s);
+    let tray = stage.start_tray();
+    let conn = stage.bus.connect().await;
 
     let v = wait_title(&conn, &tray, "Restart required to finish updating").await;
     assert_eq!(
         v.labels(),
-        [
+        menu_labels(
             "Restart required to finish updating",
-            "Check for updates now",
-            "Show details…",
-            "Restart now",
-            "Postpone restart by 1 hour",
-            "Quit"
-        ]
+            &["Restart now", "Postpone restart by 1 hour"]
+        )
     );
     click(&conn, &tray, &v, "Postpone restart by 1 hour").await;
     agent
@@ -114,7 +105,7 @@ async fn restart_and_postpone_from_the_menu() {
 
     click(&conn, &tray, &v, "Restart now").await;
     wait_for("the restart command to run", || async {
-        dir.path().join("rebooted").exists().then_some(())
+        stage.rebooted().then_some(())
     })
     .await;
 
@@ -129,13 +120,10 @@ async fn restart_and_postpone_from_the_menu() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn notification_buttons_postpone_and_restart() {
-    let dir = tempfile::tempdir().unwrap();
-    let bus = Bus::start(dir.path()).await;
-    let notes = NoteServer::serve(&bus, true).await;
-    let socket = dir.path().join("agent.sock");
-    let agent = Agent::start(&socket, status());
-    let tray = Tray::start(&bus, dir.path(), &socket);
-    agent.wait_subscribers(1).await;
+    let stage = Stage::start(TrayHost::Absent, Buttons::Supported).await;
+    let notes = &stage.notes;
+    let agent = stage.start_agent(status());
+    let tray = stage.start_tray_following(&agent).await;
 
     let at = OffsetDateTime::now_utc() + Duration::hours(2);
     agent.send(Event::RebootScheduled {
@@ -170,15 +158,13 @@ async fn notification_buttons_postpone_and_restart() {
     );
     wait_for("the restart button to restart", || async {
         notes.click(&n[1], "reboot").await;
-        dir.path().join("rebooted").exists().then_some(())
+        stage.rebooted().then_some(())
     })
     .await;
 
     // A click on the notification itself opens the details (no display here, so
     // the window cannot appear; the tray's log shows it was asked for).
-    agent.send(Event::UpdateFinished {
-        record: record(0, ReportStatus::Success, REV2, None, None),
-    });
+    agent.send(update_finished(REV2, None));
     let n = notes.wait_count(3).await;
     assert_eq!(n[2].actions, ["default", "Show details"]);
     wait_for("the click to open the details", || async {

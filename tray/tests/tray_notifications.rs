@@ -29,8 +29,7 @@ async fn each_event_is_notified_in_order() {
     agent.send(Event::UpdateStarted {
         revision: REV2.into(),
     });
-    let done = record(0, ReportStatus::Success, REV2, None, Some(12));
-    agent.send(Event::UpdateFinished { record: done });
+    agent.send(update_finished(REV2, Some(12)));
     agent.send(Event::RebootRequired);
     let at = OffsetDateTime::now_utc() + Duration::hours(2);
     agent.send(Event::RebootScheduled {
@@ -42,22 +41,11 @@ async fn each_event_is_notified_in_order() {
         at: soon,
         deadline: soon,
     });
-    let failed = record(
-        0,
-        ReportStatus::Failure,
+    agent.send(update_failed(REV2, "not enough disk space"));
+    agent.send(rolled_back(
         REV2,
-        Some("not enough disk space"),
-        None,
-    );
-    agent.send(Event::UpdateFailed { record: failed });
-    let undone = record(
-        0,
-        ReportStatus::Rollback,
-        REV2,
-        Some("the update server was unreachable after the switch"),
-        None,
-    );
-    agent.send(Event::RolledBack { record: undone });
+        "the update server was unreachable after the switch",
+    ));
 
     let n = notes.wait_count(6).await;
     assert_eq!(
@@ -130,13 +118,9 @@ async fn each_event_is_notified_in_order() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_reminder_comes_ten_minutes_before_the_restart() {
-    let dir = tempfile::tempdir().unwrap();
-    let bus = Bus::start(dir.path()).await;
-    let notes = NoteServer::serve(&bus, false).await;
-    let socket = dir.path().join("agent.sock");
-    let agent = Agent::start(&socket, status());
-    let _tray = Tray::start(&bus, dir.path(), &socket);
-    agent.wait_subscribers(1).await;
+    let stage = Stage::start(TrayHost::Absent, Buttons::Unsupported).await;
+    let agent = stage.start_agent(status());
+    let _tray = stage.start_tray_following(&agent).await;
 
     // Ten minutes and two seconds ahead: announced now, reminded two seconds later.
     let at = OffsetDateTime::now_utc() + Duration::minutes(10) + Duration::seconds(2);
@@ -144,7 +128,7 @@ async fn the_reminder_comes_ten_minutes_before_the_restart() {
         at,
         deadline: at + Duration::hours(1),
     });
-    let n = notes.wait_count(2).await;
+    let n = stage.notes.wait_count(2).await;
     assert!(
         n[0].summary
             .starts_with("Your computer will restart today at")
@@ -165,21 +149,18 @@ async fn the_reminder_comes_ten_minutes_before_the_restart() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn no_duplicate_after_a_restart_but_missed_updates_are_told_once() {
-    let dir = tempfile::tempdir().unwrap();
-    let bus = Bus::start(dir.path()).await;
-    let notes = NoteServer::serve(&bus, true).await;
-    let socket = dir.path().join("agent.sock");
-    let agent = Agent::start(&socket, status());
+    let stage = Stage::start(TrayHost::Absent, Buttons::Supported).await;
+    let notes = &stage.notes;
+    let agent = stage.start_agent(status());
 
-    let tray = Tray::start(&bus, dir.path(), &socket);
-    agent.wait_subscribers(1).await;
+    let tray = stage.start_tray_following(&agent).await;
     agent.send(Event::UpdateFinished {
         record: record(30, ReportStatus::Success, REV2, None, Some(3)),
     });
     agent.send(Event::RebootRequired);
     notes.wait_count(2).await;
     tray.stop().await;
-    agent.wait_subscribers(0).await;
+    agent.wait_no_subscribers().await;
 
     // While no tray runs, an update fails.
     let missed = record(
@@ -194,8 +175,7 @@ async fn no_duplicate_after_a_restart_but_missed_updates_are_told_once() {
         s.history.insert(0, missed.clone());
     });
 
-    let tray = Tray::start(&bus, dir.path(), &socket);
-    agent.wait_subscribers(1).await;
+    let tray = stage.start_tray_following(&agent).await;
     let n = notes.wait_count(3).await;
     assert_eq!(n[2].summary, "Update failed", "the missed failure is told");
     assert_eq!(n[2].body.split('.').next(), Some("Build failed"));
@@ -223,20 +203,14 @@ async fn no_duplicate_after_a_restart_but_missed_updates_are_told_once() {
     );
     assert_eq!(n[3].body, "Now running version 4444444444dd.");
     tray.stop().await;
-    agent.wait_subscribers(0).await;
+    agent.wait_no_subscribers().await;
 
     // A third start sees the same last update and restart: nothing new to say.
-    let tray = Tray::start(&bus, dir.path(), &socket);
-    agent.wait_subscribers(1).await;
-    agent.send(Event::RolledBack {
-        record: record(
-            0,
-            ReportStatus::Rollback,
-            "5555555555eeeeeeeeee",
-            Some("the network was down after the switch"),
-            None,
-        ),
-    });
+    let tray = stage.start_tray_following(&agent).await;
+    agent.send(rolled_back(
+        "5555555555eeeeeeeeee",
+        "the network was down after the switch",
+    ));
     let n = notes.wait_count(5).await;
     assert_eq!(
         summaries(&n[4..]),

@@ -3,19 +3,13 @@
 
 mod common;
 
-use bento_core::agent_proto::Event;
-use bento_core::report::ReportStatus;
 use common::*;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn starts_before_the_agent_and_connects() {
-    let dir = tempfile::tempdir().unwrap();
-    let bus = Bus::start(dir.path()).await;
-    let (_watcher, _) = serve_watcher(&bus).await;
-    let _notes = NoteServer::serve(&bus, true).await;
-    let socket = dir.path().join("agent.sock");
-    let tray = Tray::start(&bus, dir.path(), &socket);
-    let conn = bus.connect().await;
+    let stage = Stage::start(TrayHost::Present, Buttons::Supported).await;
+    let tray = stage.start_tray();
+    let conn = stage.bus.connect().await;
 
     let v = wait_title(&conn, &tray, "The update service is not running").await;
     assert_eq!(v.icon_name, "network-offline");
@@ -23,7 +17,7 @@ async fn starts_before_the_agent_and_connects() {
         .tooltip_body
         .contains("Updates resume as soon as it is back."));
 
-    let _agent = Agent::start(&socket, status());
+    let _agent = stage.start_agent(status());
     wait_title(&conn, &tray, "Your computer is up to date").await;
 }
 
@@ -50,9 +44,7 @@ async fn reconnects_after_the_agent_restarts() {
     agent.wait_subscribers(1).await;
 
     // Events flow on the new connection.
-    agent.send(Event::UpdateFinished {
-        record: record(0, ReportStatus::Success, REV2, None, None),
-    });
+    agent.send(update_finished(REV2, None));
     let n = notes.wait_count(2).await;
     assert_eq!(
         summaries(&n),
@@ -66,19 +58,14 @@ async fn reconnects_after_the_agent_restarts() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn runs_without_a_tray_host_and_still_notifies() {
-    let dir = tempfile::tempdir().unwrap();
-    let bus = Bus::start(dir.path()).await;
-    let notes = NoteServer::serve(&bus, false).await;
-    let socket = dir.path().join("agent.sock");
-    let agent = Agent::start(&socket, status());
-    let mut tray = Tray::start(&bus, dir.path(), &socket);
+    let stage = Stage::start(TrayHost::Absent, Buttons::Unsupported).await;
+    let agent = stage.start_agent(status());
+    let mut tray = stage.start_tray();
 
     tray.wait_log("no system tray on this desktop").await;
     agent.wait_subscribers(1).await;
-    agent.send(Event::UpdateFinished {
-        record: record(0, ReportStatus::Success, REV2, None, Some(1)),
-    });
-    let n = notes.wait_count(1).await;
+    agent.send(update_finished(REV2, Some(1)));
+    let n = stage.notes.wait_count(1).await;
     assert_eq!(n[0].summary, "Your computer was updated");
     assert_eq!(
         n[0].body,
@@ -94,13 +81,13 @@ async fn runs_without_a_tray_host_and_still_notifies() {
     );
 
     // A tray host that appears later gets the item.
-    let (_watcher, items) = serve_watcher(&bus).await;
+    let (_watcher, items) = serve_watcher(&stage.bus).await;
     let name = tray.item_name();
     wait_for("the item to register with the late watcher", || async {
         items.lock().unwrap().contains(&name).then_some(())
     })
     .await;
-    let conn = bus.connect().await;
+    let conn = stage.bus.connect().await;
     wait_title(&conn, &tray, "Your computer is up to date").await;
     assert_eq!(
         tray.log().matches("no system tray on this desktop").count(),

@@ -4,7 +4,6 @@
 mod common;
 
 use bento_core::agent_proto::Event;
-use bento_core::report::ReportStatus;
 use common::*;
 use time::{Duration, OffsetDateTime};
 
@@ -44,15 +43,7 @@ async fn icon_title_and_menu_follow_the_agent() {
         !v.pixmap_sizes.is_empty(),
         "pixmaps for hosts without the theme icon"
     );
-    assert_eq!(
-        v.labels(),
-        [
-            "Your computer is up to date",
-            "Check for updates now",
-            "Show details…",
-            "Quit"
-        ]
-    );
+    assert_eq!(v.labels(), menu_labels("Your computer is up to date", &[]));
     assert!(
         !v.entry("Your computer is up to date").enabled,
         "the status line is not clickable"
@@ -73,8 +64,7 @@ async fn icon_title_and_menu_follow_the_agent() {
     });
     wait_title(&conn, &tray, "Preparing updates…").await;
 
-    let done = record(0, ReportStatus::Success, REV2, None, Some(12));
-    agent.send(Event::UpdateFinished { record: done });
+    agent.send(update_finished(REV2, Some(12)));
     let v = wait_title(&conn, &tray, "Your computer is up to date").await;
     assert!(
         v.tooltip_body.contains("Running version 2222222222bb"),
@@ -96,13 +86,7 @@ async fn icon_title_and_menu_follow_the_agent() {
     );
     assert_eq!(
         v.labels(),
-        [
-            "Restart required to finish updating",
-            "Check for updates now",
-            "Show details…",
-            "Restart now",
-            "Quit"
-        ]
+        menu_labels("Restart required to finish updating", &["Restart now"])
     );
 
     let at = OffsetDateTime::now_utc() + Duration::hours(2);
@@ -123,14 +107,7 @@ async fn icon_title_and_menu_follow_the_agent() {
         v.tooltip_body
     );
 
-    let failed = record(
-        0,
-        ReportStatus::Failure,
-        REV2,
-        Some("not enough disk space"),
-        None,
-    );
-    agent.send(Event::UpdateFailed { record: failed });
+    agent.send(update_failed(REV2, "not enough disk space"));
     let v = wait_title(&conn, &tray, "The last update failed").await;
     assert_eq!(v.icon_name, "dialog-error");
     assert!(
@@ -143,14 +120,10 @@ async fn icon_title_and_menu_follow_the_agent() {
         "a pending restart stays reachable"
     );
 
-    let undone = record(
-        0,
-        ReportStatus::Rollback,
+    agent.send(rolled_back(
         REV2,
-        Some("the server was unreachable after the switch"),
-        None,
-    );
-    agent.send(Event::RolledBack { record: undone });
+        "the server was unreachable after the switch",
+    ));
     let v = wait_title(&conn, &tray, "The last update was undone").await;
     assert_eq!(v.icon_name, "dialog-warning");
 

@@ -7,11 +7,10 @@ mod common;
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
 
-use bento_core::agent_proto::{Event, ScheduledReboot};
+use bento_core::agent_proto::ScheduledReboot;
 use bento_core::report::ReportStatus;
 use common::*;
 use time::{Duration, OffsetDateTime};
-use tokio::io::{AsyncBufReadExt, BufReader};
 use tokio::process::{Child, Command};
 
 /// The panel: one panel at the top with a systray plugin (which also serves the
@@ -91,24 +90,12 @@ impl Session {
 
     /// Screenshot of the root window into `path`; how many pixels have `colour`.
     async fn shot(&self, path: &Path, colour: &str) -> usize {
-        let ok = self
-            .command("import")
-            .args(["-window", "root"])
-            .arg(path)
-            .stderr(Stdio::null())
-            .status()
-            .await
-            .unwrap()
-            .success();
-        if !ok {
-            return 0;
-        }
-        count_colour(path, colour).await
+        // ImageMagick's `import` names the whole screen "root".
+        self.shot_window("root", path, colour).await
     }
-}
 
-impl Session {
     /// Screenshot of one window (by name) into `path`; how many pixels have `colour`.
+    /// A failed `import` (no such window yet) counts as none.
     async fn shot_window(&self, name: &str, path: &Path, colour: &str) -> usize {
         let ok = self
             .command("import")
@@ -157,12 +144,7 @@ async fn start_xvfb() -> (Child, String) {
         .kill_on_drop(true)
         .spawn()
         .unwrap();
-    let mut lines = BufReader::new(x.stdout.take().unwrap()).lines();
-    let n = tokio::time::timeout(DEADLINE, lines.next_line())
-        .await
-        .expect("Xvfb prints its display")
-        .unwrap()
-        .expect("Xvfb prints its display");
+    let n = first_line(&mut x, "Xvfb prints its display").await;
     (x, format!(":{}", n.trim()))
 }
 
@@ -296,14 +278,10 @@ async fn screenshots_of_the_icon_and_the_details_window() {
 
     // An event while we watch: dunst shows the notification.
     agent.wait_subscribers(1).await;
-    let failed = record(
-        0,
-        ReportStatus::Failure,
+    agent.send(update_failed(
         "3333333333cccccccccc",
-        Some("the update server did not answer"),
-        None,
-    );
-    agent.send(Event::UpdateFailed { record: failed });
+        "the update server did not answer",
+    ));
     tray.wait_log("notified #").await;
 
     // "Show details…" from the menu starts the window as a child of the tray.
@@ -332,14 +310,10 @@ async fn screenshots_of_the_icon_and_the_details_window() {
     })
     .await;
     // The window follows the agent while open.
-    let undone = record(
-        0,
-        ReportStatus::Rollback,
+    agent.send(rolled_back(
         "3333333333cccccccccc",
-        Some("the update server was unreachable after the switch"),
-        None,
-    );
-    agent.send(Event::RolledBack { record: undone });
+        "the update server was unreachable after the switch",
+    ));
     tray.wait_log("details window shows: The last update was undone (5 updates listed)")
         .await;
     let window_png = shots.join("details-window-after-rollback.png");

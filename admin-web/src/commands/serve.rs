@@ -55,7 +55,11 @@ pub fn run(dir: Option<PathBuf>, args: ServeArgs) -> anyhow::Result<ExitCode> {
     let result = rt.block_on(async move {
         let sftp = if with_sftp {
             let p = crate::sftp::prepare(&bento, args.sftp_listen.as_deref()).await?;
-            eprintln!("bento serve: SFTP on {}", p.listener.local_addr()?);
+            eprintln!(
+                "bento serve: SFTP on {} (host key {})",
+                p.listener.local_addr()?,
+                p.fingerprint()
+            );
             Some(tokio::spawn(crate::sftp::serve(
                 p.listener,
                 p.shared,

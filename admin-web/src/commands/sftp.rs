@@ -29,6 +29,7 @@ pub fn run(dir: Option<PathBuf>, args: SftpArgs) -> anyhow::Result<ExitCode> {
         let p = sftp::prepare(&bento, args.listen.as_deref()).await?;
         let local = p.listener.local_addr()?;
         eprintln!("bento sftp: listening on {local}");
+        eprintln!("bento sftp: host key {}", p.fingerprint());
         sftp::serve(
             p.listener,
             p.shared,

@@ -495,6 +495,16 @@ pub struct Prepared {
     pub listener: tokio::net::TcpListener,
 }
 
+impl Prepared {
+    /// `SHA256:…` of the host key, for the admin to compare with what hosts see.
+    pub fn fingerprint(&self) -> String {
+        self.host_key
+            .public_key()
+            .fingerprint(HashAlg::Sha256)
+            .to_string()
+    }
+}
+
 /// Loads the key and binds the address (`listen` overrides `[sftp] listen`).
 pub async fn prepare(bento: &BentoDir, listen: Option<&str>) -> anyhow::Result<Prepared> {
     let sftp = bento.settings.sftp.clone().unwrap_or_default();

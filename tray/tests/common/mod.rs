@@ -40,6 +40,18 @@ where
     }
 }
 
+/// The first line `child` prints on its stdout (which must be piped), within
+/// [`DEADLINE`]: how a daemon that picks its own address tells it. Panics with
+/// `what` when none comes.
+pub async fn first_line(child: &mut Child, what: &str) -> String {
+    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+    tokio::time::timeout(DEADLINE, lines.next_line())
+        .await
+        .expect(what)
+        .unwrap()
+        .expect(what)
+}
+
 // ---------------------------------------------------------------- the bus
 
 /// A private `dbus-daemon --session` of this test, with no service activation.
@@ -91,12 +103,7 @@ impl Bus {
             .kill_on_drop(true)
             .spawn()
             .expect("dbus-daemon (Debian package dbus-daemon) must be installed");
-        let mut lines = BufReader::new(daemon.stdout.take().unwrap()).lines();
-        let address = tokio::time::timeout(DEADLINE, lines.next_line())
-            .await
-            .expect("dbus-daemon prints its address")
-            .unwrap()
-            .expect("dbus-daemon prints its address");
+        let address = first_line(&mut daemon, "dbus-daemon prints its address").await;
         Bus {
             address: address.trim().to_owned(),
             _daemon: daemon,
@@ -426,6 +433,15 @@ impl Agent {
         .await
     }
 
+    /// Waits until no tray follows the agent any more (a stopped tray's connection
+    /// is closed), so that a tray started next is the one `wait_subscribers` counts.
+    pub async fn wait_no_subscribers(&self) {
+        wait_for("no subscriber left on the agent", || async {
+            (self.subscribers() == 0).then_some(())
+        })
+        .await
+    }
+
     pub async fn wait_request(&self, r: &Request) {
         wait_for(&format!("the agent to receive {r:?}"), || async {
             self.requests().contains(r).then_some(())
@@ -528,6 +544,29 @@ pub fn record(
         system: Some(format!("{}-nixos-system-ws1", &revision[..4])),
         error: error.map(str::to_owned),
         changed_packages: changed,
+    }
+}
+
+// ---------------------------------------------------------------- events
+
+/// `UpdateFinished`: an update to `revision` installed just now.
+pub fn update_finished(revision: &str, changed: Option<u32>) -> Event {
+    Event::UpdateFinished {
+        record: record(0, ReportStatus::Success, revision, None, changed),
+    }
+}
+
+/// `UpdateFailed`: an update to `revision` failed just now with `error`.
+pub fn update_failed(revision: &str, error: &str) -> Event {
+    Event::UpdateFailed {
+        record: record(0, ReportStatus::Failure, revision, Some(error), None),
+    }
+}
+
+/// `RolledBack`: an update to `revision` was undone just now because of `error`.
+pub fn rolled_back(revision: &str, error: &str) -> Event {
+    Event::RolledBack {
+        record: record(0, ReportStatus::Rollback, revision, Some(error), None),
     }
 }
 
@@ -719,6 +758,15 @@ impl ItemView {
     }
 }
 
+/// The labels of the tray's menu (as [`ItemView::labels`] gives them): the status
+/// line, the two entries every state has, the `extra` entries of the state, and Quit.
+pub fn menu_labels<'a>(status_line: &'a str, extra: &[&'a str]) -> Vec<&'a str> {
+    let mut labels = vec![status_line, "Check for updates now", "Show details…"];
+    labels.extend_from_slice(extra);
+    labels.push("Quit");
+    labels
+}
+
 /// Waits until the item shows `title`; returns what it shows.
 pub async fn wait_title(conn: &Connection, tray: &Tray, title: &str) -> ItemView {
     let name = tray.item_name();
@@ -754,6 +802,80 @@ pub async fn click(conn: &Connection, tray: &Tray, view: &ItemView, label: &str)
         .await;
 }
 
+/// Whether a test desktop has a tray host (a StatusNotifierWatcher) from the start.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum TrayHost {
+    Present,
+    Absent,
+}
+
+/// Whether a test desktop's notification server shows buttons (announces the
+/// "actions" capability).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Buttons {
+    Supported,
+    Unsupported,
+}
+
+/// A test desktop without the agent and the tray, for the tests that start those
+/// themselves (later, again, or with another status): the test's directory, a
+/// private bus, the tray host if there is one, a notification server, and the path
+/// of the agent's socket.
+/// Fields are declared in reverse start order, so that a `Stage` dropped whole
+/// stops the servers before the bus and removes the directory last.
+pub struct Stage {
+    pub notes: NoteServer,
+    pub socket: PathBuf,
+    /// The watcher's connection and the items registered with it.
+    pub watcher: Option<(Connection, Arc<Mutex<Vec<String>>>)>,
+    pub bus: Bus,
+    pub dir: tempfile::TempDir,
+}
+
+impl Stage {
+    pub async fn start(host: TrayHost, buttons: Buttons) -> Stage {
+        let dir = tempfile::tempdir().unwrap();
+        let bus = Bus::start(dir.path()).await;
+        let watcher = match host {
+            TrayHost::Present => Some(serve_watcher(&bus).await),
+            TrayHost::Absent => None,
+        };
+        let notes = NoteServer::serve(&bus, buttons == Buttons::Supported).await;
+        let socket = dir.path().join("agent.sock");
+        Stage {
+            notes,
+            socket,
+            watcher,
+            bus,
+            dir,
+        }
+    }
+
+    /// A test agent on the stage's socket.
+    pub fn start_agent(&self, status: AgentStatus) -> Agent {
+        Agent::start(&self.socket, status)
+    }
+
+    /// The real tray on the stage's bus, following its socket.
+    pub fn start_tray(&self) -> Tray {
+        Tray::start(&self.bus, self.dir.path(), &self.socket)
+    }
+
+    /// Starts the tray and waits until it follows `agent`, so that events sent
+    /// from now on reach it.
+    pub async fn start_tray_following(&self, agent: &Agent) -> Tray {
+        let tray = self.start_tray();
+        agent.wait_subscribers(1).await;
+        tray
+    }
+
+    /// Whether the tray ran its reboot command (which [`Tray::start`] sets to touch
+    /// this file instead of restarting the machine).
+    pub fn rebooted(&self) -> bool {
+        self.dir.path().join("rebooted").exists()
+    }
+}
+
 /// The usual test desktop: a private bus with a tray host (watcher) and a
 /// notification server, a test agent on its socket, and the real tray following it.
 /// Fields are declared in start order, so destructuring drops them tray first.
@@ -770,11 +892,14 @@ pub struct Desktop {
 
 impl Desktop {
     pub async fn start() -> Desktop {
-        let dir = tempfile::tempdir().unwrap();
-        let bus = Bus::start(dir.path()).await;
-        let (_watcher, items) = serve_watcher(&bus).await;
-        let notes = NoteServer::serve(&bus, true).await;
-        let socket = dir.path().join("agent.sock");
+        let Stage {
+            notes,
+            socket,
+            watcher,
+            bus,
+            dir,
+        } = Stage::start(TrayHost::Present, Buttons::Supported).await;
+        let (_watcher, items) = watcher.expect("the stage has a tray host");
         let agent = Agent::start(&socket, status());
         let tray = Tray::start(&bus, dir.path(), &socket);
         Desktop {
