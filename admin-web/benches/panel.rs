@@ -25,22 +25,8 @@ use bento_core::report::{AgentState, Heartbeat, ReportMeta, ReportName, ReportSt
 use flate2::write::GzEncoder;
 use time::OffsetDateTime;
 
-fn median(mut v: Vec<Duration>) -> Duration {
-    v.sort();
-    v[v.len() / 2]
-}
-
-fn time<T>(runs: usize, mut f: impl FnMut() -> T) -> Duration {
-    median(
-        (0..runs)
-            .map(|_| {
-                let t = Instant::now();
-                std::hint::black_box(f());
-                t.elapsed()
-            })
-            .collect(),
-    )
-}
+mod common;
+use common::{fleet_size, host_dir, median, report_meta, time};
 
 fn ms(d: Duration) -> String {
     format!("{:.1} ms", d.as_secs_f64() * 1000.0)
@@ -60,20 +46,9 @@ fn system(i: usize, v: usize) -> String {
 fn report(logs: &Path, host: &str, t: OffsetDateTime, system: &str, status: ReportStatus) {
     let name = ReportName::new(t, system, status);
     let meta = ReportMeta {
-        format: 1,
-        host: host.into(),
-        status,
-        revision: Some("r1".into()),
-        system: Some(system.into()),
-        previous_system: None,
-        booted: Default::default(),
-        built: Default::default(),
-        reboot_required: false,
-        started: t,
         finished: t + time::Duration::seconds(42),
-        agent_version: "bench".into(),
         error: (status == ReportStatus::Failure).then(|| "build failed".into()),
-        changed_packages: None,
+        ..report_meta(host, system, status, t)
     };
     fs::write(
         logs.join(name.sidecar_file_name()),
@@ -102,18 +77,7 @@ fn generate(bento: &Path, chroot: &Path, hosts: usize) {
                 i % 7
             ));
         }
-        let hd = chroot.join(&host);
-        let logs = hd.join("logs");
-        fs::create_dir_all(&logs).unwrap();
-        fs::create_dir_all(hd.join(".releases/r1")).unwrap();
-        std::os::unix::fs::symlink("r1", hd.join(".releases/current")).unwrap();
-        fs::write(hd.join("last_change_date"), "r1\n").unwrap();
-        fs::File::options()
-            .write(true)
-            .open(hd.join("last_change_date"))
-            .unwrap()
-            .set_modified(old)
-            .unwrap();
+        let logs = host_dir(chroot, &host, old);
         let sys = system(i, 1);
         states.push_str(&format!("{host}={sys}\n"));
         report(&logs, &host, start, &sys, ReportStatus::Success);
@@ -145,10 +109,7 @@ fn generate(bento: &Path, chroot: &Path, hosts: usize) {
 }
 
 fn main() {
-    let hosts: usize = std::env::var("BENTO_BENCH_HOSTS")
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(10_000);
+    let hosts = fleet_size();
     let dir = tempfile::Builder::new()
         .prefix("bento-bench-panel-")
         .tempdir()

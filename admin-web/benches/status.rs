@@ -14,27 +14,13 @@ use std::process::Command;
 use std::time::{Duration, Instant, SystemTime};
 
 use bento_core::chroot::Chroot;
-use bento_core::report::{ReportMeta, ReportName, ReportStatus};
+use bento_core::report::{ReportName, ReportStatus};
 use bento_core::status::{fleet_status, StatusOptions};
 
+mod common;
+use common::{fleet_size, host_dir, report_meta, time};
+
 const REPORTS_PER_HOST: usize = 20;
-
-fn median(mut v: Vec<Duration>) -> Duration {
-    v.sort();
-    v[v.len() / 2]
-}
-
-fn time<T>(runs: usize, mut f: impl FnMut() -> T) -> Duration {
-    median(
-        (0..runs)
-            .map(|_| {
-                let t = Instant::now();
-                std::hint::black_box(f());
-                t.elapsed()
-            })
-            .collect(),
-    )
-}
 
 fn generate(root: &Path, hosts: usize) {
     let start = OffsetDateTime::now_utc() - time::Duration::days(30);
@@ -42,17 +28,7 @@ fn generate(root: &Path, hosts: usize) {
     let old = SystemTime::now() - Duration::from_secs(86400 * 40);
     for i in 0..hosts {
         let host = format!("host{i:05}");
-        let hd = root.join(&host);
-        fs::create_dir_all(hd.join("logs")).unwrap();
-        fs::create_dir_all(hd.join(".releases/r1")).unwrap();
-        std::os::unix::fs::symlink("r1", hd.join(".releases/current")).unwrap();
-        fs::write(hd.join("last_change_date"), "r1\n").unwrap();
-        fs::File::options()
-            .write(true)
-            .open(hd.join("last_change_date"))
-            .unwrap()
-            .set_modified(old)
-            .unwrap();
+        let logs = host_dir(root, &host, old);
         let system = format!("{:032x}-nixos-system-{host}-24.05", i * 7919);
         states.push_str(&format!("{host}={system}\n"));
         for r in 0..REPORTS_PER_HOST {
@@ -63,26 +39,10 @@ fn generate(root: &Path, hosts: usize) {
             };
             let t = start + time::Duration::hours(r as i64 * 30);
             let name = ReportName::new(t, &system, status);
-            fs::write(hd.join("logs").join(name.log_file_name()), b"\x1f\x8b").unwrap();
+            fs::write(logs.join(name.log_file_name()), b"\x1f\x8b").unwrap();
             if i % 2 == 0 {
-                let meta = ReportMeta {
-                    format: 1,
-                    host: host.clone(),
-                    status,
-                    revision: Some("r1".into()),
-                    system: Some(system.clone()),
-                    previous_system: None,
-                    booted: Default::default(),
-                    built: Default::default(),
-                    reboot_required: false,
-                    started: t,
-                    finished: t,
-                    agent_version: "bench".into(),
-                    error: None,
-                    changed_packages: None,
-                };
-                let mut f =
-                    fs::File::create(hd.join("logs").join(name.sidecar_file_name())).unwrap();
+                let meta = report_meta(&host, &system, status, t);
+                let mut f = fs::File::create(logs.join(name.sidecar_file_name())).unwrap();
                 f.write_all(&serde_json::to_vec(&meta).unwrap()).unwrap();
             }
         }
@@ -102,10 +62,7 @@ fn main() {
     if std::env::args().any(|a| a == "--list") {
         return;
     }
-    let hosts: usize = std::env::var("BENTO_BENCH_HOSTS")
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(10_000);
+    let hosts = fleet_size();
     let tmp = tempfile::tempdir().unwrap();
     let chroot_dir = tmp.path().join("chroot");
     let t = Instant::now();

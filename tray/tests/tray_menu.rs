@@ -9,17 +9,8 @@ use time::{Duration, OffsetDateTime};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn check_now_reaches_the_agent_and_a_refusal_is_explained() {
-    let Desktop {
-        dir: _dir,
-        bus,
-        _watcher,
-        items: _,
-        notes,
-        socket: _socket,
-        agent,
-        tray,
-    } = Desktop::start().await;
-    let conn = bus.connect().await;
+    let Desktop { stage, agent, tray } = Desktop::start().await;
+    let conn = stage.bus.connect().await;
     let v = wait_title(&conn, &tray, "Your computer is up to date").await;
 
     click(&conn, &tray, &v, "Check for updates now").await;
@@ -29,7 +20,7 @@ async fn check_now_reaches_the_agent_and_a_refusal_is_explained() {
         message: "only members of the group bento-users may ask for a check".into(),
     });
     click(&conn, &tray, &v, "Check for updates now").await;
-    let n = notes.wait_count(1).await;
+    let n = stage.notes.wait_count(1).await;
     assert_eq!(n[0].summary, "You are not allowed to check for updates");
     assert_eq!(
         n[0].body,
@@ -120,17 +111,15 @@ async fn restart_and_postpone_from_the_menu() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn notification_buttons_postpone_and_restart() {
-    let stage = Stage::start(TrayHost::Absent, Buttons::Supported).await;
-    let notes = &stage.notes;
-    let agent = stage.start_agent(status());
-    let tray = stage.start_tray_following(&agent).await;
+    let Desktop { stage, agent, tray } =
+        Desktop::start_following(TrayHost::Absent, Buttons::Supported).await;
 
     let at = OffsetDateTime::now_utc() + Duration::hours(2);
     agent.send(Event::RebootScheduled {
         at,
         deadline: at + Duration::hours(4),
     });
-    let n = notes.wait_count(1).await;
+    let n = stage.notes.wait_count(1).await;
     assert_eq!(
         n[0].actions,
         ["reboot", "Restart now", "postpone:3600", "Postpone"]
@@ -139,7 +128,7 @@ async fn notification_buttons_postpone_and_restart() {
     // The tray listens for the click once the notification is shown; clicking
     // again until it is heard is how a person would do it too.
     wait_for("the postpone button to reach the agent", || async {
-        notes.click(&n[0], "postpone:3600").await;
+        stage.notes.click(&n[0], "postpone:3600").await;
         agent
             .requests()
             .contains(&Request::PostponeReboot { seconds: 3600 })
@@ -150,14 +139,14 @@ async fn notification_buttons_postpone_and_restart() {
     agent.send(Event::RebootPostponed {
         at: at + Duration::hours(1),
     });
-    let n = notes.wait_count(2).await;
+    let n = stage.notes.wait_count(2).await;
     assert!(
         n[1].summary.starts_with("Your computer will restart "),
         "{}",
         n[1].summary
     );
     wait_for("the restart button to restart", || async {
-        notes.click(&n[1], "reboot").await;
+        stage.notes.click(&n[1], "reboot").await;
         stage.rebooted().then_some(())
     })
     .await;
@@ -165,10 +154,10 @@ async fn notification_buttons_postpone_and_restart() {
     // A click on the notification itself opens the details (no display here, so
     // the window cannot appear; the tray's log shows it was asked for).
     agent.send(update_finished(REV2, None));
-    let n = notes.wait_count(3).await;
+    let n = stage.notes.wait_count(3).await;
     assert_eq!(n[2].actions, ["default", "Show details"]);
     wait_for("the click to open the details", || async {
-        notes.click(&n[2], "default").await;
+        stage.notes.click(&n[2], "default").await;
         tray.log().contains("user asked: ShowDetails").then_some(())
     })
     .await;

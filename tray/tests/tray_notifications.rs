@@ -13,16 +13,7 @@ const CRITICAL: Option<u8> = Some(2);
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn each_event_is_notified_in_order() {
-    let Desktop {
-        dir: _dir,
-        bus: _bus,
-        _watcher,
-        items: _,
-        notes,
-        socket: _socket,
-        agent,
-        tray,
-    } = Desktop::start().await;
+    let Desktop { stage, agent, tray } = Desktop::start().await;
     agent.wait_subscribers(1).await;
 
     agent.send(Event::CheckStarted);
@@ -47,7 +38,7 @@ async fn each_event_is_notified_in_order() {
         "the update server was unreachable after the switch",
     ));
 
-    let n = notes.wait_count(6).await;
+    let n = stage.notes.wait_count(6).await;
     assert_eq!(
         summaries(&n),
         [
@@ -118,9 +109,11 @@ async fn each_event_is_notified_in_order() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_reminder_comes_ten_minutes_before_the_restart() {
-    let stage = Stage::start(TrayHost::Absent, Buttons::Unsupported).await;
-    let agent = stage.start_agent(status());
-    let _tray = stage.start_tray_following(&agent).await;
+    let Desktop {
+        stage,
+        agent,
+        tray: _tray,
+    } = Desktop::start_following(TrayHost::Absent, Buttons::Unsupported).await;
 
     // Ten minutes and two seconds ahead: announced now, reminded two seconds later.
     let at = OffsetDateTime::now_utc() + Duration::minutes(10) + Duration::seconds(2);
@@ -149,16 +142,13 @@ async fn the_reminder_comes_ten_minutes_before_the_restart() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn no_duplicate_after_a_restart_but_missed_updates_are_told_once() {
-    let stage = Stage::start(TrayHost::Absent, Buttons::Supported).await;
-    let notes = &stage.notes;
-    let agent = stage.start_agent(status());
-
-    let tray = stage.start_tray_following(&agent).await;
+    let Desktop { stage, agent, tray } =
+        Desktop::start_following(TrayHost::Absent, Buttons::Supported).await;
     agent.send(Event::UpdateFinished {
         record: record(30, ReportStatus::Success, REV2, None, Some(3)),
     });
     agent.send(Event::RebootRequired);
-    notes.wait_count(2).await;
+    stage.notes.wait_count(2).await;
     tray.stop().await;
     agent.wait_no_subscribers().await;
 
@@ -176,7 +166,7 @@ async fn no_duplicate_after_a_restart_but_missed_updates_are_told_once() {
     });
 
     let tray = stage.start_tray_following(&agent).await;
-    let n = notes.wait_count(3).await;
+    let n = stage.notes.wait_count(3).await;
     assert_eq!(n[2].summary, "Update failed", "the missed failure is told");
     assert_eq!(n[2].body.split('.').next(), Some("Build failed"));
     // A later event is the sync point: anything repeated on connecting came before it.
@@ -189,7 +179,7 @@ async fn no_duplicate_after_a_restart_but_missed_updates_are_told_once() {
             None,
         ),
     });
-    let n = notes.wait_count(4).await;
+    let n = stage.notes.wait_count(4).await;
     assert_eq!(
         summaries(&n),
         [
@@ -211,7 +201,7 @@ async fn no_duplicate_after_a_restart_but_missed_updates_are_told_once() {
         "5555555555eeeeeeeeee",
         "the network was down after the switch",
     ));
-    let n = notes.wait_count(5).await;
+    let n = stage.notes.wait_count(5).await;
     assert_eq!(
         summaries(&n[4..]),
         ["Update undone"],

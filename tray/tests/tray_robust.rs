@@ -13,9 +13,7 @@ async fn starts_before_the_agent_and_connects() {
 
     let v = wait_title(&conn, &tray, "The update service is not running").await;
     assert_eq!(v.icon_name, "network-offline");
-    assert!(v
-        .tooltip_body
-        .contains("Updates resume as soon as it is back."));
+    v.assert_tooltip_contains("Updates resume as soon as it is back.");
 
     let _agent = stage.start_agent(status());
     wait_title(&conn, &tray, "Your computer is up to date").await;
@@ -23,29 +21,20 @@ async fn starts_before_the_agent_and_connects() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn reconnects_after_the_agent_restarts() {
-    let Desktop {
-        dir: _dir,
-        bus,
-        _watcher,
-        items: _,
-        notes,
-        socket,
-        agent,
-        tray,
-    } = Desktop::start().await;
-    let conn = bus.connect().await;
+    let Desktop { stage, agent, tray } = Desktop::start().await;
+    let conn = stage.bus.connect().await;
     wait_title(&conn, &tray, "Your computer is up to date").await;
 
     let state = agent.stop();
     wait_title(&conn, &tray, "The update service is not running").await;
 
-    let agent = Agent::restart(&socket, state, |s| s.reboot_required = true);
+    let agent = Agent::restart(&stage.socket, state, |s| s.reboot_required = true);
     wait_title(&conn, &tray, "Restart required to finish updating").await;
     agent.wait_subscribers(1).await;
 
     // Events flow on the new connection.
     agent.send(update_finished(REV2, None));
-    let n = notes.wait_count(2).await;
+    let n = stage.notes.wait_count(2).await;
     assert_eq!(
         summaries(&n),
         [

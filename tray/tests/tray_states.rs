@@ -9,36 +9,19 @@ use time::{Duration, OffsetDateTime};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn icon_title_and_menu_follow_the_agent() {
-    let Desktop {
-        dir: _dir,
-        bus,
-        _watcher,
-        items,
-        notes: _notes,
-        socket: _socket,
-        agent,
-        tray,
-    } = Desktop::start().await;
-    let conn = bus.connect().await;
+    let Desktop { stage, agent, tray } = Desktop::start().await;
+    let conn = stage.bus.connect().await;
 
     let v = wait_title(&conn, &tray, "Your computer is up to date").await;
     assert!(
-        items.lock().unwrap().contains(&tray.item_name()),
+        stage.items.lock().unwrap().contains(&tray.item_name()),
         "the item registers with the watcher"
     );
     assert_eq!(v.icon_name, "security-high");
     assert_eq!(v.status, "Active");
     assert_eq!(v.tooltip_title, "Your computer is up to date");
-    assert!(
-        v.tooltip_body.contains("Running version 1111111111aa"),
-        "{}",
-        v.tooltip_body
-    );
-    assert!(
-        v.tooltip_body.contains("No update installed yet"),
-        "{}",
-        v.tooltip_body
-    );
+    v.assert_tooltip_contains("Running version 1111111111aa");
+    v.assert_tooltip_contains("No update installed yet");
     assert!(
         !v.pixmap_sizes.is_empty(),
         "pixmaps for hosts without the theme icon"
@@ -66,17 +49,9 @@ async fn icon_title_and_menu_follow_the_agent() {
 
     agent.send(update_finished(REV2, Some(12)));
     let v = wait_title(&conn, &tray, "Your computer is up to date").await;
-    assert!(
-        v.tooltip_body.contains("Running version 2222222222bb"),
-        "{}",
-        v.tooltip_body
-    );
-    assert!(
-        v.tooltip_body.contains("Last update today at"),
-        "{}",
-        v.tooltip_body
-    );
-    assert!(v.tooltip_body.contains(": installed"), "{}", v.tooltip_body);
+    v.assert_tooltip_contains("Running version 2222222222bb");
+    v.assert_tooltip_contains("Last update today at");
+    v.assert_tooltip_contains(": installed");
 
     agent.send(Event::RebootRequired);
     let v = wait_title(&conn, &tray, "Restart required to finish updating").await;
@@ -101,20 +76,12 @@ async fn icon_title_and_menu_follow_the_agent() {
             .filter(|v| v.labels().contains(&"Postpone restart by 1 hour"))
     })
     .await;
-    assert!(
-        v.tooltip_body.contains("Restart scheduled "),
-        "{}",
-        v.tooltip_body
-    );
+    v.assert_tooltip_contains("Restart scheduled ");
 
     agent.send(update_failed(REV2, "not enough disk space"));
     let v = wait_title(&conn, &tray, "The last update failed").await;
     assert_eq!(v.icon_name, "dialog-error");
-    assert!(
-        v.tooltip_body.contains("failed (not enough disk space)"),
-        "{}",
-        v.tooltip_body
-    );
+    v.assert_tooltip_contains("failed (not enough disk space)");
     assert!(
         v.labels().contains(&"Restart now"),
         "a pending restart stays reachable"

@@ -88,6 +88,31 @@ impl Session {
         c
     }
 
+    /// Runs `command` (program and arguments) in the session and waits until it owns
+    /// `bus_name`, the service the tray needs from it.
+    async fn start_service(
+        &mut self,
+        dbus: &zbus::fdo::DBusProxy<'_>,
+        command: &[&str],
+        bus_name: &'static str,
+    ) {
+        let child = self
+            .command(command[0])
+            .args(&command[1..])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        self.children.push(child);
+        wait_for(&format!("{} to own {bus_name}", command[0]), || async {
+            dbus.name_has_owner(bus_name.try_into().unwrap())
+                .await
+                .unwrap_or(false)
+                .then_some(())
+        })
+        .await;
+    }
+
     /// Screenshot of the root window into `path`; how many pixels have `colour`.
     async fn shot(&self, path: &Path, colour: &str) -> usize {
         // ImageMagick's `import` names the whole screen "root".
@@ -183,39 +208,17 @@ async fn screenshots_of_the_icon_and_the_details_window() {
     };
     let conn = bus.connect().await;
     let dbus = zbus::fdo::DBusProxy::new(&conn).await.unwrap();
-    let has_name = |name: &'static str| {
-        let dbus = dbus.clone();
-        async move {
-            dbus.name_has_owner(name.try_into().unwrap())
-                .await
-                .unwrap_or(false)
-                .then_some(())
-        }
-    };
-
-    let panel = session
-        .command("xfce4-panel")
-        .arg("--disable-wm-check")
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    session.children.push(panel);
-    wait_for("the panel's StatusNotifierWatcher", || {
-        has_name("org.kde.StatusNotifierWatcher")
-    })
-    .await;
-    let dunst = session
-        .command("dunst")
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    session.children.push(dunst);
-    wait_for("dunst on the bus", || {
-        has_name("org.freedesktop.Notifications")
-    })
-    .await;
+    // The panel's systray plugin is the tray host; dunst shows the notifications.
+    session
+        .start_service(
+            &dbus,
+            &["xfce4-panel", "--disable-wm-check"],
+            "org.kde.StatusNotifierWatcher",
+        )
+        .await;
+    session
+        .start_service(&dbus, &["dunst"], "org.freedesktop.Notifications")
+        .await;
 
     // A machine that was just updated and will restart this evening.
     let socket = dir.path().join("agent.sock");

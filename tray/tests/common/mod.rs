@@ -750,6 +750,16 @@ impl ItemView {
             .collect()
     }
 
+    /// Asserts that the tooltip's body says `text`; shows the body when not.
+    #[track_caller]
+    pub fn assert_tooltip_contains(&self, text: &str) {
+        assert!(
+            self.tooltip_body.contains(text),
+            "the tooltip does not say {text:?}:\n{}",
+            self.tooltip_body
+        );
+    }
+
     pub fn entry(&self, label: &str) -> &MenuEntry {
         self.menu
             .iter()
@@ -826,8 +836,10 @@ pub enum Buttons {
 pub struct Stage {
     pub notes: NoteServer,
     pub socket: PathBuf,
-    /// The watcher's connection and the items registered with it.
-    pub watcher: Option<(Connection, Arc<Mutex<Vec<String>>>)>,
+    /// The tray host's connection, if there is one.
+    pub watcher: Option<Connection>,
+    /// The items registered with the tray host (none without one).
+    pub items: Arc<Mutex<Vec<String>>>,
     pub bus: Bus,
     pub dir: tempfile::TempDir,
 }
@@ -836,9 +848,12 @@ impl Stage {
     pub async fn start(host: TrayHost, buttons: Buttons) -> Stage {
         let dir = tempfile::tempdir().unwrap();
         let bus = Bus::start(dir.path()).await;
-        let watcher = match host {
-            TrayHost::Present => Some(serve_watcher(&bus).await),
-            TrayHost::Absent => None,
+        let (watcher, items) = match host {
+            TrayHost::Present => {
+                let (conn, items) = serve_watcher(&bus).await;
+                (Some(conn), items)
+            }
+            TrayHost::Absent => (None, Arc::default()),
         };
         let notes = NoteServer::serve(&bus, buttons == Buttons::Supported).await;
         let socket = dir.path().join("agent.sock");
@@ -846,6 +861,7 @@ impl Stage {
             notes,
             socket,
             watcher,
+            items,
             bus,
             dir,
         }
@@ -876,41 +892,30 @@ impl Stage {
     }
 }
 
-/// The usual test desktop: a private bus with a tray host (watcher) and a
-/// notification server, a test agent on its socket, and the real tray following it.
-/// Fields are declared in start order, so destructuring drops them tray first.
+/// The usual test desktop: a stage with a tray host and a notification server that
+/// shows buttons, a test agent on its socket, and the real tray following it.
+/// Fields are declared in start order, so that `let Desktop { stage, agent, tray }`
+/// drops them tray first.
 pub struct Desktop {
-    pub dir: tempfile::TempDir,
-    pub bus: Bus,
-    pub _watcher: Connection,
-    pub items: Arc<Mutex<Vec<String>>>,
-    pub notes: NoteServer,
-    pub socket: PathBuf,
+    pub stage: Stage,
     pub agent: Agent,
     pub tray: Tray,
 }
 
 impl Desktop {
     pub async fn start() -> Desktop {
-        let Stage {
-            notes,
-            socket,
-            watcher,
-            bus,
-            dir,
-        } = Stage::start(TrayHost::Present, Buttons::Supported).await;
-        let (_watcher, items) = watcher.expect("the stage has a tray host");
-        let agent = Agent::start(&socket, status());
-        let tray = Tray::start(&bus, dir.path(), &socket);
-        Desktop {
-            dir,
-            bus,
-            _watcher,
-            items,
-            notes,
-            socket,
-            agent,
-            tray,
-        }
+        let stage = Stage::start(TrayHost::Present, Buttons::Supported).await;
+        let agent = stage.start_agent(status());
+        let tray = stage.start_tray();
+        Desktop { stage, agent, tray }
+    }
+
+    /// A desktop with the agent's usual status whose tray already follows the
+    /// agent, so that events sent from now on reach it.
+    pub async fn start_following(host: TrayHost, buttons: Buttons) -> Desktop {
+        let stage = Stage::start(host, buttons).await;
+        let agent = stage.start_agent(status());
+        let tray = stage.start_tray_following(&agent).await;
+        Desktop { stage, agent, tray }
     }
 }
