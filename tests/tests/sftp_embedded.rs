@@ -281,6 +281,25 @@ fn unknown_keys_are_refused_and_logged_and_new_keys_need_no_restart() -> Result<
     assert!(!out.status.success(), "a command ran: {out:?}");
     assert!(!String::from_utf8_lossy(&out.stdout).contains("root:"));
 
+    // Nor any forwarding.
+    let out = Command::new("ssh")
+        .args(fleet.server.client_options(&a))
+        .args([
+            "-N",
+            "-o",
+            "ExitOnForwardFailure=yes",
+            "-R",
+            "0:127.0.0.1:9",
+        ])
+        .arg("127.0.0.1")
+        .output()?;
+    assert!(
+        !out.status.success(),
+        "a remote forward was set up: {out:?}"
+    );
+    let log = fleet.server.log_with(&["refused forwarding"]);
+    assert!(log.contains("refused forwarding"), "{out:?}\n{log}");
+
     // The admin lists the key for a in bento.toml: it works at once.
     let toml_path = fleet.bento_dir().join("bento.toml");
     let text = fs::read_to_string(&toml_path)?;

@@ -296,6 +296,15 @@ impl Connection {
         }
     }
 
+    fn refuse_forwarding(&self, what: &str) {
+        warn!(
+            target: "bento::sftp",
+            host = self.host.as_ref().map(|h| h.as_str()).unwrap_or("?"),
+            peer = %peer(&self.peer),
+            "refused forwarding {what}: only the sftp subsystem is served"
+        );
+    }
+
     fn refuse_channel(
         &self,
         what: &str,
@@ -424,6 +433,42 @@ impl russh::server::Handler for Connection {
         session: &mut Session,
     ) -> Result<(), Self::Error> {
         session.close(channel)
+    }
+
+    async fn channel_open_direct_tcpip(
+        &mut self,
+        _channel: Channel<Msg>,
+        host_to_connect: &str,
+        port_to_connect: u32,
+        _originator_address: &str,
+        _originator_port: u32,
+        reply: ChannelOpenHandle,
+        _session: &mut Session,
+    ) -> Result<(), Self::Error> {
+        self.refuse_forwarding(&format!("to {host_to_connect}:{port_to_connect}"));
+        reply
+            .reject(russh::ChannelOpenFailure::AdministrativelyProhibited)
+            .await;
+        Ok(())
+    }
+
+    async fn tcpip_forward(
+        &mut self,
+        address: &str,
+        port: &mut u32,
+        _session: &mut Session,
+    ) -> Result<bool, Self::Error> {
+        self.refuse_forwarding(&format!("from {address}:{port}"));
+        Ok(false)
+    }
+
+    async fn streamlocal_forward(
+        &mut self,
+        socket_path: &str,
+        _session: &mut Session,
+    ) -> Result<bool, Self::Error> {
+        self.refuse_forwarding(&format!("from {socket_path}"));
+        Ok(false)
     }
 }
 
