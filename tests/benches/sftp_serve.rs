@@ -46,8 +46,6 @@ use std::time::{Duration, Instant};
 
 use anyhow::{bail, ensure, Context, Result};
 use bento_core::chroot::{Chroot, Owners};
-use bento_core::release::{Manifest, TreeListing};
-use bento_core::HostName;
 use bento_tests::endpoint::{run_batch, Endpoint};
 use bento_tests::sshd::{unique_prefix, SshServer};
 use bento_tests::{wait_for, wait_until, TestDir};
@@ -310,23 +308,12 @@ fn measure(
 /// Publishes a small release for `host` into the sshd chroot (root-owned, `logs/` the
 /// host user's), as `bento deploy` does for OpenSSH.
 fn publish(server: &SshServer, chroot: &Chroot, host: &str, stage: &Path) -> Result<()> {
-    let h = HostName::new(host)?;
-    fs::create_dir_all(stage)?;
-    fs::write(
-        stage.join("configuration.nix"),
-        format!("# {host}\n{{ }}\n"),
-    )?;
-    chroot.ensure_host(
-        &h,
-        Owners {
-            dirs: (0, 0),
-            logs: (server.uid(host)?, server.gid()?),
-            publisher: (0, 0),
-        },
-    )?;
-    let listing = TreeListing::read(stage)?;
-    let m = Manifest::for_tree(&listing, host, time::OffsetDateTime::now_utc(), None);
-    chroot.publish(&h, stage, &m, 2)?;
+    let owners = Owners {
+        dirs: (0, 0),
+        logs: (server.uid(host)?, server.gid()?),
+        publisher: (0, 0),
+    };
+    bento_tests::release::publish_plain(chroot, host, stage, owners)?;
     Ok(())
 }
 

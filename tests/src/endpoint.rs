@@ -65,6 +65,19 @@ pub trait Endpoint {
             .arg(self.address());
         run_batch(cmd, batch)
     }
+
+    /// [`Endpoint::sftp_batch`]: whether it succeeded, and everything it printed.
+    fn sftp_outcome(&self, user: &str, key: &Path, batch: &str) -> Result<(bool, String)> {
+        let out = self.sftp_batch(user, key, batch)?;
+        Ok((
+            out.status.success(),
+            format!(
+                "{}{}",
+                String::from_utf8_lossy(&out.stdout),
+                String::from_utf8_lossy(&out.stderr)
+            ),
+        ))
+    }
 }
 
 /// Runs `cmd` (an `sftp -b -`) with `batch` on its stdin. Returns the output

@@ -12,6 +12,7 @@ pub mod cli;
 pub mod embedded;
 pub mod endpoint;
 pub mod nixenv;
+pub mod release;
 pub mod reports;
 pub mod sshd;
 pub mod toy;

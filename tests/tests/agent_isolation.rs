@@ -22,17 +22,7 @@ fn a_host_reads_only_its_chroot_and_writes_only_its_logs() -> Result<()> {
     fs::write(&scratch, "x\n")?;
     let got = fleet.dir.join("got");
 
-    let sftp = |user: &str, batch: &str| -> Result<(bool, String)> {
-        let out = server.sftp_batch(user, &key_a, batch)?;
-        Ok((
-            out.status.success(),
-            format!(
-                "{}{}",
-                String::from_utf8_lossy(&out.stdout),
-                String::from_utf8_lossy(&out.stderr)
-            ),
-        ))
-    };
+    let sftp = |user: &str, batch: &str| server.sftp_outcome(user, &key_a, batch);
     // Its own release is readable.
     let (ok, out) = sftp(&a, &format!("get config/flake.nix {}\n", got.display()))?;
     assert!(ok, "{out}");

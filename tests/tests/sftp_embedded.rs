@@ -12,11 +12,10 @@ use std::time::Duration;
 
 use anyhow::{ensure, Context, Result};
 use bento_core::chroot::Chroot;
-use bento_core::release::{Manifest, TreeListing};
 use bento_core::status::State;
-use bento_core::HostName;
 use bento_tests::embedded::{generate_key, EmbeddedSftp};
 use bento_tests::endpoint::{writes_outside_logs, Endpoint};
+use bento_tests::release::publish_plain;
 use bento_tests::{wait_until, TestDir};
 
 use agent_common::Fleet;
@@ -46,15 +45,7 @@ fn snapshot(dir: &Path) -> BTreeMap<PathBuf, Vec<u8>> {
 
 /// Runs a batch as `user` with `key`: (success, everything printed).
 fn sftp(server: &EmbeddedSftp, user: &str, key: &Path, batch: &str) -> Result<(bool, String)> {
-    let out = server.sftp_batch(user, key, batch)?;
-    Ok((
-        out.status.success(),
-        format!(
-            "{}{}",
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
-        ),
-    ))
+    server.sftp_outcome(user, key, batch)
 }
 
 #[test]
@@ -408,21 +399,6 @@ fn the_agent_updates_and_reports_through_it_and_survives_it_being_down() -> Resu
     Ok(())
 }
 
-/// Publishes a small release for `host` with the core library (no nix needed).
-fn publish_plain(chroot: &Chroot, host: &str, stage: &Path) -> Result<String> {
-    let h = HostName::new(host)?;
-    fs::create_dir_all(stage)?;
-    fs::write(
-        stage.join("configuration.nix"),
-        format!("# {host}\n{{ }}\n"),
-    )?;
-    chroot.ensure_host(&h, Chroot::embedded_owners(None))?;
-    let listing = TreeListing::read(stage)?;
-    let m = Manifest::for_tree(&listing, host, time::OffsetDateTime::now_utc(), None);
-    chroot.publish(&h, stage, &m, 2)?;
-    Ok(m.revision)
-}
-
 #[test]
 fn two_hundred_clients_polling_at_once_are_all_served() -> Result<()> {
     const HOSTS: usize = 20;
@@ -436,7 +412,12 @@ fn two_hundred_clients_polling_at_once_are_all_served() -> Result<()> {
     let refs: Vec<&str> = names.iter().map(String::as_str).collect();
     let mut revisions = Vec::new();
     for n in &names {
-        revisions.push(publish_plain(&chroot, n, &dir.join("stage").join(n))?);
+        revisions.push(publish_plain(
+            &chroot,
+            n,
+            &dir.join("stage").join(n),
+            Chroot::embedded_owners(None),
+        )?);
     }
     let mut server = EmbeddedSftp::new(&dir.join("sftp"), &bento, &chroot_dir, &refs)?;
     fs::write(
