@@ -206,10 +206,6 @@ impl Jail {
         Ok(Jail { root, limits })
     }
 
-    pub fn limits(&self) -> LogLimits {
-        self.limits
-    }
-
     fn resolve(&self, p: &VPath, flags: OFlag) -> Result<OwnedFd, JailError> {
         // openat2 refuses O_PATH with flags that have no meaning for it.
         let extra = if flags.contains(OFlag::O_PATH) {

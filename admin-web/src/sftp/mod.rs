@@ -80,7 +80,7 @@ pub fn public_key_path(host_key: &Path) -> PathBuf {
     PathBuf::from(s)
 }
 
-/// The keys of every host, indexed both ways.
+/// Which host each listed key belongs to.
 #[derive(Default)]
 struct Keys {
     by_key: HashMap<Vec<u8>, HostName>,
@@ -167,11 +167,6 @@ impl Shared {
             }),
             reload_lock: Mutex::new(()),
         })
-    }
-
-    /// Connections open now.
-    pub fn connections(&self) -> usize {
-        self.connections.load(Ordering::Relaxed)
     }
 
     /// Reads bento.toml again when it changed; a broken file keeps the old keys.
