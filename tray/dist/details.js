@@ -22,16 +22,23 @@ function render(d) {
   document.getElementById("headline").textContent = d.headline;
   const who = d.host ? "Computer " + d.host + "\n" : "";
   document.getElementById("summary").textContent = who + d.summary.join("\n");
+  // The revision stays here for whoever has to quote it; people read the version.
+  const ids = [];
+  if (d.revision) ids.push("Revision " + d.revision);
+  if (d.system) ids.push("System " + d.system);
+  document.getElementById("revision").textContent = ids.join("\n");
   document.getElementById("reboot").textContent = d.reboot || "—";
 
   const rows = document.getElementById("updates");
   rows.replaceChildren(...d.updates.map((u) => {
     const tr = el("tr");
     tr.append(el("td", u.when), el("td", u.result, u.ok ? "ok" : "bad"),
-      el("td", u.revision, "rev"), el("td", u.note));
+      el("td", u.version), el("td", u.revision, "rev"), el("td", u.note));
     return tr;
   }));
-  document.getElementById("no-updates").hidden = d.updates.length > 0;
+  const none = document.getElementById("no-updates");
+  none.textContent = d.no_updates;
+  none.hidden = d.updates.length > 0;
 
   document.getElementById("changes").replaceChildren(...d.changes.map((c) => el("li", c)));
   document.getElementById("no-changes").hidden = d.changes.length > 0;
@@ -40,7 +47,8 @@ function render(d) {
   log.textContent = d.log_tail.length ? d.log_tail.join("\n") : "No log yet.";
   log.scrollTop = log.scrollHeight;
 
-  invoke("rendered", { headline: d.headline, rows: d.updates.length }).catch(() => {});
+  invoke("rendered", { headline: d.headline, rows: d.updates.length, text: document.body.innerText })
+    .catch(() => {});
 }
 
 // Pushed updates win over the first snapshot if they arrive before it.

@@ -4,7 +4,8 @@
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use bento_core::agent_proto::{AgentStatus, Event, Request, Response};
+use bento_core::agent_proto::{AgentStatus, Event, Request, Response, STATUS_FILE};
+use time::OffsetDateTime;
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
 use tokio::net::UnixStream;
 use tokio::sync::mpsc;
@@ -164,4 +165,25 @@ pub async fn request(socket: &Path, req: &Request) -> Result<Response, AgentErro
     tokio::time::timeout(REQUEST_TIMEOUT, exchange)
         .await
         .map_err(|_| AgentError::Timeout)?
+}
+
+/// The status the agent last wrote beside its socket (`status.json`, which stays
+/// when it stops), as of the file's last change: what is known while it is away.
+pub fn status_file(socket: &Path) -> Option<crate::model::LastKnown> {
+    let path = socket.parent()?.join(STATUS_FILE);
+    let read = || -> anyhow::Result<crate::model::LastKnown> {
+        let bytes = std::fs::read(&path)?;
+        let at = std::fs::metadata(&path)?.modified()?;
+        Ok(crate::model::LastKnown {
+            status: serde_json::from_slice(&bytes)?,
+            at: OffsetDateTime::from(at),
+        })
+    };
+    match read() {
+        Ok(l) => Some(l),
+        Err(e) => {
+            tracing::debug!("no last known status in {}: {e:#}", path.display());
+            None
+        }
+    }
 }

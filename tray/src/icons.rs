@@ -1,6 +1,10 @@
-//! The tray's own icons, drawn at start so they work without any icon theme:
-//! a coloured disc with a white sign, anti-aliased, as SNI pixmaps (ARGB32,
-//! network byte order).
+//! The tray's icons: the one set used for every state, drawn at start so they
+//! look the same under any icon theme and tray host. Each is a coloured disc
+//! with a sign, anti-aliased, as SNI pixmaps (ARGB32, network byte order). The
+//! disc brings its own background, so the sign reads the same on a light or a
+//! dark panel, and the colour tells the state at a glance; the tray sets no
+//! icon name, since a host would then take a theme's icon for some states and
+//! ours for the others.
 
 use std::sync::OnceLock;
 

@@ -1,7 +1,8 @@
 //! `bento-tray`: what a person at a bento workstation sees of the agent — a tray
 //! icon, notifications, and a details window.
 //!
-//! [`model`] decides everything shown and said from the agent's status and events;
+//! [`model`] decides everything shown and said from the agent's status and events
+//! (and the NixOS versions [`version`] reads from the store);
 //! the other modules are thin shells: [`agent`] (the socket), [`tray`] (ksni and the
 //! main loop), [`notify`] (notify-rust), [`reboot`] (logind). The details window
 //! is its own program (`src/bin/bento-tray-details.rs`, tauri), so the tray's
@@ -14,6 +15,7 @@ pub mod notify;
 pub mod reboot;
 pub mod seen;
 pub mod tray;
+pub mod version;
 
 use std::path::PathBuf;
 

@@ -4,6 +4,8 @@
 //! title, tooltip and menu; [`apply`] folds an event into the status the tray keeps;
 //! [`Decider`] is the one place that decides which notifications are sent, and
 //! remembers (by key) which ones already were, so a restart does not repeat them.
+//! NixOS versions come in as a [`Versions`] table that the shells fill from the
+//! store, and the last status heard as a [`LastKnown`] while the agent is away.
 
 use std::collections::{HashSet, VecDeque};
 
@@ -11,6 +13,8 @@ use bento_core::agent_proto::{Activity, AgentStatus, Event, ScheduledReboot, Upd
 use bento_core::report::ReportStatus;
 use serde::Serialize;
 use time::{Duration, OffsetDateTime, UtcOffset};
+
+use crate::version::Versions;
 
 /// How far ahead of a scheduled restart the reminder comes.
 pub const REMINDER_AHEAD: Duration = Duration::minutes(10);
@@ -51,19 +55,6 @@ impl Condition {
         }
     }
 
-    /// A freedesktop icon name for themes that have one; the tray also ships a
-    /// pixmap for each state (see `icons`).
-    pub fn icon_name(self) -> &'static str {
-        match self {
-            Condition::UpToDate => "security-high",
-            Condition::Busy(_) => "software-update-available",
-            Condition::RebootPending => "system-reboot",
-            Condition::Failed => "dialog-error",
-            Condition::RolledBack => "dialog-warning",
-            Condition::Unreachable => "network-offline",
-        }
-    }
-
     /// Whether the state asks for the user's attention (SNI status `NeedsAttention`).
     pub fn needs_attention(self) -> bool {
         matches!(
@@ -84,7 +75,7 @@ impl Condition {
             Condition::RebootPending => "Restart required to finish updating",
             Condition::Failed => "The last update failed",
             Condition::RolledBack => "The last update was undone",
-            Condition::Unreachable => "The update service is not running",
+            Condition::Unreachable => "Cannot reach the update service",
         }
     }
 }
@@ -93,7 +84,6 @@ impl Condition {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct View {
     pub condition: Condition,
-    pub icon_name: &'static str,
     pub title: String,
     pub tooltip: String,
     pub menu: Menu,
@@ -115,8 +105,24 @@ pub const MENU_DETAILS: &str = "Show details…";
 pub const MENU_REBOOT: &str = "Restart now";
 pub const MENU_QUIT: &str = "Quit";
 
-/// The tray's view of `status` (`None`: the agent cannot be reached).
-pub fn view(status: Option<&AgentStatus>, now: OffsetDateTime, tz: UtcOffset) -> View {
+/// The last status heard from the agent, kept while it cannot be reached.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LastKnown {
+    pub status: AgentStatus,
+    /// Until when it held: when the connection was lost (or when the agent last
+    /// wrote its status file).
+    pub at: OffsetDateTime,
+}
+
+/// The tray's view of `status` (`None`: the agent cannot be reached; then
+/// `last` is what it said before).
+pub fn view(
+    status: Option<&AgentStatus>,
+    last: Option<&LastKnown>,
+    versions: &Versions,
+    now: OffsetDateTime,
+    tz: UtcOffset,
+) -> View {
     let condition = Condition::of(status);
     let mut lines = Vec::new();
     let mut menu = Menu {
@@ -126,7 +132,15 @@ pub fn view(status: Option<&AgentStatus>, now: OffsetDateTime, tz: UtcOffset) ->
     };
     match status {
         None => {
-            lines.push("Updates resume as soon as it is back.".to_owned());
+            if let Some(l) = last {
+                lines.push(format!(
+                    "Last known state ({}): {}",
+                    when(l.at, now, tz),
+                    Condition::of(Some(&l.status)).headline()
+                ));
+                lines.extend(status_lines(&l.status, versions, now, tz));
+            }
+            lines.push("Updates resume as soon as the update service is back.".to_owned());
         }
         Some(s) => {
             menu.check_enabled = s.activity == Activity::Idle;
@@ -135,20 +149,11 @@ pub fn view(status: Option<&AgentStatus>, now: OffsetDateTime, tz: UtcOffset) ->
                 .reboot_scheduled
                 .as_ref()
                 .and_then(|r| postpone_step(r, tz, now));
-            if let Some(rev) = &s.revision {
-                lines.push(format!("Running version {}", short_revision(rev)));
-            }
-            match &s.last_update {
-                Some(u) => lines.push(format!(
-                    "Last update {}: {}",
-                    when(u.time, now, tz),
-                    result_words(u)
-                )),
-                None => lines.push("No update installed yet".to_owned()),
-            }
-            if let Some(r) = &s.reboot_scheduled {
-                lines.push(format!("Restart scheduled {}", when(r.at, now, tz)));
-            } else if s.reboot_required && condition != Condition::RebootPending {
+            lines.extend(status_lines(s, versions, now, tz));
+            if s.reboot_scheduled.is_none()
+                && s.reboot_required
+                && condition != Condition::RebootPending
+            {
                 lines.push("A restart is needed to finish an earlier update".to_owned());
             }
             if s.server_reachable == Some(false) {
@@ -158,11 +163,83 @@ pub fn view(status: Option<&AgentStatus>, now: OffsetDateTime, tz: UtcOffset) ->
     }
     View {
         condition,
-        icon_name: condition.icon_name(),
         title: condition.headline().to_owned(),
         tooltip: lines.join("\n"),
         menu,
     }
+}
+
+/// What runs, the last update and a scheduled restart, one line each.
+fn status_lines(
+    s: &AgentStatus,
+    versions: &Versions,
+    now: OffsetDateTime,
+    tz: UtcOffset,
+) -> Vec<String> {
+    let mut lines = Vec::new();
+    if let Some(running) = running_version(s, versions, tz) {
+        lines.push(format!("Running {running}"));
+    }
+    match &s.last_update {
+        Some(u) => lines.push(format!(
+            "Last update {}: {}",
+            when(u.time, now, tz),
+            result_words(u)
+        )),
+        None => lines.push("No update installed yet".to_owned()),
+    }
+    if let Some(r) = &s.reboot_scheduled {
+        lines.push(format!("Restart scheduled {}", when(r.at, now, tz)));
+    }
+    lines
+}
+
+/// The running system as people name it: "NixOS 24.11 (31 December 2024)";
+/// "revision 0123456789ab" only when its NixOS version cannot be read.
+pub fn running_version(s: &AgentStatus, versions: &Versions, tz: UtcOffset) -> Option<String> {
+    let installed = s.system.as_deref().and_then(|sys| {
+        s.history
+            .iter()
+            .chain(&s.last_update)
+            .find(|u| u.system.as_deref() == Some(sys) && installed(u.status))
+            .map(|u| u.time.to_offset(tz).date())
+    });
+    system_version(
+        s.system.as_deref(),
+        s.revision.as_deref(),
+        installed,
+        versions,
+    )
+}
+
+/// The NixOS version of `system`, else its short revision, else nothing.
+fn system_version(
+    system: Option<&str>,
+    revision: Option<&str>,
+    installed: Option<time::Date>,
+    versions: &Versions,
+) -> Option<String> {
+    match (system.and_then(|sys| versions.get(sys)), revision) {
+        (Some(v), _) => Some(v.label(installed)),
+        (None, Some(rev)) => Some(format!("revision {}", short_revision(rev))),
+        (None, None) => None,
+    }
+}
+
+/// Whether an update with this outcome installed its system.
+fn installed(status: ReportStatus) -> bool {
+    matches!(status, ReportStatus::Success | ReportStatus::Autoupdate)
+}
+
+/// The version an update installed, as [`running_version`] names it.
+fn record_version(u: &UpdateRecord, versions: &Versions, tz: UtcOffset) -> Option<String> {
+    let installed = installed(u.status).then(|| u.time.to_offset(tz).date());
+    system_version(
+        u.system.as_deref(),
+        u.revision.as_deref(),
+        installed,
+        versions,
+    )
 }
 
 /// How long the next "Postpone" moves the restart: one step, or less when the
@@ -316,6 +393,31 @@ impl NoticeAction {
     }
 }
 
+/// An ongoing situation that one notification on screen stands for: a newer
+/// notice about it replaces the one shown, and a critical one is withdrawn once
+/// the situation is over, so a warning never outlives what it warns about.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Topic {
+    /// The outcome of the last update (installed, failed, undone).
+    LastUpdate,
+    /// A scheduled restart (announcement, reminder).
+    ScheduledRestart,
+}
+
+impl Topic {
+    /// Whether a critical notice about this topic no longer holds for `status`
+    /// (`None`: the agent is unreachable, which proves nothing).
+    pub fn is_over(self, status: Option<&AgentStatus>) -> bool {
+        let Some(s) = status else {
+            return false;
+        };
+        match self {
+            Topic::LastUpdate => s.last_update.as_ref().is_some_and(|u| installed(u.status)),
+            Topic::ScheduledRestart => s.reboot_scheduled.is_none(),
+        }
+    }
+}
+
 /// One desktop notification to send.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Notice {
@@ -328,6 +430,8 @@ pub struct Notice {
     /// A freedesktop icon name; servers without it show their default.
     pub icon: &'static str,
     pub actions: Vec<NoticeAction>,
+    /// What it is about, when it replaces the previous notice on the same topic.
+    pub topic: Option<Topic>,
 }
 
 impl Notice {
@@ -339,6 +443,7 @@ impl Notice {
             urgency: Urgency::Normal,
             icon,
             actions: Vec::new(),
+            topic: None,
         }
     }
 }
@@ -391,8 +496,8 @@ pub fn answer_notice(asked: Asked, answer: &Answer) -> Option<Notice> {
             "dialog-information",
         ),
         (_, Answer::Unreachable) => Notice::message(
-            "The update service is not running",
-            "The service that installs updates on this computer is not running right now, so it cannot do that. Updates resume as soon as it is back.".to_owned(),
+            "Cannot reach the update service",
+            "The service that installs updates on this computer does not answer right now, so it cannot do that. Updates resume as soon as it is back.".to_owned(),
             "dialog-information",
         ),
     };
@@ -486,12 +591,13 @@ impl Decider {
     pub fn on_status(
         &mut self,
         status: &AgentStatus,
+        versions: &Versions,
         now: OffsetDateTime,
         tz: UtcOffset,
     ) -> Vec<Notice> {
         let mut out = Vec::new();
         if let Some(u) = &status.last_update {
-            out.extend(self.update_notice(u));
+            out.extend(self.update_notice(u, versions, tz));
         }
         if status.reboot_required {
             out.push(self.reboot_required_notice());
@@ -507,13 +613,17 @@ impl Decider {
         &mut self,
         status: &AgentStatus,
         event: &Event,
+        versions: &Versions,
         now: OffsetDateTime,
         tz: UtcOffset,
     ) -> Vec<Notice> {
         let out = match event {
             Event::UpdateFinished { record }
             | Event::UpdateFailed { record }
-            | Event::RolledBack { record } => self.update_notice(record).into_iter().collect(),
+            | Event::RolledBack { record } => self
+                .update_notice(record, versions, tz)
+                .into_iter()
+                .collect(),
             Event::RebootRequired => vec![self.reboot_required_notice()],
             Event::RebootScheduled { .. } | Event::RebootPostponed { .. } => status
                 .reboot_scheduled
@@ -547,7 +657,12 @@ impl Decider {
         self.fresh(out)
     }
 
-    fn update_notice(&self, u: &UpdateRecord) -> Option<Notice> {
+    fn update_notice(
+        &self,
+        u: &UpdateRecord,
+        versions: &Versions,
+        tz: UtcOffset,
+    ) -> Option<Notice> {
         let key = Some(format!(
             "update:{}:{}:{}",
             stamp(u.time),
@@ -557,8 +672,8 @@ impl Decider {
         let details = self.buttons(&[NoticeAction::ShowDetails]);
         let n = match u.status {
             ReportStatus::Success | ReportStatus::Autoupdate => {
-                let mut body = match &u.revision {
-                    Some(rev) => format!("Now running version {}.", short_revision(rev)),
+                let mut body = match record_version(u, versions, tz) {
+                    Some(v) => format!("Now running {v}."),
                     None => "The latest version is installed.".to_owned(),
                 };
                 match u.changed_packages {
@@ -573,6 +688,7 @@ impl Decider {
                     urgency: Urgency::Normal,
                     icon: "software-update-available",
                     actions: details,
+                    topic: Some(Topic::LastUpdate),
                 }
             }
             ReportStatus::Failure => Notice {
@@ -585,6 +701,7 @@ impl Decider {
                 urgency: Urgency::Critical,
                 icon: "dialog-error",
                 actions: details,
+                topic: Some(Topic::LastUpdate),
             },
             ReportStatus::Rollback => Notice {
                 key,
@@ -596,6 +713,7 @@ impl Decider {
                 urgency: Urgency::Critical,
                 icon: "dialog-warning",
                 actions: details,
+                topic: Some(Topic::LastUpdate),
             },
         };
         Some(n)
@@ -612,6 +730,7 @@ impl Decider {
             urgency: Urgency::Normal,
             icon: "system-reboot",
             actions: self.buttons(&[NoticeAction::RebootNow, NoticeAction::ShowDetails]),
+            topic: None,
         }
     }
 
@@ -653,6 +772,7 @@ impl Decider {
                 urgency: Urgency::Critical,
                 icon: "system-reboot",
                 actions,
+                topic: Some(Topic::ScheduledRestart),
             }];
         }
         vec![Notice {
@@ -664,6 +784,7 @@ impl Decider {
             urgency: Urgency::Normal,
             icon: "system-reboot",
             actions,
+            topic: Some(Topic::ScheduledRestart),
         }]
     }
 
@@ -693,10 +814,17 @@ pub struct Details {
     pub condition: Condition,
     pub headline: String,
     pub host: Option<String>,
+    /// The running NixOS version ("NixOS 24.11 (31 December 2024)").
+    pub version: Option<String>,
+    /// The running release's full revision, for whoever needs to quote it.
     pub revision: Option<String>,
+    /// The running system's store path basename.
+    pub system: Option<String>,
     pub summary: Vec<String>,
     pub reboot: String,
     pub updates: Vec<DetailsRow>,
+    /// What the list of updates says when it is empty.
+    pub no_updates: String,
     pub changes: Vec<String>,
     pub log_tail: Vec<String>,
 }
@@ -706,6 +834,9 @@ pub struct DetailsRow {
     pub when: String,
     pub result: String,
     pub ok: bool,
+    /// The NixOS version this update was to, else "—".
+    pub version: String,
+    /// Its short revision, else "—".
     pub revision: String,
     pub note: String,
 }
@@ -713,21 +844,52 @@ pub struct DetailsRow {
 /// How many past updates the window lists.
 const DETAILS_ROWS: usize = 20;
 
-pub fn details(status: Option<&AgentStatus>, now: OffsetDateTime, tz: UtcOffset) -> Details {
-    let v = view(status, now, tz);
-    let Some(s) = status else {
-        return Details {
-            condition: v.condition,
-            headline: v.title,
-            host: None,
-            revision: None,
-            summary: vec![v.tooltip],
-            reboot: String::new(),
-            updates: Vec::new(),
-            changes: Vec::new(),
-            log_tail: Vec::new(),
-        };
+/// The window's contents: from `status` while connected; else "cannot reach the
+/// update service" with the `last` state known, if any.
+pub fn details(
+    status: Option<&AgentStatus>,
+    last: Option<&LastKnown>,
+    versions: &Versions,
+    now: OffsetDateTime,
+    tz: UtcOffset,
+) -> Details {
+    let v = view(status, last, versions, now, tz);
+    let (s, mut summary) = match (status, last) {
+        (Some(s), _) => (s, v.tooltip.lines().map(str::to_owned).collect()),
+        (None, Some(l)) => (
+            &l.status,
+            vec![
+                "The service that installs updates on this computer does not answer; updates resume as soon as it is back.".to_owned(),
+                format!(
+                    "Last known state ({}): {}",
+                    when(l.at, now, tz),
+                    Condition::of(Some(&l.status)).headline()
+                ),
+            ],
+        ),
+        (None, None) => {
+            return Details {
+                condition: v.condition,
+                headline: v.title,
+                host: None,
+                version: None,
+                revision: None,
+                system: None,
+                summary: vec![
+                    "The service that installs updates on this computer does not answer; updates resume as soon as it is back.".to_owned(),
+                    "Nothing is known yet about this computer's updates.".to_owned(),
+                ],
+                reboot: "Not known.".to_owned(),
+                updates: Vec::new(),
+                no_updates: "Not known: the update service cannot be reached.".to_owned(),
+                changes: Vec::new(),
+                log_tail: Vec::new(),
+            };
+        }
     };
+    if status.is_none() {
+        summary.extend(status_lines(s, versions, now, tz));
+    }
     let reboot = match (&s.reboot_scheduled, s.reboot_required) {
         (Some(r), _) => format!(
             "Your computer will restart {} to finish updating (it can be postponed until {} at the latest).",
@@ -736,6 +898,11 @@ pub fn details(status: Option<&AgentStatus>, now: OffsetDateTime, tz: UtcOffset)
         ),
         (None, true) => "A restart is required to finish updating.".to_owned(),
         (None, false) => "No restart needed.".to_owned(),
+    };
+    let reboot = if status.is_none() {
+        format!("Last known: {reboot}")
+    } else {
+        reboot
     };
     let updates = s
         .history
@@ -750,7 +917,12 @@ pub fn details(status: Option<&AgentStatus>, now: OffsetDateTime, tz: UtcOffset)
                 ReportStatus::Rollback => "Undone",
             }
             .to_owned(),
-            ok: matches!(u.status, ReportStatus::Success | ReportStatus::Autoupdate),
+            ok: installed(u.status),
+            version: u
+                .system
+                .as_deref()
+                .and_then(|sys| versions.get(sys))
+                .map_or_else(|| "—".to_owned(), |v| format!("NixOS {}", v.release)),
             revision: u
                 .revision
                 .as_deref()
@@ -759,6 +931,7 @@ pub fn details(status: Option<&AgentStatus>, now: OffsetDateTime, tz: UtcOffset)
                 .to_owned(),
             note: match (&u.error, u.changed_packages) {
                 (Some(e), _) => e.clone(),
+                (None, Some(1)) => "1 package changed".to_owned(),
                 (None, Some(n)) => format!("{n} packages changed"),
                 (None, None) => String::new(),
             },
@@ -768,10 +941,13 @@ pub fn details(status: Option<&AgentStatus>, now: OffsetDateTime, tz: UtcOffset)
         condition: v.condition,
         headline: v.title,
         host: Some(s.host.clone()),
+        version: running_version(s, versions, tz),
         revision: s.revision.clone(),
-        summary: v.tooltip.lines().map(str::to_owned).collect(),
+        system: s.system.clone(),
+        summary,
         reboot,
         updates,
+        no_updates: "No updates yet.".to_owned(),
         changes: s.last_changes.clone(),
         log_tail: s.log_tail.clone(),
     }
@@ -780,9 +956,12 @@ pub fn details(status: Option<&AgentStatus>, now: OffsetDateTime, tz: UtcOffset)
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::version::NixosVersion;
     use time::macros::datetime;
 
     const NOW: OffsetDateTime = datetime!(2026-03-03 14:00 UTC);
+    /// No NixOS version known: not a NixOS store, or not read yet.
+    static NONE: std::sync::LazyLock<Versions> = std::sync::LazyLock::new(Versions::default);
     const TZ: UtcOffset = UtcOffset::UTC;
 
     fn record(status: ReportStatus, minutes_ago: i64) -> UpdateRecord {
@@ -816,51 +995,48 @@ mod tests {
     }
 
     #[test]
-    fn each_state_has_its_icon_and_words() {
+    fn each_state_has_its_words() {
         let mut s = status();
-        let v = view(Some(&s), NOW, TZ);
+        let v = view(Some(&s), None, &NONE, NOW, TZ);
         assert_eq!(v.condition, Condition::UpToDate);
         assert_eq!(v.title, "Your computer is up to date");
-        assert_eq!(v.icon_name, "security-high");
         assert!(v.menu.check_enabled && !v.menu.reboot_now && v.menu.postpone.is_none());
         assert!(
-            v.tooltip.contains("Running version 0123456789ab"),
+            v.tooltip.contains("Running revision 0123456789ab"),
             "{}",
             v.tooltip
         );
 
         s.activity = Activity::Checking;
-        let v = view(Some(&s), NOW, TZ);
+        let v = view(Some(&s), None, &NONE, NOW, TZ);
         assert_eq!(v.title, "Checking for updates…");
         assert!(!v.menu.check_enabled);
 
         s.activity = Activity::Idle;
         s.reboot_required = true;
         assert_eq!(
-            view(Some(&s), NOW, TZ).title,
+            view(Some(&s), None, &NONE, NOW, TZ).title,
             "Restart required to finish updating"
         );
-        assert!(view(Some(&s), NOW, TZ).menu.reboot_now);
+        assert!(view(Some(&s), None, &NONE, NOW, TZ).menu.reboot_now);
 
         s.last_update = Some(record(ReportStatus::Failure, 5));
-        let v = view(Some(&s), NOW, TZ);
-        assert_eq!(
-            (v.condition, v.icon_name),
-            (Condition::Failed, "dialog-error")
-        );
+        let v = view(Some(&s), None, &NONE, NOW, TZ);
+        assert_eq!(v.condition, Condition::Failed);
         assert!(v
             .tooltip
             .contains("Last update today at 13:55: failed (download of the new version failed)"));
         assert!(v.tooltip.contains("A restart is needed"), "{}", v.tooltip);
 
         s.last_update = Some(record(ReportStatus::Rollback, 5));
-        assert_eq!(view(Some(&s), NOW, TZ).title, "The last update was undone");
-
-        let v = view(None, NOW, TZ);
         assert_eq!(
-            (v.condition, v.icon_name),
-            (Condition::Unreachable, "network-offline")
+            view(Some(&s), None, &NONE, NOW, TZ).title,
+            "The last update was undone"
         );
+
+        let v = view(None, None, &NONE, NOW, TZ);
+        assert_eq!(v.condition, Condition::Unreachable);
+        assert_eq!(v.title, "Cannot reach the update service");
         assert!(!v.menu.check_enabled);
     }
 
@@ -872,16 +1048,16 @@ mod tests {
             deadline: NOW + Duration::hours(3),
         });
         assert_eq!(
-            view(Some(&s), NOW, TZ).menu.postpone,
+            view(Some(&s), None, &NONE, NOW, TZ).menu.postpone,
             Some(("Postpone restart by 1 hour".to_owned(), 3600))
         );
         s.reboot_scheduled.as_mut().unwrap().deadline = NOW + Duration::minutes(90);
         assert_eq!(
-            view(Some(&s), NOW, TZ).menu.postpone,
+            view(Some(&s), None, &NONE, NOW, TZ).menu.postpone,
             Some(("Postpone restart until 15:30".to_owned(), 1800))
         );
         s.reboot_scheduled.as_mut().unwrap().deadline = NOW + Duration::hours(1);
-        assert_eq!(view(Some(&s), NOW, TZ).menu.postpone, None);
+        assert_eq!(view(Some(&s), None, &NONE, NOW, TZ).menu.postpone, None);
     }
 
     #[test]
@@ -972,23 +1148,29 @@ mod tests {
         let r = record(ReportStatus::Success, 0);
         let mut d = Decider::new([]);
         apply(&mut s, &Event::UpdateFinished { record: r.clone() }, NOW);
-        let n = d.on_event(&s, &Event::UpdateFinished { record: r.clone() }, NOW, TZ);
+        let n = d.on_event(
+            &s,
+            &Event::UpdateFinished { record: r.clone() },
+            &NONE,
+            NOW,
+            TZ,
+        );
         assert_eq!(n.len(), 1);
         assert_eq!(n[0].summary, "Your computer was updated");
         assert_eq!(
             n[0].body,
-            "Now running version 0123456789ab. 12 packages changed."
+            "Now running revision 0123456789ab. 12 packages changed."
         );
         assert_eq!(n[0].urgency, Urgency::Normal);
 
         // The next run starts from the persisted keys and sees the same last update.
         let mut again = Decider::new(d.seen().map(str::to_owned).collect::<Vec<_>>());
-        assert!(again.on_status(&s, NOW, TZ).is_empty());
+        assert!(again.on_status(&s, &NONE, NOW, TZ).is_empty());
 
         // An update that finished while no tray ran is told once.
         let mut s2 = s.clone();
         s2.last_update = Some(record(ReportStatus::Failure, -1));
-        let n = again.on_status(&s2, NOW, TZ);
+        let n = again.on_status(&s2, &NONE, NOW, TZ);
         assert_eq!(n.len(), 1);
         assert_eq!(n[0].summary, "Update failed");
         assert_eq!(n[0].urgency, Urgency::Critical);
@@ -997,7 +1179,7 @@ mod tests {
             "{}",
             n[0].body
         );
-        assert!(again.on_status(&s2, NOW, TZ).is_empty());
+        assert!(again.on_status(&s2, &NONE, NOW, TZ).is_empty());
     }
 
     #[test]
@@ -1011,7 +1193,7 @@ mod tests {
             deadline: at + Duration::hours(2),
         };
         apply(&mut s, &ev, NOW);
-        let n = d.on_event(&s, &ev, NOW, TZ);
+        let n = d.on_event(&s, &ev, &NONE, NOW, TZ);
         assert_eq!(n.len(), 1);
         assert_eq!(n[0].summary, "Your computer will restart today at 15:00");
         assert_eq!(
@@ -1038,7 +1220,7 @@ mod tests {
             at: at + Duration::hours(1),
         };
         apply(&mut s, &ev, soon);
-        let n = d.on_event(&s, &ev, soon, TZ);
+        let n = d.on_event(&s, &ev, &NONE, soon, TZ);
         assert_eq!(n[0].summary, "Your computer will restart today at 16:00");
     }
 
@@ -1049,7 +1231,7 @@ mod tests {
         let at = NOW + Duration::minutes(4);
         let ev = Event::RebootScheduled { at, deadline: at };
         apply(&mut s, &ev, NOW);
-        let n = d.on_event(&s, &ev, NOW, TZ);
+        let n = d.on_event(&s, &ev, &NONE, NOW, TZ);
         assert_eq!(n.len(), 1);
         assert_eq!(n[0].summary, "Your computer will restart in 4 minutes");
         assert!(n[0].body.ends_with("It cannot be postponed further."));
@@ -1065,7 +1247,7 @@ mod tests {
         s.last_update = Some(record(ReportStatus::Success, 3));
         s.reboot_required = true;
         let mut d = Decider::new([]).in_boot("boot-1\n");
-        let n = d.on_status(&s, NOW, TZ);
+        let n = d.on_status(&s, &NONE, NOW, TZ);
         let titles: Vec<_> = n.iter().map(|n| n.summary.as_str()).collect();
         assert_eq!(
             titles,
@@ -1074,7 +1256,9 @@ mod tests {
                 "Restart required to finish updating"
             ]
         );
-        assert!(d.on_event(&s, &Event::RebootRequired, NOW, TZ).is_empty());
+        assert!(d
+            .on_event(&s, &Event::RebootRequired, &NONE, NOW, TZ)
+            .is_empty());
 
         // Another update in the same boot: the restart is already known.
         let mut r = record(ReportStatus::Success, 0);
@@ -1082,11 +1266,19 @@ mod tests {
         apply(&mut s, &Event::UpdateFinished { record: r }, NOW);
         let mut again =
             Decider::new(d.seen().map(str::to_owned).collect::<Vec<_>>()).in_boot("boot-1");
-        assert_eq!(again.on_status(&s, NOW, TZ).len(), 1, "only the update");
+        assert_eq!(
+            again.on_status(&s, &NONE, NOW, TZ).len(),
+            1,
+            "only the update"
+        );
         // After a restart, a new need to restart is told again.
         let mut next =
             Decider::new(again.seen().map(str::to_owned).collect::<Vec<_>>()).in_boot("boot-2");
-        assert_eq!(next.on_event(&s, &Event::RebootRequired, NOW, TZ).len(), 1);
+        assert_eq!(
+            next.on_event(&s, &Event::RebootRequired, &NONE, NOW, TZ)
+                .len(),
+            1
+        );
     }
 
     #[test]
@@ -1105,7 +1297,7 @@ mod tests {
             answer_notice(Asked::Postpone, &Answer::Unreachable)
                 .unwrap()
                 .summary,
-            "The update service is not running"
+            "Cannot reach the update service"
         );
     }
 
@@ -1139,12 +1331,173 @@ mod tests {
         ];
         s.last_update = s.history.first().cloned();
         s.last_changes = vec!["firefox: 130.0 → 131.0".into()];
-        let d = details(Some(&s), NOW, TZ);
+        let d = details(Some(&s), None, &NONE, NOW, TZ);
         assert_eq!(d.headline, "The last update was undone");
         assert_eq!(d.updates.len(), 2);
         assert_eq!(d.updates[0].result, "Undone");
         assert_eq!(d.updates[1].when, "yesterday at 14:00");
         assert_eq!(d.updates[1].note, "12 packages changed");
         assert_eq!(d.reboot, "No restart needed.");
+    }
+
+    fn versions_of_ws1() -> Versions {
+        let mut v = Versions::default();
+        v.insert(
+            "abc-nixos-system-ws1",
+            NixosVersion::parse("24.11.20241231.edf04b7").unwrap(),
+        );
+        v.insert("def-nixos-system-ws1", NixosVersion::parse("2").unwrap());
+        v
+    }
+
+    #[test]
+    fn the_version_shown_is_the_nixos_version_and_date() {
+        let versions = versions_of_ws1();
+        let mut s = status();
+        s.system = Some("abc-nixos-system-ws1".into());
+        let v = view(Some(&s), None, &versions, NOW, TZ);
+        assert!(
+            v.tooltip.contains("Running NixOS 24.11 (31 December 2024)"),
+            "{}",
+            v.tooltip
+        );
+        assert!(!v.tooltip.contains("0123456789ab"), "{}", v.tooltip);
+
+        // An update to it says the same; the revision is left to the details.
+        let r = record(ReportStatus::Success, 0);
+        let mut d = Decider::new([]);
+        let ev = Event::UpdateFinished { record: r.clone() };
+        apply(&mut s, &ev, NOW);
+        let n = d.on_event(&s, &ev, &versions, NOW, TZ);
+        assert_eq!(
+            n[0].body,
+            "Now running NixOS 24.11 (31 December 2024). 12 packages changed."
+        );
+        let det = details(Some(&s), None, &versions, NOW, TZ);
+        assert_eq!(
+            det.version.as_deref(),
+            Some("NixOS 24.11 (31 December 2024)")
+        );
+        assert_eq!(det.revision.as_deref(), Some("0123456789abcdef0123"));
+        assert_eq!(det.system.as_deref(), Some("abc-nixos-system-ws1"));
+        assert_eq!(
+            (
+                det.updates[0].version.as_str(),
+                det.updates[0].revision.as_str()
+            ),
+            ("NixOS 24.11", "0123456789ab")
+        );
+
+        // A version without a date in it (a toy system) gets the day it was installed.
+        let mut r2 = record(ReportStatus::Success, 60 * 24);
+        r2.system = Some("def-nixos-system-ws1".into());
+        s.system.clone_from(&r2.system);
+        s.history = vec![r2];
+        let v = view(Some(&s), None, &versions, NOW, TZ);
+        assert!(
+            v.tooltip
+                .contains("Running NixOS 2, installed 2 March 2026"),
+            "{}",
+            v.tooltip
+        );
+    }
+
+    #[test]
+    fn with_the_agent_down_the_details_say_so_and_show_the_last_known_state() {
+        let versions = versions_of_ws1();
+        let d = details(None, None, &versions, NOW, TZ);
+        assert_eq!(d.headline, "Cannot reach the update service");
+        assert_eq!(
+            d.no_updates,
+            "Not known: the update service cannot be reached."
+        );
+        assert!(d.updates.is_empty());
+
+        let mut s = status();
+        s.system = Some("abc-nixos-system-ws1".into());
+        s.history = vec![record(ReportStatus::Success, 30)];
+        s.last_update = s.history.first().cloned();
+        s.last_changes = vec!["firefox: 130.0 → 131.0".into()];
+        let last = LastKnown {
+            status: s,
+            at: NOW - Duration::minutes(5),
+        };
+        let d = details(None, Some(&last), &versions, NOW, TZ);
+        assert_eq!(d.condition, Condition::Unreachable);
+        assert_eq!(d.headline, "Cannot reach the update service");
+        assert_eq!(
+            d.summary[1],
+            "Last known state (today at 13:55): Your computer is up to date"
+        );
+        assert!(
+            d.summary
+                .iter()
+                .any(|l| l == "Running NixOS 24.11 (31 December 2024)"),
+            "{:?}",
+            d.summary
+        );
+        assert!(
+            d.summary
+                .iter()
+                .any(|l| l == "Last update today at 13:30: installed"),
+            "{:?}",
+            d.summary
+        );
+        assert_eq!(d.updates.len(), 1);
+        assert_eq!(d.changes, ["firefox: 130.0 → 131.0"]);
+        assert_eq!(d.host.as_deref(), Some("ws1"));
+        // The tray's tooltip says the same.
+        let v = view(None, Some(&last), &versions, NOW, TZ);
+        assert!(
+            v.tooltip
+                .starts_with("Last known state (today at 13:55): Your computer is up to date\n"),
+            "{}",
+            v.tooltip
+        );
+    }
+
+    #[test]
+    fn update_outcomes_share_one_topic_that_a_success_ends() {
+        let mut s = status();
+        let mut d = Decider::new([]);
+        let undone = Event::RolledBack {
+            record: record(ReportStatus::Rollback, 10),
+        };
+        apply(&mut s, &undone, NOW);
+        let n = d.on_event(&s, &undone, &NONE, NOW, TZ);
+        assert_eq!(
+            (n[0].urgency, n[0].topic),
+            (Urgency::Critical, Some(Topic::LastUpdate))
+        );
+        assert!(!Topic::LastUpdate.is_over(Some(&s)));
+        assert!(
+            !Topic::LastUpdate.is_over(None),
+            "an unreachable agent proves nothing"
+        );
+
+        let mut ok = record(ReportStatus::Success, 0);
+        ok.system = Some("def-nixos-system-ws1".into());
+        let fixed = Event::UpdateFinished { record: ok };
+        apply(&mut s, &fixed, NOW);
+        let n = d.on_event(&s, &fixed, &NONE, NOW, TZ);
+        assert_eq!(
+            n[0].topic,
+            Some(Topic::LastUpdate),
+            "it replaces the warning"
+        );
+        assert!(Topic::LastUpdate.is_over(Some(&s)));
+
+        // A restart's reminder ends when no restart is scheduled any more.
+        let at = NOW + Duration::minutes(5);
+        let ev = Event::RebootScheduled { at, deadline: at };
+        apply(&mut s, &ev, NOW);
+        let n = d.on_event(&s, &ev, &NONE, NOW, TZ);
+        assert_eq!(
+            (n[0].urgency, n[0].topic),
+            (Urgency::Critical, Some(Topic::ScheduledRestart))
+        );
+        assert!(!Topic::ScheduledRestart.is_over(Some(&s)));
+        s.reboot_scheduled = None;
+        assert!(Topic::ScheduledRestart.is_over(Some(&s)));
     }
 }

@@ -1,13 +1,18 @@
 //! Desktop notifications (org.freedesktop.Notifications through notify-rust): a
 //! thin shell that sends what `model::Decider` decided and hands button clicks back.
+//! It keeps the id of the notice shown for each [`Topic`], so the next one on the
+//! topic replaces it (`replaces_id`) and a critical one is withdrawn
+//! (`CloseNotification`) once the model says its topic is over.
 
-use std::collections::VecDeque;
+use std::collections::{HashMap, VecDeque};
+
+use bento_core::agent_proto::AgentStatus;
 
 use notify_rust::{Hint, Notification, NotificationResponse};
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 
-use crate::model::{Notice, NoticeAction, Urgency};
+use crate::model::{Notice, NoticeAction, Topic, Urgency};
 
 /// The name notification servers show as the sender.
 pub const APP_NAME: &str = "Software updates";
@@ -20,7 +25,10 @@ const LISTENING: usize = 6;
 #[derive(Debug)]
 pub struct Notifier {
     clicks: mpsc::UnboundedSender<NoticeAction>,
-    listening: VecDeque<JoinHandle<()>>,
+    /// Listeners for clicks, by notification id, oldest first.
+    listening: VecDeque<(u32, JoinHandle<()>)>,
+    /// The notice on screen for each topic: its id and how loud it was.
+    shown: HashMap<Topic, (u32, Urgency)>,
 }
 
 impl Notifier {
@@ -29,6 +37,7 @@ impl Notifier {
         Notifier {
             clicks,
             listening: VecDeque::new(),
+            shown: HashMap::new(),
         }
     }
 
@@ -57,9 +66,16 @@ impl Notifier {
         }
     }
 
-    /// Sends one notification; when it has buttons, waits for a click in the background.
+    /// Sends one notification, in place of the one shown on its topic; when it has
+    /// buttons, waits for a click in the background.
     pub async fn show(&mut self, n: &Notice) -> Result<u32, notify_rust::error::Error> {
         let mut note = Notification::new();
+        let replaces = n.topic.and_then(|t| self.shown.get(&t)).map(|&(id, _)| id);
+        if let Some(id) = replaces {
+            note.id(id);
+            // The old buttons are gone with it; a click must not be heard twice.
+            self.stop_listening(id);
+        }
         note.appname(APP_NAME)
             .summary(&n.summary)
             .body(&n.body)
@@ -74,32 +90,83 @@ impl Notifier {
         }
         let handle = note.show_async().await?;
         let id = handle.id();
-        tracing::info!("notified #{id}: {}", n.summary);
+        match replaces {
+            Some(old) => tracing::info!("notified #{id} (replacing #{old}): {}", n.summary),
+            None => tracing::info!("notified #{id}: {}", n.summary),
+        }
+        if let Some(t) = n.topic {
+            self.shown.insert(t, (id, n.urgency));
+        }
         if !n.actions.is_empty() {
             let clicks = self.clicks.clone();
             // The handle keeps the connection the server answers on (some servers
             // send `ActionInvoked` only to the notification's sender).
-            self.listening.retain(|t| !t.is_finished());
+            self.listening.retain(|(_, t)| !t.is_finished());
             if self.listening.len() >= LISTENING {
-                if let Some(oldest) = self.listening.pop_front() {
+                if let Some((_, oldest)) = self.listening.pop_front() {
                     oldest.abort();
                 }
             }
-            self.listening.push_back(tokio::spawn(async move {
-                handle
-                    .wait_for_action_async(|r| {
-                        let key = match r {
-                            NotificationResponse::Action(k) => k.as_str(),
-                            NotificationResponse::Default => "default",
-                            _ => return,
-                        };
-                        if let Some(action) = NoticeAction::from_key(key) {
-                            let _ = clicks.send(action);
-                        }
-                    })
-                    .await;
-            }));
+            self.listening.push_back((
+                id,
+                tokio::spawn(async move {
+                    handle
+                        .wait_for_action_async(|r| {
+                            let key = match r {
+                                NotificationResponse::Action(k) => k.as_str(),
+                                NotificationResponse::Default => "default",
+                                _ => return,
+                            };
+                            if let Some(action) = NoticeAction::from_key(key) {
+                                let _ = clicks.send(action);
+                            }
+                        })
+                        .await;
+                }),
+            ));
         }
         Ok(id)
     }
+
+    /// Withdraws the critical notices whose topic `status` shows is over (a failed
+    /// update followed by one that installed, a restart no longer scheduled).
+    pub async fn withdraw_over(&mut self, status: Option<&AgentStatus>) {
+        let over: Vec<(Topic, u32)> = self
+            .shown
+            .iter()
+            .filter(|(t, (_, u))| *u == Urgency::Critical && t.is_over(status))
+            .map(|(t, (id, _))| (*t, *id))
+            .collect();
+        for (topic, id) in over {
+            self.shown.remove(&topic);
+            self.stop_listening(id);
+            match close(id).await {
+                Ok(()) => tracing::info!("withdrew notification #{id} ({topic:?} is over)"),
+                // Already dismissed by the user, or the server went: nothing to withdraw.
+                Err(e) => tracing::debug!("could not withdraw notification #{id}: {e}"),
+            }
+        }
+    }
+
+    fn stop_listening(&mut self, id: u32) {
+        self.listening.retain(|(i, t)| {
+            if *i == id {
+                t.abort();
+            }
+            *i != id
+        });
+    }
+}
+
+async fn close(id: u32) -> zbus::Result<()> {
+    let conn = zbus::Connection::session().await?;
+    conn.call_method(
+        Some("org.freedesktop.Notifications"),
+        "/org/freedesktop/Notifications",
+        Some("org.freedesktop.Notifications"),
+        "CloseNotification",
+        &(id,),
+    )
+    .await?;
+    Ok(())
 }

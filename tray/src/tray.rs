@@ -13,9 +13,12 @@ use time::OffsetDateTime;
 use tokio::sync::mpsc;
 
 use crate::agent::{self, AgentError, Update};
-use crate::model::{self, Answer, Asked, Condition, Decider, Notice, NoticeAction, View};
+use crate::model::{
+    self, Answer, Asked, Condition, Decider, LastKnown, Notice, NoticeAction, View,
+};
 use crate::notify::Notifier;
 use crate::seen::SeenFile;
+use crate::version::Versions;
 use crate::{icons, Settings};
 
 /// How often the tooltip's relative times are redrawn without news.
@@ -90,8 +93,11 @@ impl ksni::Tray for Item {
         }
     }
 
+    // No icon names at all: a host prefers a theme's icon over the pixmap, and
+    // no theme has all six states, so names would mix the theme's style with
+    // ours. Our pixmaps (see `icons`) are the one set, for every state.
     fn icon_name(&self) -> String {
-        self.view.icon_name.to_owned()
+        String::new()
     }
 
     fn icon_pixmap(&self) -> Vec<ksni::Icon> {
@@ -99,7 +105,7 @@ impl ksni::Tray for Item {
     }
 
     fn attention_icon_name(&self) -> String {
-        self.view.icon_name.to_owned()
+        String::new()
     }
 
     fn attention_icon_pixmap(&self) -> Vec<ksni::Icon> {
@@ -108,8 +114,8 @@ impl ksni::Tray for Item {
 
     fn tool_tip(&self) -> ksni::ToolTip {
         ksni::ToolTip {
-            icon_name: self.view.icon_name.to_owned(),
-            icon_pixmap: Vec::new(),
+            icon_name: String::new(),
+            icon_pixmap: pixmaps(self.view.condition),
             title: self.view.title.clone(),
             description: self.view.tooltip.clone(),
         }
@@ -187,7 +193,8 @@ pub async fn run(settings: Settings) -> anyhow::Result<()> {
     let (done_tx, mut done) = mpsc::unbounded_channel::<Done>();
     let (agent_tx, mut agent_rx) = mpsc::channel::<Update>(64);
 
-    let mut shown = model::view(None, now(), tz);
+    let mut versions = Versions::from_env();
+    let mut shown = model::view(None, None, &versions, now(), tz);
     let item = Item {
         view: shown.clone(),
         clicks: click_tx,
@@ -203,6 +210,7 @@ pub async fn run(settings: Settings) -> anyhow::Result<()> {
     let mut notifier = Notifier::new(action_tx);
     let details = DetailsLauncher::new(settings.socket.clone());
     let mut status: Option<AgentStatus> = None;
+    let mut last: Option<LastKnown> = None;
     let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
     // "today at 14:05" becomes "yesterday" at midnight without any event.
     let mut refresh = tokio::time::interval(REFRESH);
@@ -226,8 +234,10 @@ pub async fn run(settings: Settings) -> anyhow::Result<()> {
             Some(update) = agent_rx.recv() => match update {
                 Update::Connected(s) => {
                     decider.actions = notifier.supports_actions().await;
-                    let n = decider.on_status(&s, now(), tz);
+                    versions.learn(&s);
+                    let n = decider.on_status(&s, &versions, now(), tz);
                     status = Some(*s);
+                    last = None;
                     n
                 }
                 Update::Event(e) => {
@@ -235,13 +245,24 @@ pub async fn run(settings: Settings) -> anyhow::Result<()> {
                     match status.as_mut() {
                         Some(s) => {
                             model::apply(s, &e, now());
-                            decider.on_event(s, &e, now(), tz)
+                            versions.learn(s);
+                            decider.on_event(s, &e, &versions, now(), tz)
                         }
                         None => Vec::new(),
                     }
                 }
                 Update::Lost => {
-                    status = None;
+                    match status.take() {
+                        Some(s) => last = Some(LastKnown { status: s, at: now() }),
+                        // Started while the agent is away: what it last wrote down.
+                        None if last.is_none() => {
+                            last = agent::status_file(&settings.socket);
+                            if let Some(l) = &last {
+                                versions.learn(&l.status);
+                            }
+                        }
+                        None => {}
+                    }
                     Vec::new()
                 }
             },
@@ -270,16 +291,13 @@ pub async fn run(settings: Settings) -> anyhow::Result<()> {
             _ = term.recv() => break,
         };
 
-        let view = model::view(status.as_ref(), now(), tz);
+        let view = model::view(status.as_ref(), last.as_ref(), &versions, now(), tz);
         if view != shown {
             shown = view.clone();
             // ksni compares the properties and signals what changed.
             handle.update(|item: &mut Item| item.view = view).await;
         }
 
-        if notices.is_empty() {
-            continue;
-        }
         for n in &notices {
             if let Err(e) = notifier.show(n).await {
                 tracing::warn!("could not show the notification {:?}: {e}", n.summary);
@@ -288,6 +306,8 @@ pub async fn run(settings: Settings) -> anyhow::Result<()> {
                 }
             }
         }
+        // After the new notices: one that replaced a warning has already taken its place.
+        notifier.withdraw_over(status.as_ref()).await;
         if let Some(f) = &seen_file {
             if notices.iter().any(|n| n.key.is_some()) {
                 if let Err(e) = f.save(decider.seen()) {

@@ -41,7 +41,7 @@ async fn check_now_reaches_the_agent_and_a_refusal_is_explained() {
 
     // With the agent gone, the click says so instead of failing silently.
     agent.stop();
-    let v = wait_title(&conn, &tray, "The update service is not running").await;
+    let v = wait_title(&conn, &tray, "Cannot reach the update service").await;
     assert!(!v.entry("Check for updates now").enabled);
 }
 

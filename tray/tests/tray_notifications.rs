@@ -57,7 +57,7 @@ async fn each_event_is_notified_in_order() {
     );
     assert_eq!(
         n[0].body,
-        "Now running version 2222222222bb. 12 packages changed."
+        "Now running NixOS 24.11 (31 December 2024). 12 packages changed."
     );
     assert_eq!(n[0].urgency, NORMAL);
     assert_eq!(n[0].app, "Software updates");
@@ -191,7 +191,10 @@ async fn no_duplicate_after_a_restart_but_missed_updates_are_told_once() {
         "\n--- tray log ---\n{}",
         tray.log()
     );
-    assert_eq!(n[3].body, "Now running version 4444444444dd.");
+    assert_eq!(
+        n[3].body, "Now running revision 4444444444dd.",
+        "a system without a NixOS version (not in the store) is named by its revision"
+    );
     tray.stop().await;
     agent.wait_no_subscribers().await;
 
@@ -209,6 +212,82 @@ async fn no_duplicate_after_a_restart_but_missed_updates_are_told_once() {
         tray.log()
     );
     assert_eq!(n.len(), 5);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_undone_update_warning_leaves_the_screen_once_an_update_works() {
+    let Desktop { stage, agent, tray } =
+        Desktop::start_following(TrayHost::Absent, Buttons::Supported).await;
+    agent.send(rolled_back(REV2, "the network was down after the switch"));
+    let undone = stage.notes.wait_count(1).await.remove(0);
+    assert_eq!(
+        (undone.summary.as_str(), undone.urgency),
+        ("Update undone", CRITICAL)
+    );
+    assert_eq!(summaries(&stage.notes.on_screen()), ["Update undone"]);
+
+    agent.send(update_finished(REV2, Some(4)));
+    let n = stage.notes.wait_count(2).await;
+    assert_eq!(n[1].summary, "Your computer was updated");
+    assert_eq!(n[1].urgency, NORMAL);
+    // The warning is withdrawn or replaced: either way it is gone from the screen.
+    assert!(
+        n[1].replaces == undone.id || stage.notes.closed().contains(&undone.id),
+        "the warning #{} was neither replaced nor closed (closed: {:?})\n--- tray log ---\n{}",
+        undone.id,
+        stage.notes.closed(),
+        tray.log()
+    );
+    assert_eq!(
+        n[1].replaces, undone.id,
+        "the good news takes the warning's place"
+    );
+    assert_eq!(
+        summaries(&stage.notes.on_screen()),
+        ["Your computer was updated"]
+    );
+
+    // A new failure takes the place of the good news, not a second bubble.
+    agent.send(update_failed(
+        "3333333333cccccccccc",
+        "not enough disk space",
+    ));
+    let n = stage.notes.wait_count(3).await;
+    assert_eq!(
+        (n[2].summary.as_str(), n[2].replaces),
+        ("Update failed", n[1].id)
+    );
+    assert_eq!(summaries(&stage.notes.on_screen()), ["Update failed"]);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_restart_warning_is_withdrawn_when_no_restart_is_scheduled_any_more() {
+    let stage = Stage::start(TrayHost::Absent, Buttons::Unsupported).await;
+    let agent = stage.start_agent(status());
+    let tray = stage.start_tray_following(&agent).await;
+    let at = OffsetDateTime::now_utc() + Duration::minutes(5);
+    agent.send(Event::RebootScheduled { at, deadline: at });
+    let soon = stage.notes.wait_count(1).await.remove(0);
+    assert_eq!(soon.urgency, CRITICAL, "{}", soon.summary);
+
+    // The agent comes back without the restart (the admin called it off).
+    let state = agent.stop();
+    let agent = Agent::restart(&stage.socket, state, |s| {
+        s.reboot_required = false;
+        s.reboot_scheduled = None;
+    });
+    agent.wait_subscribers(1).await;
+    wait_for("the restart warning withdrawn", || async {
+        stage.notes.closed().contains(&soon.id).then_some(())
+    })
+    .await;
+    assert!(
+        stage.notes.on_screen().is_empty(),
+        "{:?}",
+        stage.notes.on_screen()
+    );
+    tray.wait_log(&format!("withdrew notification #{}", soon.id))
+        .await;
 }
 
 /// The tests run the tray with `TZ=UTC`.

@@ -3,6 +3,7 @@
 
 mod common;
 
+use bento_core::report::ReportStatus;
 use common::*;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -11,12 +12,46 @@ async fn starts_before_the_agent_and_connects() {
     let tray = stage.start_tray();
     let conn = stage.bus.connect().await;
 
-    let v = wait_title(&conn, &tray, "The update service is not running").await;
-    assert_eq!(v.icon_name, "network-offline");
-    v.assert_tooltip_contains("Updates resume as soon as it is back.");
+    let v = wait_title(&conn, &tray, "Cannot reach the update service").await;
+    v.assert_own_icon();
+    v.assert_tooltip_contains("Updates resume as soon as the update service is back.");
 
     let _agent = stage.start_agent(status());
     wait_title(&conn, &tray, "Your computer is up to date").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn started_while_the_agent_is_down_it_shows_what_the_agent_last_wrote() {
+    let stage = Stage::start(TrayHost::Present, Buttons::Supported).await;
+    // The agent's status file stays in its runtime directory when it stops.
+    let mut s = status();
+    s.last_update = Some(record(
+        90,
+        ReportStatus::Failure,
+        REV2,
+        Some("no space left"),
+        None,
+    ));
+    std::fs::write(
+        stage
+            .socket
+            .with_file_name(bento_core::agent_proto::STATUS_FILE),
+        serde_json::to_vec(&s).unwrap(),
+    )
+    .unwrap();
+    let tray = stage.start_tray();
+    let conn = stage.bus.connect().await;
+    let v = wait_for("the last known state in the tooltip", || async {
+        read_item(&conn, &tray.item_name())
+            .await
+            .ok()
+            .filter(|v| v.tooltip_body.contains("Last known state"))
+    })
+    .await;
+    assert_eq!(v.title, "Cannot reach the update service");
+    v.assert_tooltip_contains("): The last update failed");
+    v.assert_tooltip_contains("Running NixOS 24.05 (12 June 2024)");
+    v.assert_tooltip_contains("failed (no space left)");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -26,7 +61,11 @@ async fn reconnects_after_the_agent_restarts() {
     wait_title(&conn, &tray, "Your computer is up to date").await;
 
     let state = agent.stop();
-    wait_title(&conn, &tray, "The update service is not running").await;
+    let v = wait_title(&conn, &tray, "Cannot reach the update service").await;
+    // What was known before stays in view, marked as such.
+    v.assert_tooltip_contains("Last known state (today at ");
+    v.assert_tooltip_contains("): Your computer is up to date");
+    v.assert_tooltip_contains("Running NixOS 24.05 (12 June 2024)");
 
     let agent = Agent::restart(&stage.socket, state, |s| s.reboot_required = true);
     wait_title(&conn, &tray, "Restart required to finish updating").await;
@@ -58,7 +97,7 @@ async fn runs_without_a_tray_host_and_still_notifies() {
     assert_eq!(n[0].summary, "Your computer was updated");
     assert_eq!(
         n[0].body,
-        "Now running version 2222222222bb. 1 package changed."
+        "Now running NixOS 24.11 (31 December 2024). 1 package changed."
     );
     assert!(
         n[0].actions.is_empty(),

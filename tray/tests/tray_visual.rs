@@ -14,7 +14,7 @@ use time::{Duration, OffsetDateTime};
 use tokio::process::{Child, Command};
 
 /// The panel: one panel at the top with a systray plugin (which also serves the
-/// StatusNotifierWatcher).
+/// StatusNotifierWatcher), in a light grey; [`panel_xml`] paints it another colour.
 const PANEL_XML: &str = r#"<?xml version="1.0" encoding="UTF-8"?>
 <channel name="xfce4-panel" version="1.0">
   <property name="configver" type="int" value="2"/>
@@ -46,11 +46,35 @@ const PANEL_XML: &str = r#"<?xml version="1.0" encoding="UTF-8"?>
 </channel>
 "#;
 
+/// The panel with its background in `grey` (0 black, 1 white).
+fn panel_xml(grey: f64) -> String {
+    PANEL_XML.replace(
+        r#"<value type="double" value="0.93"/>"#,
+        &format!(r#"<value type="double" value="{grey}"/>"#),
+    )
+}
+
+/// A light panel (as Xfce's and GNOME's defaults) and a dark one.
+const LIGHT: f64 = 0.93;
+const DARK: f64 = 0.17;
+
+/// Each state's disc colour in `icons.rs`, as ImageMagick names it.
+const STATE_COLOURS: [(&str, &str); 6] = [
+    ("up to date", "#2E7D32"),
+    ("checking", "#1565C0"),
+    ("restart pending", "#E65100"),
+    ("failed", "#C62828"),
+    ("undone", "#F9A825"),
+    ("unreachable", "#757575"),
+];
+
 /// The reboot-pending orange of the tray's own icon and of the window's badge.
 const ORANGE: &str = "#E65100";
 /// The failed red and the rolled-back amber, likewise.
 const RED: &str = "#C62828";
 const AMBER: &str = "#F9A825";
+/// The unreachable grey.
+const GREY: &str = "#757575";
 
 fn have(program: &str) -> bool {
     std::env::var_os("PATH")
@@ -139,17 +163,28 @@ impl Session {
 }
 
 async fn count_colour(path: &Path, colour: &str) -> usize {
+    count_colours(path, &[colour]).await[0]
+}
+
+/// How many pixels of the image at `path` have each of `colours`.
+async fn count_colours(path: &Path, colours: &[&str]) -> Vec<usize> {
     let out = Command::new("convert")
         .arg(path)
         .args(["-format", "%c", "histogram:info:-"])
         .output()
         .await
         .unwrap();
-    String::from_utf8_lossy(&out.stdout)
-        .lines()
-        .filter(|l| l.contains(colour))
-        .filter_map(|l| l.trim().split(':').next()?.trim().parse::<usize>().ok())
-        .sum()
+    let histogram = String::from_utf8_lossy(&out.stdout);
+    colours
+        .iter()
+        .map(|colour| {
+            histogram
+                .lines()
+                .filter(|l| l.contains(colour))
+                .filter_map(|l| l.trim().split(':').next()?.trim().parse::<usize>().ok())
+                .sum()
+        })
+        .collect()
 }
 
 async fn start_xvfb() -> (Child, String) {
@@ -173,42 +208,46 @@ async fn start_xvfb() -> (Child, String) {
     (x, format!(":{}", n.trim()))
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn screenshots_of_the_icon_and_the_details_window() {
+/// Whether the programs the screenshots need are here; says which is not.
+fn can_take_screenshots() -> bool {
     for p in ["Xvfb", "xfce4-panel", "import", "convert", "xwininfo"] {
         if !have(p) {
             eprintln!("SKIPPED: {p} is missing (scripts/setup-debian.sh --tests installs it)");
-            return;
+            return false;
         }
     }
-    let dir = tempfile::tempdir().unwrap();
-    let home = dir.path().join("home");
+    true
+}
+
+/// Xvfb, a session bus and xfce4-panel (whose systray is the tray host) with
+/// its background in `panel_grey`, under a fresh HOME in `dir`.
+async fn start_session(dir: &Path, panel_grey: f64) -> (Session, Bus) {
+    let home = dir.join("home");
     let config = home.join(".config");
     let xml = config.join("xfce4/xfconf/xfce-perchannel-xml");
     std::fs::create_dir_all(&xml).unwrap();
-    std::fs::write(xml.join("xfce4-panel.xml"), PANEL_XML).unwrap();
+    std::fs::write(xml.join("xfce4-panel.xml"), panel_xml(panel_grey)).unwrap();
 
     let (xvfb, display) = start_xvfb().await;
     let mut env: Vec<(String, String)> = vec![
         ("DISPLAY".into(), display.clone()),
         ("HOME".into(), home.display().to_string()),
         ("XDG_CONFIG_HOME".into(), config.display().to_string()),
-        ("XDG_RUNTIME_DIR".into(), dir.path().display().to_string()),
+        ("XDG_RUNTIME_DIR".into(), dir.display().to_string()),
         ("NO_AT_BRIDGE".into(), "1".into()),
         ("TZ".into(), "UTC".into()),
     ];
     // Services the bus starts (xfconfd, which serves the panel its settings) must
     // see the same HOME and XDG_CONFIG_HOME.
-    let bus = Bus::start_with(dir.path(), true, &env).await;
+    let bus = Bus::start_with(dir, true, &env).await;
     env.push(("DBUS_SESSION_BUS_ADDRESS".into(), bus.address.clone()));
     let mut session = Session {
-        display: display.clone(),
+        display,
         env,
         children: vec![xvfb],
     };
     let conn = bus.connect().await;
     let dbus = zbus::fdo::DBusProxy::new(&conn).await.unwrap();
-    // The panel's systray plugin is the tray host; dunst shows the notifications.
     session
         .start_service(
             &dbus,
@@ -216,6 +255,130 @@ async fn screenshots_of_the_icon_and_the_details_window() {
             "org.kde.StatusNotifierWatcher",
         )
         .await;
+    (session, bus)
+}
+
+impl Session {
+    /// The session's environment for [`Tray::start_with`] (which sets the bus itself).
+    fn tray_env(&self) -> Vec<(&str, &str)> {
+        self.env
+            .iter()
+            .map(|(k, v)| (k.as_str(), v.as_str()))
+            .filter(|(k, _)| *k != "DBUS_SESSION_BUS_ADDRESS")
+            .collect()
+    }
+}
+
+/// One tray per state, side by side in a light and in a dark panel: every icon
+/// is the tray's own (a theme's icon would lack its colour), and each reads on
+/// both backgrounds.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_state_icon_in_a_light_and_a_dark_panel() {
+    if !can_take_screenshots() {
+        return;
+    }
+    let shots = shots_dir();
+    let mut printed = Vec::new();
+    for (theme, grey) in [("light", LIGHT), ("dark", DARK)] {
+        let dir = tempfile::tempdir().unwrap();
+        let (session, bus) = start_session(dir.path(), grey).await;
+        let mut statuses = Vec::new();
+        statuses.push(status());
+        let mut busy = status();
+        busy.activity = bento_core::agent_proto::Activity::Checking;
+        statuses.push(busy);
+        let mut reboot = status();
+        reboot.reboot_required = true;
+        statuses.push(reboot);
+        let mut failed = status();
+        failed.last_update = Some(record(
+            5,
+            ReportStatus::Failure,
+            REV2,
+            Some("no space"),
+            None,
+        ));
+        statuses.push(failed);
+        let mut undone = status();
+        undone.last_update = Some(record(
+            5,
+            ReportStatus::Rollback,
+            REV2,
+            Some("no network"),
+            None,
+        ));
+        statuses.push(undone);
+        let mut agents = Vec::new();
+        let mut trays = Vec::new();
+        for (i, s) in statuses.into_iter().enumerate() {
+            let tray_dir = dir.path().join(format!("tray{i}"));
+            std::fs::create_dir_all(&tray_dir).unwrap();
+            let socket = tray_dir.join("agent.sock");
+            agents.push(Agent::start(&socket, s));
+            trays.push(Tray::start_with(
+                &bus,
+                &tray_dir,
+                &socket,
+                &session.tray_env(),
+            ));
+        }
+        // The sixth follows a socket where no agent listens.
+        let tray_dir = dir.path().join("tray5");
+        std::fs::create_dir_all(&tray_dir).unwrap();
+        trays.push(Tray::start_with(
+            &bus,
+            &tray_dir,
+            &tray_dir.join("agent.sock"),
+            &session.tray_env(),
+        ));
+
+        let png = shots.join(format!("tray-states-{theme}.png"));
+        let counts = wait_for(
+            &format!("all six state icons in the {theme} panel"),
+            || async {
+                session.shot(&png, "#000000").await;
+                let colours: Vec<&str> = STATE_COLOURS.iter().map(|(_, c)| *c).collect();
+                let counts: Vec<(&str, usize)> = STATE_COLOURS
+                    .iter()
+                    .map(|(state, _)| *state)
+                    .zip(count_colours(&png, &colours).await)
+                    .collect();
+                counts.iter().all(|(_, n)| *n > 50).then_some(counts)
+            },
+        )
+        .await;
+        let strip = shots.join(format!("tray-states-{theme}-strip.png"));
+        Command::new("convert")
+            .arg(&png)
+            .args(["-crop", "1024x40+0+0", "+repage", "-scale", "200%"])
+            .arg(&strip)
+            .status()
+            .await
+            .unwrap();
+        printed.push(format!(
+            "  {} ({theme} panel; disc pixels {counts:?})",
+            strip.display()
+        ));
+        for t in trays {
+            t.stop().await;
+        }
+        drop(agents);
+    }
+    println!("screenshots in {}:", shots.display());
+    for p in printed {
+        println!("{p}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn screenshots_of_the_icon_and_the_details_window() {
+    if !can_take_screenshots() {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let (mut session, bus) = start_session(dir.path(), LIGHT).await;
+    let conn = bus.connect().await;
+    let dbus = zbus::fdo::DBusProxy::new(&conn).await.unwrap();
     session
         .start_service(&dbus, &["dunst"], "org.freedesktop.Notifications")
         .await;
@@ -237,6 +400,7 @@ async fn screenshots_of_the_icon_and_the_details_window() {
     ];
     s.last_update = Some(updated);
     s.revision = Some(REV2.into());
+    s.system = Some(SYSTEM2.into());
     s.reboot_required = true;
     let at = OffsetDateTime::now_utc() + Duration::hours(3);
     s.reboot_scheduled = Some(ScheduledReboot {
@@ -256,13 +420,7 @@ async fn screenshots_of_the_icon_and_the_details_window() {
     ];
     let agent = Agent::start(&socket, s);
 
-    let mut env: Vec<(&str, &str)> = session
-        .env
-        .iter()
-        .map(|(k, v)| (k.as_str(), v.as_str()))
-        .collect();
-    env.retain(|(k, _)| *k != "DBUS_SESSION_BUS_ADDRESS");
-    let tray = Tray::start_with(&bus, dir.path(), &socket, &env);
+    let tray = Tray::start_with(&bus, dir.path(), &socket, &session.tray_env());
     let shots = shots_dir();
     let tray_png = shots.join("tray-reboot-pending.png");
     let panel_px = wait_for("the orange tray icon on screen", || async {
@@ -328,16 +486,63 @@ async fn screenshots_of_the_icon_and_the_details_window() {
         (n > 700).then_some(())
     })
     .await;
+    let text = details_text(&tray);
+    for words in [
+        "Running NixOS 24.11 (31 December 2024)",
+        "Revision 2222222222bbbbbbbbbb",
+        "NixOS 24.11",
+    ] {
+        assert!(
+            text.contains(words),
+            "the window does not say {words:?}: {text}"
+        );
+    }
+
+    // The agent goes away: the window says so, and keeps what it knew.
+    let _ = agent.stop();
+    tray.wait_log("details window shows: Cannot reach the update service (5 updates listed)")
+        .await;
+    let text = details_text(&tray);
+    for words in [
+        "Last known state (today at ",
+        "): The last update was undone",
+        "Running NixOS 24.11 (31 December 2024)",
+        "Undone",
+    ] {
+        assert!(
+            text.contains(words),
+            "the window does not say {words:?}: {text}"
+        );
+    }
+    assert!(!text.contains("No updates yet"), "{text}");
+    let down_png = shots.join("details-window-agent-down.png");
+    // Repainted once its badge turned grey (unreachable).
+    wait_for("the details window repainted grey", || async {
+        let n = session.shot_window("Update details", &down_png, GREY).await;
+        (n > 700).then_some(())
+    })
+    .await;
 
     println!(
         "screenshots in {} (display {}):",
         shots.display(),
         session.display
     );
-    for p in [&tray_png, &strip, &details_png, &window_png] {
+    for p in [&tray_png, &strip, &details_png, &window_png, &down_png] {
         println!("  {}", p.display());
     }
     println!("orange icon pixels in the panel: {panel_px}");
-    drop(agent);
     tray.stop().await;
+}
+
+/// The text the details window showed last, as its page reported it in the log.
+fn details_text(tray: &Tray) -> String {
+    let log = tray.log();
+    log.lines()
+        .rev()
+        .find_map(|l| {
+            l.split_once("details window text: ")
+                .map(|(_, t)| t.to_owned())
+        })
+        .unwrap_or_else(|| panic!("the window never reported its text:\n{log}"))
 }

@@ -13,7 +13,8 @@ use time::{OffsetDateTime, UtcOffset};
 use tokio::sync::mpsc;
 
 use bento_tray::agent::{self, Update};
-use bento_tray::model::{self, Details};
+use bento_tray::model::{self, Details, LastKnown};
+use bento_tray::version::Versions;
 use clap::Parser;
 
 /// Event name the page listens to.
@@ -36,10 +37,11 @@ fn snapshot(shared: tauri::State<'_, Shared>) -> Details {
 }
 
 /// The page says what it shows after each redraw (logged, so tests and people
-/// reading the log can tell the window is up to date).
+/// reading the log can tell the window is up to date, and what it says).
 #[tauri::command]
-fn rendered(headline: String, rows: usize) {
+fn rendered(headline: String, rows: usize, text: String) {
     tracing::info!("details window shows: {headline} ({rows} updates listed)");
+    tracing::debug!("details window text: {text:?}");
 }
 
 /// Opens the window with this computer's update details.
@@ -72,7 +74,13 @@ fn main() -> std::process::ExitCode {
 
 /// Opens the window and runs until it is closed.
 fn run(socket: PathBuf, tz: UtcOffset) -> anyhow::Result<()> {
-    let initial = model::details(None, OffsetDateTime::now_utc(), tz);
+    let initial = model::details(
+        None,
+        None,
+        &Versions::default(),
+        OffsetDateTime::now_utc(),
+        tz,
+    );
     tauri::Builder::default()
         .manage(Shared {
             latest: Mutex::new(initial),
@@ -91,11 +99,16 @@ async fn follow(socket: PathBuf, tz: UtcOffset, app: tauri::AppHandle) {
     let (tx, mut rx) = mpsc::channel(64);
     tauri::async_runtime::spawn(agent::follow(socket.clone(), tx));
     let mut status: Option<AgentStatus> = None;
+    let mut last: Option<LastKnown> = None;
+    let mut versions = Versions::from_env();
     let mut redraw = tokio::time::interval(REDRAW);
     loop {
         tokio::select! {
             update = rx.recv() => match update {
-                Some(Update::Connected(s)) => status = Some(*s),
+                Some(Update::Connected(s)) => {
+                    status = Some(*s);
+                    last = None;
+                }
                 Some(Update::Event(e)) => {
                     if let Some(s) = status.as_mut() {
                         model::apply(s, &e, OffsetDateTime::now_utc());
@@ -105,12 +118,26 @@ async fn follow(socket: PathBuf, tz: UtcOffset, app: tauri::AppHandle) {
                         status = Some(*fresh);
                     }
                 }
-                Some(Update::Lost) => status = None,
+                Some(Update::Lost) => match status.take() {
+                    Some(s) => last = Some(LastKnown { status: s, at: OffsetDateTime::now_utc() }),
+                    // Opened while the agent is away: what it last wrote down.
+                    None if last.is_none() => last = agent::status_file(&socket),
+                    None => {}
+                },
                 None => return,
             },
             _ = redraw.tick() => {}
         }
-        let d = model::details(status.as_ref(), OffsetDateTime::now_utc(), tz);
+        if let Some(s) = status.as_ref().or(last.as_ref().map(|l| &l.status)) {
+            versions.learn(s);
+        }
+        let d = model::details(
+            status.as_ref(),
+            last.as_ref(),
+            &versions,
+            OffsetDateTime::now_utc(),
+            tz,
+        );
         if let Some(shared) = app.try_state::<Shared>() {
             if let Ok(mut latest) = shared.latest.lock() {
                 *latest = d.clone();

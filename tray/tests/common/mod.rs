@@ -192,11 +192,15 @@ pub struct Note {
     pub urgency: Option<u8>,
     /// The unique name of the connection that sent it.
     pub sender: String,
+    /// The `replaces_id` it was sent with (0: a new notification).
+    pub replaces: u32,
     pub at: Instant,
 }
 
 pub struct Notifications {
     log: Arc<Mutex<Vec<Note>>>,
+    /// The ids `CloseNotification` was called for, in order.
+    closed: Arc<Mutex<Vec<u32>>>,
     caps: Vec<String>,
 }
 
@@ -206,7 +210,7 @@ impl Notifications {
     fn notify(
         &self,
         app_name: String,
-        _replaces_id: u32,
+        replaces_id: u32,
         app_icon: String,
         summary: String,
         body: String,
@@ -219,7 +223,12 @@ impl Notifications {
             .get("urgency")
             .and_then(|v| v.downcast_ref::<u8>().ok());
         let mut log = self.log.lock().unwrap();
-        let id = log.len() as u32 + 1;
+        // As the spec says: a replacement keeps the id it replaces.
+        let id = if replaces_id != 0 && log.iter().any(|n| n.id == replaces_id) {
+            replaces_id
+        } else {
+            log.len() as u32 + 1
+        };
         log.push(Note {
             id,
             app: app_name,
@@ -229,12 +238,15 @@ impl Notifications {
             actions,
             urgency,
             sender: header.sender().map(|s| s.to_string()).unwrap_or_default(),
+            replaces: replaces_id,
             at: Instant::now(),
         });
         id
     }
 
-    fn close_notification(&self, _id: u32) {}
+    fn close_notification(&self, id: u32) {
+        self.closed.lock().unwrap().push(id);
+    }
 
     fn get_capabilities(&self) -> Vec<String> {
         self.caps.clone()
@@ -254,12 +266,14 @@ impl Notifications {
 pub struct NoteServer {
     pub conn: Connection,
     pub log: Arc<Mutex<Vec<Note>>>,
+    pub closed: Arc<Mutex<Vec<u32>>>,
 }
 
 impl NoteServer {
     /// `actions`: whether it announces the "actions" capability.
     pub async fn serve(bus: &Bus, actions: bool) -> NoteServer {
         let log = Arc::new(Mutex::new(Vec::new()));
+        let closed = Arc::new(Mutex::new(Vec::new()));
         let mut caps = vec!["body".to_owned()];
         if actions {
             caps.push("actions".to_owned());
@@ -272,6 +286,7 @@ impl NoteServer {
                 "/org/freedesktop/Notifications",
                 Notifications {
                     log: log.clone(),
+                    closed: closed.clone(),
                     caps,
                 },
             )
@@ -279,11 +294,30 @@ impl NoteServer {
             .build()
             .await
             .unwrap();
-        NoteServer { conn, log }
+        NoteServer { conn, log, closed }
     }
 
     pub fn notes(&self) -> Vec<Note> {
         self.log.lock().unwrap().clone()
+    }
+
+    /// The ids the tray withdrew with `CloseNotification`.
+    pub fn closed(&self) -> Vec<u32> {
+        self.closed.lock().unwrap().clone()
+    }
+
+    /// What a person sees now: the latest notice of each id, without the
+    /// withdrawn ones (critical notices stay until withdrawn or dismissed).
+    pub fn on_screen(&self) -> Vec<Note> {
+        let notes = self.notes();
+        let closed = self.closed();
+        let mut out: Vec<Note> = Vec::new();
+        for n in notes {
+            out.retain(|o| o.id != n.id);
+            out.push(n);
+        }
+        out.retain(|n| !closed.contains(&n.id));
+        out
     }
 
     /// Waits until at least `n` notifications arrived; returns all of them.
@@ -323,6 +357,9 @@ pub struct AgentState {
     postpone: Response,
     requests: Vec<Request>,
     subscribers: usize,
+    /// Bumped by [`Agent::restart`]: connections of an earlier agent that end
+    /// late do not count against the new one's subscribers.
+    generation: u64,
 }
 
 /// A test agent on a real Unix socket, speaking `bento_core::agent_proto`.
@@ -345,6 +382,7 @@ impl Agent {
             },
             requests: Vec::new(),
             subscribers: 0,
+            generation: 0,
         }));
         Agent::serve(socket, state)
     }
@@ -395,6 +433,7 @@ impl Agent {
         {
             let mut s = state.lock().unwrap();
             s.subscribers = 0;
+            s.generation += 1;
             f(&mut s.status);
         }
         Agent::serve(socket, state)
@@ -486,7 +525,11 @@ async fn connection(
     if write.write_all(answer.to_line().as_bytes()).await.is_err() || req != Request::Subscribe {
         return;
     }
-    state.lock().unwrap().subscribers += 1;
+    let generation = {
+        let mut s = state.lock().unwrap();
+        s.subscribers += 1;
+        s.generation
+    };
     loop {
         tokio::select! {
             e = events.recv() => match e {
@@ -502,13 +545,39 @@ async fn connection(
             _ = stopped.changed() => break,
         }
     }
-    state.lock().unwrap().subscribers -= 1;
+    let mut s = state.lock().unwrap();
+    if s.generation == generation {
+        s.subscribers -= 1;
+    }
 }
 
 // ---------------------------------------------------------------- statuses
 
 pub const REV1: &str = "1111111111aaaaaaaaaa";
 pub const REV2: &str = "2222222222bbbbbbbbbb";
+/// The running system of [`status`] (the one an update to [`REV1`] installs),
+/// and the NixOS version its toplevel says.
+pub const SYSTEM1: &str = "1111-nixos-system-ws1";
+pub const SYSTEM1_VERSION: &str = "24.05.20240612.1234abc";
+/// The system an update to [`REV2`] installs (see [`record`]), and its version.
+pub const SYSTEM2: &str = "2222-nixos-system-ws1";
+pub const SYSTEM2_VERSION: &str = "24.11.20241231.edf04b7";
+
+/// Lays out `<dir>/store` as a Nix store holds system toplevels, as far as the
+/// tray reads them: `<system>/nixos-version`. The tray is pointed at it with
+/// `NIX_STORE_DIR`. Systems not listed here have no version (not NixOS).
+pub fn write_store(dir: &Path) -> PathBuf {
+    let store = dir.join("store");
+    for (system, version) in [(SYSTEM1, SYSTEM1_VERSION), (SYSTEM2, SYSTEM2_VERSION)] {
+        std::fs::create_dir_all(store.join(system)).unwrap();
+        std::fs::write(
+            store.join(system).join("nixos-version"),
+            format!("{version}\n"),
+        )
+        .unwrap();
+    }
+    store
+}
 
 pub fn status() -> AgentStatus {
     AgentStatus {
@@ -516,7 +585,7 @@ pub fn status() -> AgentStatus {
         agent_version: "0.1.0".to_owned(),
         activity: Activity::Idle,
         revision: Some(REV1.to_owned()),
-        system: Some("aaaa-nixos-system-ws1".to_owned()),
+        system: Some(SYSTEM1.to_owned()),
         last_check: Some(OffsetDateTime::now_utc()),
         server_reachable: Some(true),
         last_update: None,
@@ -587,8 +656,10 @@ impl Tray {
     pub fn start_with(bus: &Bus, dir: &Path, socket: &Path, extra_env: &[(&str, &str)]) -> Tray {
         let n = std::fs::read_dir(dir).map(|d| d.count()).unwrap_or(0);
         let log = dir.join(format!("tray-{n}.log"));
+        let store = write_store(dir);
         let mut cmd = Command::new(env!("CARGO_BIN_EXE_bento-tray"));
-        cmd.arg("--socket")
+        cmd.env("NIX_STORE_DIR", store)
+            .arg("--socket")
             .arg(socket)
             .arg("--state-dir")
             .arg(dir.join("state"))
@@ -656,10 +727,15 @@ impl Tray {
 pub struct ItemView {
     pub title: String,
     pub icon_name: String,
+    pub attention_icon_name: String,
     pub status: String,
     pub tooltip_title: String,
     pub tooltip_body: String,
     pub pixmap_sizes: Vec<(i32, i32)>,
+    /// The 32×32 pixmap's ARGB bytes, to tell the states' icons apart.
+    pub pixmap_32: Vec<u8>,
+    pub tooltip_icon_name: String,
+    pub tooltip_pixmap_sizes: Vec<(i32, i32)>,
     pub menu: Vec<MenuEntry>,
 }
 
@@ -701,6 +777,7 @@ pub async fn read_item(conn: &Connection, name: &str) -> zbus::Result<ItemView> 
     .await?;
     let title: String = item.get_property("Title").await?;
     let icon_name: String = item.get_property("IconName").await?;
+    let attention_icon_name: String = item.get_property("AttentionIconName").await?;
     let status: String = item.get_property("Status").await?;
     let tooltip: ToolTip = item.get_property("ToolTip").await?;
     let pixmaps: Vec<(i32, i32, Vec<u8>)> = item.get_property("IconPixmap").await?;
@@ -709,7 +786,15 @@ pub async fn read_item(conn: &Connection, name: &str) -> zbus::Result<ItemView> 
     Ok(ItemView {
         title,
         icon_name,
+        attention_icon_name,
         status,
+        pixmap_32: pixmaps
+            .iter()
+            .find(|p| p.0 == 32)
+            .map(|p| p.2.clone())
+            .unwrap_or_default(),
+        tooltip_icon_name: tooltip.0.clone(),
+        tooltip_pixmap_sizes: tooltip.1.iter().map(|p| (p.0, p.1)).collect(),
         tooltip_title: tooltip.2,
         tooltip_body: tooltip.3,
         pixmap_sizes: pixmaps.iter().map(|p| (p.0, p.1)).collect(),
@@ -741,6 +826,25 @@ pub async fn read_menu(conn: &Connection, name: &str, path: &str) -> zbus::Resul
 }
 
 impl ItemView {
+    /// Asserts that the icon is the tray's own pixmap set, with no theme icon name
+    /// a host would prefer (in the item, when it needs attention, and in the tooltip).
+    #[track_caller]
+    pub fn assert_own_icon(&self) {
+        assert_eq!(
+            (
+                self.icon_name.as_str(),
+                self.attention_icon_name.as_str(),
+                self.tooltip_icon_name.as_str()
+            ),
+            ("", "", ""),
+            "{}: no theme icon name",
+            self.title
+        );
+        let sizes = [(16, 16), (22, 22), (32, 32), (48, 48)];
+        assert_eq!(self.pixmap_sizes, sizes, "{}", self.title);
+        assert_eq!(self.tooltip_pixmap_sizes, sizes, "{}", self.title);
+    }
+
     /// The labels of the entries (separators left out).
     pub fn labels(&self) -> Vec<&str> {
         self.menu
