@@ -120,8 +120,26 @@ pub fn main() -> ExitCode {
     match crate::commands::run(cli) {
         Ok(code) => code,
         Err(e) => {
-            eprintln!("bento: error: {e:#}");
+            eprintln!("bento: error: {}", error_chain(&e));
             ExitCode::from(2)
         }
     }
+}
+
+/// The error and its causes on one line, each said once: our errors often carry
+/// their cause in their own message already ("cannot read X: No such file…"), so
+/// a cause whose text is already there is not repeated.
+pub fn error_chain(e: &anyhow::Error) -> String {
+    let mut out = String::new();
+    for cause in e.chain() {
+        let text = cause.to_string();
+        if out.contains(&text) {
+            continue;
+        }
+        if !out.is_empty() {
+            out.push_str(": ");
+        }
+        out.push_str(&text);
+    }
+    out
 }

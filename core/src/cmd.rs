@@ -16,6 +16,8 @@ pub enum CmdError {
         cmd: String,
         status: ExitStatus,
         stderr_tail: String,
+        /// The end of stderr (at most [`STDERR_KEPT`] bytes), for [`CmdError::error_block`].
+        stderr: String,
     },
     #[error("`{cmd}`: {source}")]
     Io { cmd: String, source: std::io::Error },
@@ -30,23 +32,103 @@ fn tail_suffix(t: &str) -> String {
 }
 
 impl CmdError {
-    /// The last meaningful line of stderr, for one-line summaries.
+    /// One line for tables and reports: the first line of the program's own
+    /// `error:` block (nix's message), else the last meaningful line of stderr.
     pub fn summary(&self) -> String {
         match self {
             CmdError::Failed {
                 stderr_tail,
                 status,
+                stderr,
                 ..
-            } => stderr_tail
-                .lines()
-                .rev()
-                .map(str::trim)
-                .find(|l| !l.is_empty())
-                .map(|l| l.to_owned())
-                .unwrap_or_else(|| status.to_string()),
+            } => match error_block(stderr) {
+                Some(b) => b.lines().next().unwrap_or_default().to_owned(),
+                None => last_line(stderr_tail).unwrap_or_else(|| status.to_string()),
+            },
             other => other.to_string(),
         }
     }
+
+    /// The whole message: the program's `error:` block (nix prints the error, the
+    /// position and the offending source lines), else the last meaningful line.
+    pub fn message(&self) -> String {
+        match self {
+            CmdError::Failed { stderr, .. } => {
+                error_block(stderr).unwrap_or_else(|| self.summary())
+            }
+            other => other.to_string(),
+        }
+    }
+}
+
+fn last_line(s: &str) -> Option<String> {
+    s.lines()
+        .rev()
+        .map(str::trim)
+        .find(|l| !l.is_empty())
+        .map(str::to_owned)
+}
+
+/// Most lines of an `error:` block kept.
+const ERROR_BLOCK_LINES: usize = 60;
+
+/// The `error:` block of a program's stderr: from the first line that starts with
+/// `error:` to the end, without nix's `--show-trace` hint, colours removed. What
+/// nix prints before it is progress and build log lines; after it come the
+/// position, the source lines and any follow-up errors ("1 dependencies of
+/// derivation … failed to build"), all part of the message.
+pub fn error_block(stderr: &str) -> Option<String> {
+    let clean = strip_ansi(stderr);
+    let lines: Vec<&str> = clean.lines().collect();
+    let start = lines.iter().position(|l| l.starts_with("error:"))?;
+    let mut block: Vec<&str> = lines[start..]
+        .iter()
+        .copied()
+        .filter(|l| !l.starts_with("(use '--show-trace'"))
+        .collect();
+    while block.last().is_some_and(|l| l.trim().is_empty()) {
+        block.pop();
+    }
+    if block.len() > ERROR_BLOCK_LINES {
+        let cut = block.len() - ERROR_BLOCK_LINES;
+        block.drain(1..=cut);
+        block.insert(1, "       …");
+    }
+    Some(block.join("\n"))
+}
+
+/// `s` without terminal escape sequences (CSI `ESC [ … letter` and OSC `ESC ] … BEL`).
+pub fn strip_ansi(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    let mut chars = s.chars().peekable();
+    while let Some(c) = chars.next() {
+        if c != '\x1b' {
+            out.push(c);
+            continue;
+        }
+        match chars.next() {
+            Some('[') => {
+                for c in chars.by_ref() {
+                    if c.is_ascii_alphabetic() || c == '~' {
+                        break;
+                    }
+                }
+            }
+            Some(']') => {
+                while let Some(c) = chars.next() {
+                    if c == '\x07' {
+                        break;
+                    }
+                    if c == '\x1b' && chars.peek() == Some(&'\\') {
+                        chars.next();
+                        break;
+                    }
+                }
+            }
+            _ => {}
+        }
+    }
+    out
 }
 
 /// A subprocess to run.
@@ -66,6 +148,19 @@ pub struct CmdOutput {
 }
 
 const STDERR_TAIL_LINES: usize = 20;
+/// Bytes of stderr kept for the error message of a failed command.
+pub const STDERR_KEPT: usize = 64 * 1024;
+
+fn kept(stderr: &str) -> String {
+    if stderr.len() <= STDERR_KEPT {
+        return stderr.to_owned();
+    }
+    let mut from = stderr.len() - STDERR_KEPT;
+    while !stderr.is_char_boundary(from) {
+        from += 1;
+    }
+    stderr[from..].to_owned()
+}
 
 impl Cmd {
     pub fn new(program: impl AsRef<OsStr>) -> Self {
@@ -142,6 +237,7 @@ impl Cmd {
                 cmd: self.display(),
                 status: out.status,
                 stderr_tail: tail(&stderr, STDERR_TAIL_LINES),
+                stderr: kept(&stderr),
             });
         }
         Ok(CmdOutput { stdout, stderr })
@@ -193,6 +289,7 @@ impl Cmd {
                 cmd: self.display(),
                 status,
                 stderr_tail: tail(&stderr, STDERR_TAIL_LINES),
+                stderr: kept(&stderr),
             });
         }
         Ok(CmdOutput {
@@ -238,6 +335,23 @@ mod tests {
             .unwrap_err();
         assert_eq!(e.summary(), "the reason");
         assert!(e.to_string().contains("exit status: 3"), "{e}");
+    }
+
+    #[test]
+    fn the_error_block_is_kept_whole() {
+        let stderr = "\x1b[1mwarning:\x1b[0m Git tree is dirty\n\
+            \x1b[31;1merror:\x1b[0m undefined variable 'x'\n\n       at /tmp/s/configuration.nix:7:5:\n\n            6|   {\n            7|     x\n             |     ^\n\
+            (use '--show-trace' to show detailed location information)\n";
+        let e = Cmd::new("/bin/sh")
+            .args(["-c", &format!("printf '%s' \"$0\" >&2; exit 1"), stderr])
+            .run()
+            .unwrap_err();
+        assert_eq!(e.summary(), "error: undefined variable 'x'");
+        let m = e.message();
+        assert!(m.starts_with("error: undefined variable 'x'\n"), "{m}");
+        assert!(m.contains("at /tmp/s/configuration.nix:7:5:"), "{m}");
+        assert!(m.ends_with("|     ^"), "{m}");
+        assert!(!m.contains("show-trace") && !m.contains('\x1b'), "{m}");
     }
 
     #[test]

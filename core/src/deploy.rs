@@ -11,6 +11,7 @@ use std::time::{Duration, Instant};
 use time::OffsetDateTime;
 
 use crate::bentodir::{BentoDir, HostDir, HostKind};
+use crate::buildstate::BuildState;
 use crate::chroot::{self, Chroot, Owners, Published};
 use crate::nix::{store_basename, BuildMode, Nix};
 use crate::release::{self, Manifest, TreeListing};
@@ -31,10 +32,13 @@ pub enum Event {
         host: String,
         line: String,
     },
+    /// Built, or only evaluated when `evaluated` (a dry build): then the store path
+    /// is known but nothing was built.
     Built {
         host: String,
         system: PathBuf,
         elapsed: Duration,
+        evaluated: bool,
     },
     Failed {
         host: String,
@@ -66,6 +70,100 @@ impl HostOutcome {
     pub fn ok(&self) -> bool {
         self.error.is_none()
     }
+}
+
+/// Why a run could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum DeployError {
+    #[error("cannot read the bento directory: {0}")]
+    Io(#[from] std::io::Error),
+    /// `--host` names that match no host; each with the closest known name.
+    #[error("{}", no_such_host_message(.0))]
+    NoSuchHost(Vec<(String, Option<String>)>),
+}
+
+fn no_such_host_message(names: &[(String, Option<String>)]) -> String {
+    names
+        .iter()
+        .map(|(n, near)| match near {
+            Some(m) => format!("no host named {n} (did you mean {m}?)"),
+            None => format!("no host named {n}"),
+        })
+        .collect::<Vec<_>>()
+        .join("; ")
+}
+
+/// The known name closest to `name`, when it is close enough to be a typo.
+pub fn did_you_mean<'a>(name: &str, known: impl IntoIterator<Item = &'a str>) -> Option<String> {
+    let limit = (name.chars().count() / 3).max(2);
+    known
+        .into_iter()
+        .map(|k| (edit_distance(name, k), k))
+        .filter(|(d, k)| *d <= limit || k.starts_with(name) || name.starts_with(*k))
+        .min_by_key(|(d, _)| *d)
+        .map(|(_, k)| k.to_owned())
+}
+
+fn edit_distance(a: &str, b: &str) -> usize {
+    let b: Vec<char> = b.chars().collect();
+    let mut row: Vec<usize> = (0..=b.len()).collect();
+    for (i, ca) in a.chars().enumerate() {
+        let mut prev = row[0];
+        row[0] = i + 1;
+        for (j, cb) in b.iter().enumerate() {
+            let cur = row[j + 1];
+            row[j + 1] = if ca == *cb {
+                prev
+            } else {
+                1 + prev.min(row[j]).min(row[j + 1])
+            };
+            prev = cur;
+        }
+    }
+    row[b.len()]
+}
+
+/// Maps the paths nix prints back to the admin's files: the staging copy
+/// (`/tmp/bento-stage-…/<dir>/x.nix`) and the store copy nix makes of a flake
+/// (`/nix/store/<hash>-source/x.nix`, when that file is the staged one) become
+/// `hosts/<dir>/x.nix`.
+pub fn admin_paths(message: &str, staged: &Path, dir_name: &str) -> String {
+    let ours = format!("hosts/{dir_name}");
+    let mut out = message.to_owned();
+    let mut prefixes = vec![staged.display().to_string()];
+    if let Ok(c) = fs::canonicalize(staged) {
+        prefixes.push(c.display().to_string());
+    }
+    for p in prefixes {
+        out = out.replace(&p, &ours);
+    }
+    const STORE: &str = "/nix/store/";
+    let mut result = String::with_capacity(out.len());
+    let mut rest = out.as_str();
+    while let Some(i) = rest.find(STORE) {
+        result.push_str(&rest[..i]);
+        let cand = &rest[i..];
+        let end = cand
+            .find(|c: char| c.is_whitespace() || c == ':' || c == '\'' || c == '"')
+            .unwrap_or(cand.len());
+        let path = &cand[..end];
+        let base = &path[STORE.len()..];
+        let mapped = base.split_once('/').and_then(|(name, rel)| {
+            let is_source =
+                name.len() > 33 && name.as_bytes()[32] == b'-' && name.ends_with("-source");
+            let same = is_source
+                && fs::read(staged.join(rel)).ok().is_some()
+                && fs::read(staged.join(rel)).ok() == fs::read(path).ok();
+            same.then(|| format!("{ours}/{rel}"))
+        });
+        match mapped {
+            Some(m) => result.push_str(&m),
+            None => result.push_str(path),
+        }
+        rest = &cand[end..];
+    }
+    result.push_str(rest);
+    result
 }
 
 /// Options of a run.
@@ -121,7 +219,7 @@ pub fn run(
     bento: &BentoDir,
     opts: &RunOptions,
     on_event: &(dyn Fn(Event) + Sync),
-) -> std::io::Result<Vec<HostOutcome>> {
+) -> Result<Vec<HostOutcome>, DeployError> {
     let settings = &bento.settings;
     let nix = Nix {
         extra_args: settings.build_args.clone(),
@@ -140,13 +238,22 @@ pub fn run(
         });
     }
 
+    let mut state = BuildState::load(&bento.root);
     let mut outcomes: Vec<HostOutcome> = Vec::new();
     let mut jobs: Vec<Job> = Vec::new();
+    // Every host name seen, wanted or not, for `--host` typos.
+    let mut known: Vec<String> = Vec::new();
+    // A flake that fails to evaluate and was never seen evaluating: its hosts are
+    // unknown, so a `--host` name may be one of them.
+    let mut unknown_hosts_failed = false;
     let wanted = |h: &str| opts.only.is_empty() || opts.only.iter().any(|o| o.as_str() == h);
     for d in dirs {
-        // Non-flake hosts are known by name before staging: skip unwanted ones early.
-        if d.kind == HostKind::NonFlake && !wanted(&d.dir_name) {
-            continue;
+        if d.kind == HostKind::NonFlake {
+            known.push(d.dir_name.clone());
+            // Known by name before staging: skip unwanted ones early.
+            if !wanted(&d.dir_name) {
+                continue;
+            }
         }
         let fail = |host: &str, error: String| HostOutcome {
             host: host.to_owned(),
@@ -158,12 +265,17 @@ pub fn run(
             elapsed: Duration::ZERO,
         };
         let staged = scratch.0.join(&d.dir_name);
-        if let Err(e) = release::stage_tree(&d.path, &staged, &bento.root) {
-            outcomes.push(fail(&d.dir_name, e.to_string()));
-            continue;
-        }
-        match discover(&nix, &d, &staged) {
+        let discovered = release::stage_tree(&d.path, &staged, &bento.root)
+            .map_err(|e| e.to_string())
+            .and_then(|_| {
+                discover(&nix, &d, &staged).map_err(|e| admin_paths(&e, &staged, &d.dir_name))
+            });
+        match discovered {
             Ok(names) => {
+                if d.kind == HostKind::Flake {
+                    state.dirs.insert(d.dir_name.clone(), names.clone());
+                }
+                known.extend(names.iter().cloned());
                 for name in names {
                     match HostName::new(&name) {
                         Ok(h) if wanted(h.as_str()) => jobs.push(Job {
@@ -177,8 +289,42 @@ pub fn run(
                     }
                 }
             }
-            Err(e) => outcomes.push(fail(&d.dir_name, e)),
+            // A directory that cannot be staged or evaluated fails every host it
+            // held when it last evaluated (each counted and named), else itself.
+            Err(error) => {
+                let cached: Vec<String> = match d.kind {
+                    HostKind::NonFlake => vec![d.dir_name.clone()],
+                    HostKind::Flake => state.dirs.get(&d.dir_name).cloned().unwrap_or_default(),
+                };
+                if cached.is_empty() {
+                    unknown_hosts_failed = true;
+                    if opts.only.is_empty() {
+                        outcomes.push(fail(&d.dir_name, error));
+                    }
+                    continue;
+                }
+                for h in &cached {
+                    known.push(h.clone());
+                    if wanted(h) {
+                        outcomes.push(fail(h, error.clone()));
+                    }
+                }
+            }
         }
+    }
+    let missing: Vec<(String, Option<String>)> = opts
+        .only
+        .iter()
+        .filter(|n| !known.iter().any(|k| k == n.as_str()))
+        .map(|n| {
+            (
+                n.to_string(),
+                did_you_mean(n.as_str(), known.iter().map(String::as_str)),
+            )
+        })
+        .collect();
+    if !missing.is_empty() && !unknown_hosts_failed {
+        return Err(DeployError::NoSuchHost(missing));
     }
     for o in &outcomes {
         on_event(Event::Failed {
@@ -211,7 +357,77 @@ pub fn run(
         publish_all(bento, &jobs, &mut built, on_event);
     }
     outcomes.extend(built);
+    record(&mut state, &outcomes, mode);
+    if let Err(e) = state.save(&bento.root) {
+        on_event(Event::Warning {
+            message: format!(
+                "cannot record the build results in {}: {e}",
+                BuildState::path(&bento.root).display()
+            ),
+        });
+    }
     Ok(outcomes)
+}
+
+/// Remembers which hosts build. A publication failure is not the configuration's
+/// fault, and a dry build that evaluates does not prove that a host which failed
+/// to build builds again.
+fn record(state: &mut BuildState, outcomes: &[HostOutcome], mode: BuildMode) {
+    let now = OffsetDateTime::now_utc();
+    for o in outcomes {
+        match (&o.system, &o.error) {
+            (None, Some(e)) => state.record_failure(&o.host, &o.dir, e, now),
+            (Some(_), _) if mode == BuildMode::Build => state.record_ok(&o.host, &o.dir, now),
+            (Some(_), _) => {
+                if !state.host(&o.host).is_some_and(|h| h.failing()) {
+                    state.record_ok(&o.host, &o.dir, now);
+                }
+            }
+            (None, None) => {}
+        }
+    }
+}
+
+/// The fleet's host names, without building: `hosts` as (host, directory), and
+/// the flake directories whose hosts could not be listed (with nix's message),
+/// unless an earlier evaluation named them.
+#[derive(Debug, Default, Clone)]
+pub struct HostList {
+    pub hosts: Vec<(String, String)>,
+    pub unlisted: Vec<(String, String)>,
+}
+
+pub fn host_names(bento: &BentoDir) -> std::io::Result<HostList> {
+    let nix = Nix {
+        extra_args: bento.settings.build_args.clone(),
+        include: Vec::new(),
+    };
+    let state = BuildState::load(&bento.root);
+    let scratch = Scratch::new()?;
+    let (dirs, _) = bento.host_dirs()?;
+    let mut list = HostList::default();
+    for d in dirs {
+        let staged = scratch.0.join(&d.dir_name);
+        let found = match d.kind {
+            HostKind::NonFlake => Ok(vec![d.dir_name.clone()]),
+            HostKind::Flake => release::stage_tree(&d.path, &staged, &bento.root)
+                .map_err(|e| e.to_string())
+                .and_then(|_| {
+                    discover(&nix, &d, &staged).map_err(|e| admin_paths(&e, &staged, &d.dir_name))
+                }),
+        };
+        let names = match (found, state.dirs.get(&d.dir_name)) {
+            (Ok(names), _) => names,
+            (Err(_), Some(cached)) => cached.clone(),
+            (Err(e), None) => {
+                list.unlisted.push((d.dir_name.clone(), e));
+                continue;
+            }
+        };
+        list.hosts
+            .extend(names.into_iter().map(|n| (n, d.dir_name.clone())));
+    }
+    Ok(list)
 }
 
 fn discover(nix: &Nix, d: &HostDir, staged: &Path) -> Result<Vec<String>, String> {
@@ -220,7 +436,7 @@ fn discover(nix: &Nix, d: &HostDir, staged: &Path) -> Result<Vec<String>, String
         HostKind::Flake => {
             let names = nix
                 .flake_configurations(staged)
-                .map_err(|e| format!("cannot evaluate the flake: {}", e.summary()))?;
+                .map_err(|e| format!("cannot evaluate the flake: {}", e.message()))?;
             if names.is_empty() {
                 return Err("the flake has no nixosConfigurations".into());
             }
@@ -256,11 +472,12 @@ fn build_one(
                 host: job.host.clone(),
                 system: p.clone(),
                 elapsed,
+                evaluated: mode == BuildMode::DryBuild,
             });
             (Some(p), None)
         }
         Err(e) => {
-            let msg = e.summary();
+            let msg = admin_paths(&e.message(), &job.staged, &job.dir);
             on_event(Event::Failed {
                 host: job.host.clone(),
                 error: msg.clone(),

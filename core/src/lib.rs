@@ -6,6 +6,8 @@
 pub mod activate;
 pub mod agent_proto;
 pub mod bentodir;
+pub mod buildstate;
+pub mod check;
 pub mod chroot;
 pub mod cmd;
 pub mod config;

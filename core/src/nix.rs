@@ -14,10 +14,18 @@ pub enum NixError {
 }
 
 impl NixError {
-    /// One line for tables and reports.
+    /// One line for tables and reports: the first line of nix's `error:` block.
     pub fn summary(&self) -> String {
         match self {
             NixError::Cmd(c) => c.summary(),
+            other => other.to_string(),
+        }
+    }
+
+    /// Nix's whole `error:` block: the message, its position and source lines.
+    pub fn message(&self) -> String {
+        match self {
+            NixError::Cmd(c) => c.message(),
             other => other.to_string(),
         }
     }

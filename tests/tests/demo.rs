@@ -20,18 +20,22 @@ fn the_demo_fleet_comes_up_to_date_rolls_out_a_change_and_stops() -> Result<()> 
         .stderr(Stdio::inherit())
         .spawn()?;
     let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
-    let (mut panel, mut sftp) = (None, None);
-    while sftp.is_none() {
+    let (mut panel, mut sftp, mut status_cmd) = (None, None, None);
+    while status_cmd.is_none() {
         let line = lines.next().context("the demo ended before starting")??;
         let first = |rest: &str| rest.split_whitespace().next().unwrap().to_owned();
         if let Some(rest) = line.trim().strip_prefix("Panel:") {
             panel = Some(first(rest));
         } else if let Some(rest) = line.trim().strip_prefix("SFTP:") {
             sftp = Some(first(rest));
+        } else if let Some(rest) = line.trim().strip_prefix("Status:") {
+            status_cmd = Some(rest.split("   (").next().unwrap().trim().to_owned());
         }
     }
-    let panel = panel.context("no Panel: line before the SFTP: line")?;
-    let sftp: std::net::SocketAddr = sftp.unwrap().parse()?;
+    let panel = panel.context("no Panel: line before the Status: line")?;
+    let sftp = sftp.context("no SFTP: line before the Status: line")?;
+    let status_cmd = status_cmd.unwrap();
+    let sftp: std::net::SocketAddr = sftp.parse()?;
     std::thread::spawn(move || for _ in lines {});
 
     let status = || -> Option<Vec<serde_json::Value>> {
@@ -94,7 +98,23 @@ fn the_demo_fleet_comes_up_to_date_rolls_out_a_change_and_stops() -> Result<()> 
     let exited = wait_until(Duration::from_secs(30), || {
         child.try_wait().ok().flatten().is_some()
     });
+    // The banner's status command, pasted into a new shell: no BENTO_DIR, no
+    // NIX_PATH or NIX_CONFIG, a plain PATH.
+    let pasted = Command::new("sh")
+        .args(["-c", &format!("{status_cmd} --once")])
+        .env_clear()
+        .env("PATH", "/usr/local/bin:/usr/bin:/bin")
+        .env("HOME", dir.path())
+        .output()?;
     let rows = all_up.with_context(|| format!("demo hosts not up to date: {:#?}", status()))?;
+    let table = String::from_utf8_lossy(&pasted.stdout);
+    assert!(
+        pasted.status.success()
+            && ["demo-db", "demo-lab", "demo-web"]
+                .iter()
+                .all(|h| table.contains(h)),
+        "`{status_cmd} --once` in a new shell: {pasted:?}"
+    );
     let hosts: Vec<&str> = rows.iter().map(|r| r["host"].as_str().unwrap()).collect();
     assert_eq!(hosts, ["demo-db", "demo-lab", "demo-web"]);
     let h = healthz?;
@@ -106,6 +126,42 @@ fn the_demo_fleet_comes_up_to_date_rolls_out_a_change_and_stops() -> Result<()> 
     assert!(
         std::net::TcpStream::connect_timeout(&sftp, Duration::from_secs(2)).is_err(),
         "the SFTP server still listens on {sftp}"
+    );
+    Ok(())
+}
+
+/// What CI runs for the README's first command: `--check` exits 0 once every
+/// demo host is up to date, and leaves no process behind.
+#[test]
+fn the_demo_check_mode_exits_once_every_host_is_up_to_date() -> Result<()> {
+    let dir = TestDir::new("demo-check")?;
+    let out = Command::new(bins::bin("bento-demo"))
+        .arg("--dir")
+        .arg(dir.join("demo"))
+        .args(["--listen", "127.0.0.1:0", "--interval", "2", "--check"])
+        .stdin(Stdio::null())
+        .output()?;
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{out:?}");
+    assert!(text.contains("check passed: 3 hosts up to date"), "{text}");
+    // A check that cannot pass fails with a pointer to the logs instead of hanging.
+    let out = Command::new(bins::bin("bento-demo"))
+        .arg("--dir")
+        .arg(dir.join("demo2"))
+        .args([
+            "--listen",
+            "127.0.0.1:0",
+            "--interval",
+            "600",
+            "--check-timeout",
+            "0",
+        ])
+        .stdin(Stdio::null())
+        .output()?;
+    assert_eq!(out.status.code(), Some(1), "{out:?}");
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("check failed"),
+        "{out:?}"
     );
     Ok(())
 }

@@ -14,6 +14,11 @@ fn stderr(o: &std::process::Output) -> String {
     String::from_utf8_lossy(&o.stderr).into_owned()
 }
 
+/// The result (per-host lines, counts, failures) goes to stdout.
+fn stdout(o: &std::process::Output) -> String {
+    String::from_utf8_lossy(&o.stdout).into_owned()
+}
+
 fn mtime(p: &Path) -> SystemTime {
     fs::metadata(p).unwrap().modified().unwrap()
 }
@@ -34,9 +39,9 @@ fn deploy_publishes_every_host_then_nothing_when_unchanged() -> Result<()> {
     let (f, [web, db, lab], _) = three_hosts("deploy-all")?;
     let out = f.ok(&["deploy"])?;
     assert!(
-        stderr(&out).contains("3 hosts: 3 published, 0 unchanged, 0 failed"),
+        stdout(&out).contains("3 hosts: 3 published, 0 unchanged, 0 failed"),
         "{}",
-        stderr(&out)
+        stdout(&out)
     );
     let states = fs::read_to_string(f.chroot().join("states.txt"))?;
     for h in [&web, &db, &lab] {
@@ -75,9 +80,9 @@ fn deploy_publishes_every_host_then_nothing_when_unchanged() -> Result<()> {
         .collect();
     let out = f.ok(&["deploy"])?;
     assert!(
-        stderr(&out).contains("3 hosts: 0 published, 3 unchanged, 0 failed"),
+        stdout(&out).contains("3 hosts: 0 published, 3 unchanged, 0 failed"),
         "{}",
-        stderr(&out)
+        stdout(&out)
     );
     let after: Vec<_> = [&web, &db, &lab]
         .iter()
@@ -97,9 +102,9 @@ fn changing_one_file_republishes_only_that_host() -> Result<()> {
     f.fleet.write_file(&lab, "notes.txt", "a note\n")?;
     let out = f.ok(&["deploy"])?;
     assert!(
-        stderr(&out).contains("1 published, 2 unchanged"),
+        stdout(&out).contains("1 published, 2 unchanged"),
         "{}",
-        stderr(&out)
+        stdout(&out)
     );
     assert_eq!((rev(&web), rev(&db)), (web1.clone(), db1.clone()));
     assert_ne!(rev(&lab), lab1);
@@ -112,9 +117,9 @@ fn changing_one_file_republishes_only_that_host() -> Result<()> {
     f.fleet.set_config_system_version(&flake_dir, &db, "2")?;
     let out = f.ok(&["deploy"])?;
     assert!(
-        stderr(&out).contains("2 published, 1 unchanged"),
+        stdout(&out).contains("2 published, 1 unchanged"),
         "{}",
-        stderr(&out)
+        stdout(&out)
     );
     let states = fs::read_to_string(f.chroot().join("states.txt"))?;
     assert!(
@@ -134,10 +139,12 @@ fn a_failing_host_does_not_stop_the_others() -> Result<()> {
     f.fleet.break_eval(&flake_dir)?;
     let out = f.run(&["deploy"])?;
     assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
-    let err = stderr(&out);
-    assert!(err.contains("1 published, 0 unchanged, 2 failed"), "{err}");
-    assert!(err.contains(&format!("failed: {web}")), "{err}");
-    assert!(err.contains("toy eval failure"), "{err}");
+    let res = stdout(&out);
+    assert!(res.contains("1 published, 0 unchanged, 2 failed"), "{res}");
+    assert!(res.contains(&format!("{web}  FAILED: ")), "{res}");
+    // The message of the two hosts of one flake is printed once.
+    assert_eq!(res.matches("toy eval failure").count(), 3, "{res}");
+    assert!(stderr(&out).contains(&format!("{web}: FAILED: ")));
     assert!(current_release(&f.host_chroot(&lab)).is_some());
     assert!(current_release(&f.host_chroot(&db)).is_none());
     Ok(())
@@ -159,12 +166,19 @@ fn host_filter_and_name_variable_restrict_the_run() -> Result<()> {
 #[test]
 fn build_and_dry_build_publish_nothing() -> Result<()> {
     let (f, [web, _, _], _) = three_hosts("build")?;
+    // A dry build only evaluates: it never says "built".
     let out = f.ok(&["build", "dry-build"])?;
     assert!(
-        stderr(&out).contains("3 hosts: 3 built, 0 failed"),
+        stdout(&out).contains("3 hosts: 3 evaluated, 0 failed"),
+        "{}",
+        stdout(&out)
+    );
+    assert!(
+        stderr(&out).contains(&format!("{web}: evaluated /nix/store/")),
         "{}",
         stderr(&out)
     );
+    assert!(!stdout(&out).contains("built") && !stderr(&out).contains("built"));
     let out = f.ok(&["build"])?;
     assert!(
         stderr(&out).contains(&format!("{web}: built /nix/store/")),
@@ -310,6 +324,8 @@ fn init_makes_a_directory_bento_accepts() -> Result<()> {
     assert!(out.status.success(), "{}", stderr(&out));
     assert!(new.join("hosts/example/configuration.nix").is_file());
     assert!(new.join("hosts/example/utils/bento.nix").is_file());
+    // The server's own state (.bento/builds.json, the lock, the database) stays out of git.
+    assert!(fs::read_to_string(new.join(".gitignore"))?.contains("/.bento/"));
     let out = f
         .cmd()
         .env("BENTO_DIR", &new)

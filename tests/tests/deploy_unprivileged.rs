@@ -110,7 +110,7 @@ fn publication_after_setup_needs_no_root() -> Result<()> {
         .write_file(&lab, "notes.txt", "published by nobody\n")?;
     chown_r(&f.bento_dir(), NOBODY)?;
     let out = as_nobody(&["deploy"])?;
-    let err = String::from_utf8_lossy(&out.stderr);
+    let err = String::from_utf8_lossy(&out.stdout);
     assert_eq!(out.status.code(), Some(1), "{err}");
     assert!(
         err.contains("3 hosts: 2 published, 0 unchanged, 1 failed"),

@@ -31,7 +31,7 @@ pub fn build(
         publish: false,
     };
     let outcomes = run_with_progress(bento, &opts)?;
-    let failed = summarize(&outcomes, false);
+    let failed = summarize(&outcomes, false, opts.dry);
     if failed > 0 || !activating {
         return Ok(exit(failed));
     }
@@ -67,7 +67,7 @@ pub fn deploy(bento: &BentoDir, filter: &HostFilter) -> anyhow::Result<ExitCode>
         publish: true,
     };
     let outcomes = run_with_progress(bento, &opts)?;
-    Ok(exit(summarize(&outcomes, true)))
+    Ok(exit(summarize(&outcomes, true, false)))
 }
 
 fn exit(failed: usize) -> ExitCode {
@@ -117,6 +117,11 @@ impl Progress {
 
 fn run_with_progress(bento: &BentoDir, opts: &RunOptions) -> anyhow::Result<Vec<HostOutcome>> {
     let tty = std::io::stderr().is_terminal();
+    let doing = if opts.dry || !bento.settings.local_build {
+        "evaluating"
+    } else {
+        "building"
+    };
     let progress = Mutex::new(Progress {
         tty,
         rows: Vec::new(),
@@ -132,25 +137,30 @@ fn run_with_progress(bento: &BentoDir, opts: &RunOptions) -> anyhow::Result<Vec<
                 None
             }
             Event::Started { host } => {
-                p.set(host, "building…".into());
-                Some(format!("{host}: building"))
+                p.set(host, format!("{doing}…"));
+                Some(format!("{host}: {doing}"))
             }
             Event::Line { host, line } => {
-                p.set(host, format!("building… {line}"));
+                p.set(host, format!("{doing}… {line}"));
                 None
             }
             Event::Built {
                 host,
                 system,
                 elapsed,
+                evaluated,
             } => {
-                let t = format!("built {} ({})", system.display(), secs(*elapsed));
+                let verb = if *evaluated { "evaluated" } else { "built" };
+                let t = format!("{verb} {} ({})", system.display(), secs(*elapsed));
                 p.set(host, t.clone());
                 Some(format!("{host}: {t}"))
             }
+            // The whole message comes once, in the summary; progress shows its
+            // first line.
             Event::Failed { host, error } => {
-                p.set(host, format!("FAILED: {error}"));
-                Some(format!("{host}: FAILED: {error}"))
+                let first = error.lines().next().unwrap_or_default();
+                p.set(host, format!("FAILED: {first}"));
+                Some(format!("{host}: FAILED: {first}"))
             }
             Event::Published { host, outcome } => {
                 let t = match outcome {
@@ -172,27 +182,64 @@ fn run_with_progress(bento: &BentoDir, opts: &RunOptions) -> anyhow::Result<Vec<
             eprintln!("{l}");
         }
     };
-    deploy::run(bento, opts, &on_event).context("cannot read the bento directory")
+    match deploy::run(bento, opts, &on_event) {
+        Ok(o) => Ok(o),
+        Err(e) => bail!("{e}"),
+    }
 }
 
 fn secs(d: Duration) -> String {
     format!("{:.1}s", d.as_secs_f64())
 }
 
-/// Prints the per-host summary; returns how many failed.
-fn summarize(outcomes: &[HostOutcome], deploying: bool) -> usize {
-    let failed: Vec<_> = outcomes.iter().filter(|o| !o.ok()).collect();
+/// Prints the result on stdout (progress went to stderr): a line per host, the
+/// counts, then each failure's whole message. Returns how many failed.
+fn summarize(outcomes: &[HostOutcome], deploying: bool, dry: bool) -> usize {
+    let mut out = std::io::stdout().lock();
+    let _ = write!(out, "{}", summary_text(outcomes, deploying, dry));
+    let _ = out.flush();
+    outcomes.iter().filter(|o| !o.ok()).count()
+}
+
+fn summary_text(outcomes: &[HostOutcome], deploying: bool, dry: bool) -> String {
+    use std::fmt::Write as _;
+    let mut s = String::new();
     if outcomes.is_empty() {
-        eprintln!("No host matched.");
-    } else {
-        eprintln!("{}", deploy::Summary::of(outcomes).line(deploying, "built"));
+        let _ = writeln!(s, "No host in hosts/: nothing to do.");
+        return s;
     }
-    for o in &failed {
-        eprintln!(
-            "  failed: {} ({})",
-            o.host,
-            o.error.as_deref().unwrap_or("unknown error")
-        );
+    let width = outcomes.iter().map(|o| o.host.len()).max().unwrap_or(0);
+    let verb = if dry { "evaluated" } else { "built" };
+    for o in outcomes {
+        let what = match (&o.error, &o.published, &o.system) {
+            (Some(e), _, _) => format!("FAILED: {}", e.lines().next().unwrap_or_default()),
+            (None, Some(Published::New { revision, .. }), _) => format!("published {revision}"),
+            (None, Some(Published::Unchanged { .. }), _) => "unchanged, not republished".into(),
+            (None, None, Some(sys)) => format!("{verb} {}", sys.display()),
+            (None, None, None) => verb.to_owned(),
+        };
+        let _ = writeln!(s, "{:<width$}  {what}", o.host);
     }
-    failed.len()
+    let _ = writeln!(s, "{}", deploy::Summary::of(outcomes).line(deploying, verb));
+    // Hosts of one flake that failed to evaluate share the message: print it once.
+    let mut shown: Vec<&str> = Vec::new();
+    for o in outcomes {
+        let Some(e) = o.error.as_deref() else {
+            continue;
+        };
+        if shown.contains(&e) {
+            continue;
+        }
+        shown.push(e);
+        let names: Vec<&str> = outcomes
+            .iter()
+            .filter(|p| p.error.as_deref() == Some(e))
+            .map(|p| p.host.as_str())
+            .collect();
+        let _ = writeln!(s, "\n{} failed:", names.join(", "));
+        for l in e.lines() {
+            let _ = writeln!(s, "  {l}");
+        }
+    }
+    s
 }

@@ -47,6 +47,14 @@ const UTILS_BENTO: &str = r#"# Shared by every host (hosts/<name>/utils links he
 }
 "#;
 
+/// What the server writes into the bento directory and git should not keep.
+const GITIGNORE: &str = r#"# Written by bento on the server: state, locks, the panel's database, keys.
+/.bento/
+/.bento.lock
+/bento.sqlite*
+/sftp_host_ed25519_key*
+"#;
+
 pub fn run(path: &Path) -> anyhow::Result<ExitCode> {
     fs::create_dir_all(path).with_context(|| format!("cannot create {}", path.display()))?;
     if path.join("bento.toml").exists() || path.join("config.sh").exists() {
@@ -58,6 +66,9 @@ pub fn run(path: &Path) -> anyhow::Result<ExitCode> {
     fs::create_dir_all(path.join("utils"))?;
     fs::create_dir_all(path.join("hosts/example"))?;
     fs::write(path.join("bento.toml"), BENTO_TOML)?;
+    if !path.join(".gitignore").exists() {
+        fs::write(path.join(".gitignore"), GITIGNORE)?;
+    }
     fs::write(path.join("utils/bento.nix"), UTILS_BENTO)?;
     fs::write(
         path.join("hosts/example/configuration.nix"),

@@ -1,6 +1,7 @@
 //! One module per subcommand.
 
 pub mod build;
+pub mod check_config;
 pub mod diff;
 pub mod flake_update;
 pub mod init;
@@ -36,27 +37,7 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Sftp(args) => sftp::run(dir, args),
         Command::User { action } => user::run(dir, action),
         Command::Token { action } => token::run(dir, action),
-        Command::CheckConfig => {
-            let b = open(dir)?;
-            let (dirs, unusable) = b.host_dirs()?;
-            for u in &unusable {
-                eprintln!("warning: hosts/{u}: neither flake.nix nor configuration.nix");
-            }
-            let bad_keys = crate::sftp::check_keys(&b.settings);
-            if !bad_keys.is_empty() {
-                for k in &bad_keys {
-                    eprintln!("error: {k}");
-                }
-                anyhow::bail!("{} host key(s) in bento.toml do not parse", bad_keys.len());
-            }
-            println!(
-                "{}: ok ({} host directories, settings from {})",
-                b.root.display(),
-                dirs.len(),
-                if b.legacy { "config.sh" } else { "bento.toml" }
-            );
-            Ok(ExitCode::SUCCESS)
-        }
+        Command::CheckConfig => check_config::run(&open(dir)?),
     }
 }
 

@@ -20,6 +20,19 @@ pub fn collect(bento: &BentoDir, filter: &HostFilter) -> anyhow::Result<Vec<Host
         .hosts()
         .with_context(|| format!("cannot read the chroot {}", chroot.root().display()))?;
     if !filter.hosts.is_empty() {
+        let missing: Vec<(String, Option<String>)> = filter
+            .hosts
+            .iter()
+            .filter(|n| !hosts.contains(n))
+            .map(|n| {
+                let near =
+                    bento_core::deploy::did_you_mean(n.as_str(), hosts.iter().map(|h| h.as_str()));
+                (n.to_string(), near)
+            })
+            .collect();
+        if !missing.is_empty() {
+            return Err(bento_core::deploy::DeployError::NoSuchHost(missing).into());
+        }
         hosts.retain(|h| filter.hosts.contains(h));
     }
     let opts = StatusOptions {

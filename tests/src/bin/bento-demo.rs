@@ -25,6 +25,9 @@ struct Options {
     interval: u64,
     user: String,
     password: String,
+    /// Exit once every demo host is up to date (0), or when this many seconds
+    /// passed first (1): what CI runs to prove the quick start works.
+    check: Option<u64>,
 }
 
 fn parse_args() -> Result<Options> {
@@ -34,6 +37,7 @@ fn parse_args() -> Result<Options> {
         interval: 15,
         user: "admin".into(),
         password: "bento-demo".into(),
+        check: None,
     };
     let mut args = std::env::args().skip(1);
     while let Some(a) = args.next() {
@@ -43,8 +47,16 @@ fn parse_args() -> Result<Options> {
             "--listen" => o.listen = val()?,
             "--interval" => o.interval = val()?.parse().context("--interval takes seconds")?,
             "--password" => o.password = val()?,
+            "--check" => o.check = Some(300),
+            "--check-timeout" => {
+                o.check = Some(val()?.parse().context("--check-timeout takes seconds")?)
+            }
             "-h" | "--help" => {
-                println!("usage: bento-demo [--dir DIR] [--listen ADDR] [--interval SECS] [--password PW]");
+                println!(
+                    "usage: bento-demo [--dir DIR] [--listen ADDR] [--interval SECS] [--password PW]\n\
+                     \x20                 [--check [--check-timeout SECS]]\n\
+                     --check: exit 0 once every demo host is up to date, 1 if not within the timeout (300 s)"
+                );
                 std::process::exit(0);
             }
             other => bail!("unknown argument {other:?} (see --help)"),
@@ -73,6 +85,36 @@ fn bento(dir: &Path, fleet: &ToyFleet) -> Command {
         .env("NIX_PATH", fleet.nix_path())
         .envs(nixenv::nix_env());
     c
+}
+
+/// `<dir>/bin/bento`: the real `bento` with the demo's environment, so the
+/// commands the banner prints work when pasted into a new shell.
+fn write_wrapper(dir: &Path, fleet: &ToyFleet) -> Result<PathBuf> {
+    use std::os::unix::fs::PermissionsExt;
+    fn sh_quote(s: &str) -> String {
+        format!("'{}'", s.replace('\'', r"'\''"))
+    }
+    let bin_dir = dir.join("bin");
+    fs::create_dir_all(&bin_dir)?;
+    let mut script = String::from(
+        "#!/bin/sh\n# The demo's bento: written by bento-demo, removed with the demo directory.\n",
+    );
+    script.push_str(&format!(
+        "export BENTO_DIR={}\nexport NIX_PATH={}\n",
+        sh_quote(&dir.join("bento").display().to_string()),
+        sh_quote(&fleet.nix_path()),
+    ));
+    for (k, v) in nixenv::nix_env() {
+        script.push_str(&format!("export {k}={}\n", sh_quote(&v)));
+    }
+    script.push_str(&format!(
+        "exec {} \"$@\"\n",
+        sh_quote(&bins::bin("bento").display().to_string())
+    ));
+    let path = bin_dir.join("bento");
+    fs::write(&path, script)?;
+    fs::set_permissions(&path, fs::Permissions::from_mode(0o755))?;
+    Ok(path)
 }
 
 fn main() -> Result<()> {
@@ -245,6 +287,8 @@ nix_path = [{nix_path:?}]
         );
     }
 
+    let wrapper = write_wrapper(&o.dir, &fleet)?;
+
     println!();
     println!("  bento demo fleet is running.");
     println!(
@@ -262,8 +306,8 @@ nix_path = [{nix_path:?}]
         o.dir.join("bento").display()
     );
     println!(
-        "  Status:    BENTO_DIR={} bento status",
-        o.dir.join("bento").display()
+        "  Status:    {} status   (works in any shell: it sets the demo's BENTO_DIR, NIX_PATH and NIX_CONFIG)",
+        wrapper.display()
     );
     println!(
         "  Logs:      {}/agents/<host>/agent.log, {}/panel.log",
@@ -272,6 +316,41 @@ nix_path = [{nix_path:?}]
     );
     println!("  Ctrl-C stops the demo.");
     println!();
+
+    if let Some(secs) = o.check {
+        let started = std::time::Instant::now();
+        let up = bento_tests::wait_for(Duration::from_secs(secs), || {
+            if stop.load(Ordering::Relaxed) {
+                return Some(false);
+            }
+            for c in &mut children.0 {
+                if let Ok(Some(_)) = c.try_wait() {
+                    return Some(false);
+                }
+            }
+            let out = bento(&o.dir, &fleet)
+                .args(["status", "--json"])
+                .output()
+                .ok()?;
+            let rows: Vec<serde_json::Value> = serde_json::from_slice(&out.stdout).ok()?;
+            let up = rows.len() == hosts.len() && rows.iter().all(|r| r["state"] == "up-to-date");
+            up.then_some(true)
+        });
+        drop(children);
+        if up == Some(true) {
+            println!(
+                "bento-demo: check passed: {} hosts up to date {:.1} s after the agents started",
+                hosts.len(),
+                started.elapsed().as_secs_f64()
+            );
+            return Ok(());
+        }
+        bail!(
+            "check failed: not every demo host was up to date within {secs} s; see {}/agents/*/agent.log and {}/panel.log",
+            o.dir.display(),
+            o.dir.display()
+        );
+    }
 
     while !stop.load(Ordering::Relaxed) {
         std::thread::sleep(Duration::from_millis(200));
