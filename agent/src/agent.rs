@@ -51,17 +51,29 @@ struct Published {
 
 /// How an activation ended.
 enum Outcome {
+    /// Activated and healthy: the new last good system.
     Success {
         changes: Vec<String>,
     },
-    /// Nothing was activated.
     Failure {
         error: String,
+        after: After,
     },
-    /// Activated, then rolled back.
+    /// Failed, then the last good system was activated again.
     Rollback {
         error: String,
     },
+}
+
+/// What runs after a failed activation that was not rolled back.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum After {
+    /// Nothing was activated: whatever ran before still runs.
+    Untouched,
+    /// The failed system runs in full (its health checks failed, not its activation).
+    Activated,
+    /// An activation stopped half-way: no system can be named.
+    Mixed,
 }
 
 pub struct Agent {
@@ -77,7 +89,11 @@ impl Agent {
         let mut initial = StatusHandle::empty(cfg.host.as_str());
         let persisted = state.load();
         initial.revision = persisted.applied.as_ref().map(|a| a.revision.clone());
-        initial.system = activate::resolve_system(&cfg.system_profile).map(|p| store_basename(&p));
+        initial.system = if persisted.mixed.is_some() {
+            None
+        } else {
+            activate::resolve_system(&cfg.system_profile).map(|p| store_basename(&p))
+        };
         initial.history = state.history();
         initial.last_update = initial.history.first().cloned();
         initial.log_tail = state.log_tail();
@@ -92,8 +108,44 @@ impl Agent {
         Outbox::new(self.state.outbox())
     }
 
+    /// The system the profile names: what runs, unless the host is in a mixed state.
     fn current_system(&self) -> Option<PathBuf> {
         activate::resolve_system(&self.cfg.system_profile)
+    }
+
+    /// The system the host runs as far as the agent knows: none while it is in a mixed
+    /// state (a report or heartbeat must never name a system that does not run).
+    fn running_system(&self, st: &PersistedState) -> Option<PathBuf> {
+        if st.mixed.is_some() {
+            None
+        } else {
+            self.current_system()
+        }
+    }
+
+    /// A mixed state ends when someone changed the profile by hand since (`nixos-rebuild
+    /// switch`, `--rollback`): the system they switched to is taken as the running one.
+    fn forget_stale_mixed(&self, st: &mut PersistedState) {
+        let Some(m) = &st.mixed else { return };
+        let now = self.current_system();
+        if now == m.profile {
+            tracing::warn!(
+                "the host may be in a mixed state since {} ({}); the next release is activated in full",
+                m.since,
+                m.error
+            );
+            return;
+        }
+        tracing::info!(
+            "the system profile changed since the host was left in a mixed state: taking {} as the running system",
+            now.as_deref().map_or("nothing".into(), |p| p.display().to_string())
+        );
+        st.mixed = None;
+        if let Err(e) = self.state.save(st) {
+            tracing::warn!("cannot save the agent state: {e}");
+        }
+        let system = now.as_deref().map(store_basename);
+        self.status.update(|s| s.system = system);
     }
 
     /// Kernel, initrd or modules of the active system differ from the booted one.
@@ -136,6 +188,7 @@ impl Agent {
             Err(e) => return PollResult::Failed(ReportStatus::Failure, e.to_string()),
         };
         let mut st = self.state.load();
+        self.forget_stale_mixed(&mut st);
         self.status
             .emit(Event::CheckStarted, |s| s.activity = Activity::Checking);
         let remote = match Remote::connect(&self.cfg).await {
@@ -295,7 +348,7 @@ impl Agent {
             host: self.cfg.host.to_string(),
             time: OffsetDateTime::now_utc(),
             revision: st.applied.as_ref().map(|a| a.revision.clone()),
-            system: self.current_system().map(|p| store_basename(&p)),
+            system: self.running_system(st).map(|p| store_basename(&p)),
             state,
             reboot_required: self.reboot_required(),
             agent_version: AGENT_VERSION.to_owned(),
@@ -314,7 +367,8 @@ impl Agent {
         let rev = published.revision.clone();
         let log = UpdateLog::new();
         let started = OffsetDateTime::now_utc();
-        let previous = self.current_system();
+        let profile_target = self.current_system();
+        let previous = self.running_system(st);
         self.status
             .emit(Event::CheckFinished { new_release: true }, |_| {});
         self.status.emit(
@@ -432,8 +486,15 @@ impl Agent {
         let interrupted = st
             .activating
             .clone()
-            .filter(|a| a.system == system && previous.as_deref() == Some(system.as_path()));
-        if previous.as_deref() == Some(system.as_path()) && interrupted.is_none() {
+            .filter(|a| a.system == system && profile_target.as_deref() == Some(system.as_path()));
+        if let Some(m) = &st.mixed {
+            log.warn(format!(
+                "the host may be in a mixed state since {} ({}): activating {} in full",
+                m.since,
+                m.error,
+                system.display()
+            ));
+        } else if previous.as_deref() == Some(system.as_path()) && interrupted.is_none() {
             log.info(format!(
                 "system unchanged ({}); the release's other files are in place",
                 system.display()
@@ -461,23 +522,113 @@ impl Agent {
             None => previous,
         };
         self.mark_activating(st, &system, previous.as_deref());
-        let (outcome, conn) = self.apply_system(&system, previous.as_deref(), &log).await;
-        let result = match outcome {
-            Outcome::Success { changes } => Ok((ReportStatus::Success, changes)),
-            Outcome::Failure { error } => Err((ReportStatus::Failure, error)),
-            Outcome::Rollback { error } => Err((ReportStatus::Rollback, error)),
-        };
+        let (outcome, conn) = self
+            .apply_system(&system, previous.as_deref(), st.last_good.clone(), &log)
+            .await;
+        let result = self.settle(st, &system, outcome, ReportStatus::Success);
         self.conclude(conn, &rev, started, previous, log, result, st)
             .await
     }
 
     fn mark_activating(&self, st: &mut PersistedState, system: &Path, previous: Option<&Path>) {
+        if st.last_good.is_none() {
+            st.last_good = self.first_good_system(st, system, previous);
+            if let Some(good) = &st.last_good {
+                tracing::info!(
+                    "no system recorded as working yet: taking {} as the last good one",
+                    good.display()
+                );
+                self.pin_last_good(good);
+            }
+        }
         st.activating = Some(state::Activating {
             system: system.to_owned(),
             previous: previous.map(Path::to_owned),
         });
         if let Err(e) = self.state.save(st) {
             tracing::warn!("cannot save the agent state: {e}");
+        }
+    }
+
+    /// The last good system of a host that has none recorded yet (a first install, or
+    /// a state directory from an agent that kept none), before `system` is activated.
+    ///
+    /// A mature tool (`nixos-rebuild --rollback`, deploy-rs) takes the system the machine
+    /// runs as the one to go back to: it booted, it runs this agent and it reached the
+    /// server, so it is the best-known system there is. In order: the system of the
+    /// last success an older agent recorded, the system the profile names (what runs
+    /// after a `nixos-rebuild switch`), the booted system. Never `system` itself (it is
+    /// what is being tried) and never anything while the host is in a mixed state.
+    fn first_good_system(
+        &self,
+        st: &PersistedState,
+        system: &Path,
+        previous: Option<&Path>,
+    ) -> Option<PathBuf> {
+        if st.mixed.is_some() {
+            return None;
+        }
+        let store = system.parent()?;
+        let applied = st
+            .applied
+            .as_ref()
+            .and_then(|a| a.system.as_deref())
+            .map(|b| store.join(b));
+        let booted = activate::resolve_system(&self.cfg.booted_system);
+        [applied, previous.map(Path::to_owned), booted]
+            .into_iter()
+            .flatten()
+            .find(|p| p != system && p.join("bin/switch-to-configuration").exists())
+    }
+
+    /// Best effort: a collected last good system makes the next rollback fail, said so.
+    fn pin_last_good(&self, system: &Path) {
+        if let Err(e) = activate::add_gc_root(&self.state.last_good_root(), system) {
+            tracing::warn!(
+                "cannot protect {} from garbage collection: {}",
+                system.display(),
+                e.summary()
+            );
+        }
+    }
+
+    /// Records what an activation left behind (the last good system, a mixed state) and
+    /// turns it into the report's status: `success` (or `autoupdate`) for a healthy new
+    /// system, `rollback`, or `failure`.
+    fn settle(
+        &self,
+        st: &mut PersistedState,
+        system: &Path,
+        outcome: Outcome,
+        success: ReportStatus,
+    ) -> Result<(ReportStatus, Vec<String>), (ReportStatus, String)> {
+        match outcome {
+            Outcome::Success { changes } => {
+                st.mixed = None;
+                if st.last_good.as_deref() != Some(system) {
+                    st.last_good = Some(system.to_owned());
+                    self.pin_last_good(system);
+                }
+                Ok((success, changes))
+            }
+            Outcome::Rollback { error } => {
+                st.mixed = None;
+                Err((ReportStatus::Rollback, error))
+            }
+            Outcome::Failure { error, after } => {
+                match after {
+                    After::Untouched => {}
+                    After::Activated => st.mixed = None,
+                    After::Mixed => {
+                        st.mixed = Some(state::Mixed {
+                            since: OffsetDateTime::now_utc(),
+                            error: one_line(&error),
+                            profile: self.current_system(),
+                        })
+                    }
+                }
+                Err((ReportStatus::Failure, error))
+            }
         }
     }
 
@@ -518,6 +669,7 @@ impl Agent {
         &self,
         system: &Path,
         previous: Option<&Path>,
+        last_good: Option<PathBuf>,
         log: &UpdateLog,
     ) -> (Outcome, Option<Remote>) {
         self.status.set_activity(Activity::Activating);
@@ -542,7 +694,8 @@ impl Agent {
         if let Err(e) = set {
             let error = format!("cannot set the system profile: {e}");
             log.error(&error);
-            return (Outcome::Failure { error }, None);
+            let after = After::Untouched;
+            return (Outcome::Failure { error, after }, None);
         }
         log.info(format!(
             "switch-to-configuration switch ({})",
@@ -558,7 +711,10 @@ impl Agent {
         if let Err(e) = switched {
             let error = format!("activation failed: {e}");
             log.error(&error);
-            return (self.roll_back(error, previous, log).await, None);
+            let outcome = self
+                .roll_back(error, system, last_good, After::Mixed, log)
+                .await;
+            return (outcome, None);
         }
         match self.health_checks(log).await {
             Ok(conn) => {
@@ -570,33 +726,90 @@ impl Agent {
             }
             Err(error) => {
                 log.error(&error);
-                (self.roll_back(error, previous, log).await, None)
+                let outcome = self
+                    .roll_back(error, system, last_good, After::Activated, log)
+                    .await;
+                (outcome, None)
             }
         }
     }
 
-    async fn roll_back(&self, error: String, previous: Option<&Path>, log: &UpdateLog) -> Outcome {
-        if previous.is_none() {
-            let error = format!("{error}; no previous generation to roll back to");
+    /// Rolls back to exactly `last_good` after `failed` failed with `error`; `failed`
+    /// left the host as `after` says.
+    async fn roll_back(
+        &self,
+        error: String,
+        failed: &Path,
+        last_good: Option<PathBuf>,
+        after: After,
+        log: &UpdateLog,
+    ) -> Outcome {
+        let mixed_note = if after == After::Mixed {
+            ": the host may be in a mixed state"
+        } else {
+            ""
+        };
+        let target = match last_good {
+            None => {
+                let error = format!("{error}; no system known to work to roll back to{mixed_note}");
+                log.error(&error);
+                return Outcome::Failure { error, after };
+            }
+            Some(g) if g == failed => {
+                let error = format!(
+                    "{error}; it is the last system known to work: nothing to roll back to{mixed_note}"
+                );
+                log.error(&error);
+                return Outcome::Failure { error, after };
+            }
+            Some(g) => g,
+        };
+        if !target.join("bin/switch-to-configuration").exists() {
+            let error = format!(
+                "rollback failed: the host may be in a mixed state: the last system known to work, {}, is no longer in the store; the update had failed with: {error}",
+                target.display()
+            );
             log.error(&error);
-            return Outcome::Failure { error };
+            return Outcome::Failure { error, after };
         }
-        log.info("rolling back to the previous generation");
-        let (profile, plog) = (self.cfg.system_profile.clone(), log.clone());
-        let r =
-            tokio::task::spawn_blocking(move || activate::rollback(&profile, |l| plog.output(l)))
-                .await
-                .map_err(|e| e.to_string())
-                .and_then(|r| r.map_err(|e| e.summary()));
+        log.info(format!(
+            "rolling back to the last system known to work, {}",
+            target.display()
+        ));
+        let (profile, plog, sys) = (self.cfg.system_profile.clone(), log.clone(), target.clone());
+        let r = tokio::task::spawn_blocking(move || {
+            activate::roll_back_to(&profile, &sys, |l| plog.output(l)).map_err(|e| {
+                let after = match e {
+                    activate::RollbackError::Profile { .. } => after,
+                    activate::RollbackError::Switch { .. } => After::Mixed,
+                };
+                (e.to_string(), after)
+            })
+        })
+        .await
+        .unwrap_or_else(|e| Err((e.to_string(), After::Mixed)));
         match r {
-            Ok(sys) => {
-                log.info(format!("rolled back to {}", sys.display()));
+            Ok(change) => {
+                let how = match change {
+                    activate::ProfileChange::Unchanged => String::new(),
+                    activate::ProfileChange::Generation(n) => format!(" (generation {n})"),
+                    activate::ProfileChange::NewGeneration => " (a new generation)".to_owned(),
+                };
+                log.info(format!("rolled back to {}{how}", target.display()));
                 Outcome::Rollback { error }
             }
-            Err(e) => {
-                let error = format!("{error}; rollback failed too: {e}");
+            Err((e, after)) => {
+                let boots = self.current_system().map_or_else(
+                    || "the system profile names no system".to_owned(),
+                    |p| format!("the system profile names {}", p.display()),
+                );
+                // The rollback's failure first: it is what the admin must act on, and
+                // what a table cut short still shows.
+                let error = format!(
+                    "rollback failed: the host may be in a mixed state: {e}; {boots}; the update had failed with: {error}"
+                );
                 log.error(&error);
-                Outcome::Failure { error }
+                Outcome::Failure { error, after }
             }
         }
     }
@@ -714,7 +927,7 @@ impl Agent {
         st: &mut PersistedState,
     ) -> PollResult {
         let current = self.current_system();
-        let system_name = current.as_deref().map(store_basename);
+        let system_name = self.running_system(st).as_deref().map(store_basename);
         let booted = activate::resolve_system(&self.cfg.booted_system);
         let booted_files = booted
             .as_deref()
@@ -890,7 +1103,7 @@ impl Agent {
                 return None;
             }
         };
-        let previous = self.current_system();
+        let previous = self.running_system(st);
         if previous.as_deref() == Some(system.as_path()) {
             tracing::info!("self-update: the system did not change");
             return None;
@@ -903,12 +1116,10 @@ impl Agent {
             |s| s.activity = Activity::Activating,
         );
         self.mark_activating(st, &system, previous.as_deref());
-        let (outcome, conn) = self.apply_system(&system, previous.as_deref(), &log).await;
-        let result = match outcome {
-            Outcome::Success { changes } => Ok((ReportStatus::Autoupdate, changes)),
-            Outcome::Failure { error } => Err((ReportStatus::Failure, error)),
-            Outcome::Rollback { error } => Err((ReportStatus::Rollback, error)),
-        };
+        let (outcome, conn) = self
+            .apply_system(&system, previous.as_deref(), st.last_good.clone(), &log)
+            .await;
+        let result = self.settle(st, &system, outcome, ReportStatus::Autoupdate);
         let refused_before = st.refused.clone();
         let r = self
             .conclude(conn, &applied.revision, started, previous, log, result, st)

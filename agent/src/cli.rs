@@ -272,6 +272,13 @@ fn status(cli: &Cli, json: bool) -> anyhow::Result<ExitCode> {
         "system:       {}",
         st.system.as_deref().unwrap_or("unknown")
     );
+    if let Some(m) = StateDir::new(&state_dir).load().mixed {
+        println!(
+            "mixed state:  since {}: {}",
+            fmt_time(Some(m.since)),
+            m.error
+        );
+    }
     println!(
         "last check:   {}{}",
         fmt_time(st.last_check),

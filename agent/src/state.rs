@@ -2,7 +2,9 @@
 //!
 //! ```text
 //! <state_dir>/lock              taken for the length of a poll
-//! <state_dir>/state.json        applied revision, refused revision, self-update time
+//! <state_dir>/state.json        applied revision, refused revision, self-update time,
+//!                               last good system, mixed state
+//! <state_dir>/last-good         GC root of the last good system (a rollback needs it)
 //! <state_dir>/history.json      the last updates, newest first
 //! <state_dir>/last-log.txt      tail of the last update's log
 //! <state_dir>/staging/          downloads in progress (wiped before each download)
@@ -50,12 +52,30 @@ pub struct Activating {
     pub previous: Option<std::path::PathBuf>,
 }
 
+/// An activation or a rollback stopped half-way: what runs is a mix the agent cannot
+/// name, so it claims no system until one is activated in full.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Mixed {
+    #[serde(with = "time::serde::rfc3339")]
+    pub since: OffsetDateTime,
+    pub error: String,
+    /// What the system profile named then: a profile changed since (a `nixos-rebuild
+    /// switch` by hand) ends the mixed state.
+    pub profile: Option<PathBuf>,
+}
+
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct PersistedState {
     pub applied: Option<Applied>,
     pub refused: Option<Refused>,
     #[serde(default)]
     pub activating: Option<Activating>,
+    /// The last system that activated and passed its health checks: the only one a
+    /// failed update rolls back to.
+    #[serde(default)]
+    pub last_good: Option<PathBuf>,
+    #[serde(default)]
+    pub mixed: Option<Mixed>,
     #[serde(default, with = "time::serde::rfc3339::option")]
     pub last_self_update: Option<OffsetDateTime>,
 }
@@ -94,6 +114,10 @@ impl StateDir {
     }
     fn log_tail_file(&self) -> PathBuf {
         self.root.join("last-log.txt")
+    }
+    /// GC root of [`PersistedState::last_good`].
+    pub fn last_good_root(&self) -> PathBuf {
+        self.root.join("last-good")
     }
 
     /// Creates the directories (root only: 0700, the releases may hold secrets).

@@ -343,7 +343,7 @@ mod tests {
             \x1b[31;1merror:\x1b[0m undefined variable 'x'\n\n       at /tmp/s/configuration.nix:7:5:\n\n            6|   {\n            7|     x\n             |     ^\n\
             (use '--show-trace' to show detailed location information)\n";
         let e = Cmd::new("/bin/sh")
-            .args(["-c", &format!("printf '%s' \"$0\" >&2; exit 1"), stderr])
+            .args(["-c", "printf '%s' \"$0\" >&2; exit 1", stderr])
             .run()
             .unwrap_err();
         assert_eq!(e.summary(), "error: undefined variable 'x'");

@@ -6,7 +6,10 @@
 //!
 //! - `bin/switch-to-configuration ACTION`: appends `ACTION <unix time>` to the host's
 //!   marker file ([`ToyFleet::marker_path`], an absolute path baked in at build time),
-//!   or exits 1 when `<marker>.fail` exists at run time;
+//!   or exits 1 when `<marker>.fail` (any system of the host) or
+//!   `<marker>.fail-<system version>` (that system only) exists at run time; every run,
+//!   failed ones included, also appends `ACTION <store path> ok|failed` to
+//!   `<marker>.systems` ([`ToyFleet::system_switches`]);
 //! - `kernel`, `initrd`, `kernel-modules`: symlinks into a `toy-linux-<kernelVersion>`
 //!   store path (as NixOS links into its kernel package), so two systems with the same
 //!   kernel version share the same kernel paths and contents;
@@ -90,10 +93,15 @@ let
       switch|boot|test|dry-activate) ;;
       *) echo "usage: switch-to-configuration [switch|boot|test|dry-activate]" >&2; exit 1 ;;
     esac
-    if [ -e "${marker}.fail" ]; then
-      echo "toy switch-to-configuration: failing because ${marker}.fail exists" >&2
-      exit 1
-    fi
+    self=$(cd "$(dirname "$0")/.." && pwd -P)
+    for f in "${marker}.fail" "${marker}.fail-${version}"; do
+      if [ -e "$f" ]; then
+        echo "$1 $self failed" >> "${marker}.systems"
+        echo "toy switch-to-configuration: failing because $f exists" >&2
+        exit 1
+      fi
+    done
+    echo "$1 $self ok" >> "${marker}.systems"
     echo "$1 $(date +%s)" >> "${marker}"
   '';
 in
@@ -136,6 +144,15 @@ struct HostDir {
 pub struct SwitchRecord {
     pub action: String,
     pub unix_time: u64,
+}
+
+/// One `switch-to-configuration` run of a toy system, failed runs included.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SystemSwitch {
+    pub action: String,
+    /// The store path whose script ran.
+    pub system: PathBuf,
+    pub ok: bool,
 }
 
 /// A bento directory of toy hosts. Host directory names and configuration names must be
@@ -436,6 +453,63 @@ in
     pub fn set_activation_failure(&self, host: &str, fail: bool) -> Result<()> {
         let mut path = self.marker_path(host).into_os_string();
         path.push(".fail");
+        let path = PathBuf::from(path);
+        if fail {
+            write(&path, "")
+        } else {
+            match fs::remove_file(&path) {
+                Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+                    Err(e).with_context(|| format!("removing {}", path.display()))
+                }
+                _ => Ok(()),
+            }
+        }
+    }
+
+    /// Every `switch-to-configuration` run of `host`'s systems, oldest first, with the
+    /// system that ran and whether it failed.
+    pub fn system_switches(&self, host: &str) -> Result<Vec<SystemSwitch>> {
+        let mut path = self.marker_path(host).into_os_string();
+        path.push(".systems");
+        let path = PathBuf::from(path);
+        let text = match fs::read_to_string(&path) {
+            Ok(text) => text,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
+            Err(e) => return Err(e).with_context(|| format!("reading {}", path.display())),
+        };
+        text.lines()
+            .map(|line| {
+                let mut words = line.split(' ');
+                let (Some(action), Some(system), Some(result), None) =
+                    (words.next(), words.next(), words.next(), words.next())
+                else {
+                    bail!("bad line {line:?} in {}", path.display());
+                };
+                ensure!(
+                    result == "ok" || result == "failed",
+                    "bad line {line:?} in {}",
+                    path.display()
+                );
+                Ok(SystemSwitch {
+                    action: action.to_owned(),
+                    system: PathBuf::from(system),
+                    ok: result == "ok",
+                })
+            })
+            .collect()
+    }
+
+    /// Makes `switch-to-configuration` fail (exit 1) for the system of `host` with system
+    /// version `version` only (see [`ToyFleet::set_system_version`]), or work again.
+    pub fn set_version_activation_failure(
+        &self,
+        host: &str,
+        version: &str,
+        fail: bool,
+    ) -> Result<()> {
+        check_version(version)?;
+        let mut path = self.marker_path(host).into_os_string();
+        path.push(format!(".fail-{version}"));
         let path = PathBuf::from(path);
         if fail {
             write(&path, "")
