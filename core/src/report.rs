@@ -221,10 +221,11 @@ pub struct Heartbeat {
 pub struct ReportEntry {
     pub file_name: String,
     pub name: ReportName,
-    /// Modification time on the server (when the upload was renamed into place).
+    /// Modification time on the server (when the upload was written; a rename keeps it).
     pub mtime: SystemTime,
-    /// Change time on the server; a report counts after a publication when it is
-    /// newer than `last_change_date` (the original tool's `find -cnewer`).
+    /// Change time on the server: any change of the entry here renews it, a copy of
+    /// the chroot too, so it tells what to look at again, never when a report came
+    /// (that is [`received_time`]).
     pub ctime: SystemTime,
     /// The sidecar, when present and well-formed.
     pub meta: Option<ReportMeta>,
@@ -245,7 +246,7 @@ impl LogsScan {
     /// Reports ordered oldest → newest by their name (the client's clock), then
     /// by server time for reports in the same minute.
     pub fn sorted(&mut self) {
-        self.reports.sort_by_key(|r| (r.name.time, r.ctime));
+        self.reports.sort_by_key(|r| (r.name.time, r.mtime));
     }
 }
 
@@ -379,6 +380,28 @@ pub fn read_log_capped(path: &Path, cap: usize) -> std::io::Result<(String, bool
 /// The directory of a host's logs given the chroot host dir.
 pub fn logs_dir(host_dir: &Path) -> PathBuf {
     host_dir.join("logs")
+}
+
+/// When the server received a file a host uploaded, to the whole second.
+///
+/// Its modification time: the server's clock sets it when the upload is written
+/// (the original client's plain `sftp put`, the agent's upload then rename), and
+/// `cp -a`, `rsync -a` and `tar` keep it, where the change time becomes the copy's.
+/// Capped by the change time, which no client can set: over OpenSSH a host may
+/// `put -p` or setstat a time of its choice (bento's own SFTP server refuses
+/// setstat), and a time ahead of the change time is such a forgery, taken back to
+/// when it was made. Whole seconds, because GNU tar and many backups keep no more.
+pub fn received_time(md: &fs::Metadata) -> SystemTime {
+    let mtime = md.modified().unwrap_or(SystemTime::UNIX_EPOCH);
+    whole_seconds(mtime.min(ctime(md)))
+}
+
+/// `t` without its fraction of a second.
+pub fn whole_seconds(t: SystemTime) -> SystemTime {
+    match t.duration_since(SystemTime::UNIX_EPOCH) {
+        Ok(d) => SystemTime::UNIX_EPOCH + std::time::Duration::from_secs(d.as_secs()),
+        Err(_) => SystemTime::UNIX_EPOCH,
+    }
 }
 
 #[cfg(unix)]

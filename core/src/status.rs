@@ -4,8 +4,15 @@
 //! Reports with a sidecar carry the revision they applied, so only a report of the
 //! published revision can make a host "up to date". Reports of the original shell
 //! clients have no sidecar: whether they came after a publication is decided with
-//! the server's own file times (report ctime newer than `last_change_date`'s mtime,
-//! as the original `find -cnewer`), never with the client's clock in the name.
+//! the server's own file times, never with the client's clock in the name: a report
+//! counts after a publication when it was received ([`report::received_time`]) in a
+//! later second than `last_change_date` was last written. Both are modification
+//! times, which `cp -a`, `rsync -a` and a `tar` backup keep (the original tool's
+//! `find -cnewer` compared change times, which every copy renews).
+//!
+//! A shell client applies a publication once and may update itself on later polls,
+//! so its reports since a publication are read as one story ([`LegacyStory`]); only
+//! reports that contradict one another make the host "extra logs".
 
 use std::collections::{BTreeMap, HashSet};
 use std::fs;
@@ -107,7 +114,7 @@ pub struct LastReport {
     pub file: String,
     /// The client's clock, as in the file name (`YYYY-mm-dd HH:MM`).
     pub time: String,
-    /// When the server received it (file mtime).
+    /// When the server received it ([`report::received_time`]), to the second.
     #[serde(with = "time::serde::rfc3339")]
     pub received: OffsetDateTime,
     pub status: ReportStatus,
@@ -200,8 +207,45 @@ impl Default for StatusOptions {
 struct Candidate {
     file: String,
     name: ReportName,
-    mtime: SystemTime,
-    ctime: SystemTime,
+    /// Read only for the reports the status needs.
+    received: SystemTime,
+}
+
+/// The reports of an original shell client since a publication, fed newest first.
+///
+/// The client applies a publication once (success, failure or rollback), and with
+/// self-update on it then sends `autoupdate` reports on later polls, or sent one
+/// before it saw the publication. Reports contradict one another when two outcomes
+/// differ (in status or system: the client applied twice with different results) or
+/// when a self-update follows a failure or a rollback (the host says the release did
+/// not apply, then that it updated itself): which of them tells what the host runs
+/// is for the admin to read in the logs.
+#[derive(Default)]
+struct LegacyStory {
+    outcome: Option<(ReportStatus, String)>,
+    newer_self_update: bool,
+    contradicts: bool,
+}
+
+impl LegacyStory {
+    /// Adds the next older report.
+    fn add(&mut self, status: ReportStatus, system: &str) {
+        if self.contradicts {
+            return;
+        }
+        if status == ReportStatus::Autoupdate {
+            self.newer_self_update = true;
+            return;
+        }
+        if self.newer_self_update && status != ReportStatus::Success {
+            self.contradicts = true;
+            return;
+        }
+        match &self.outcome {
+            None => self.outcome = Some((status, system.to_owned())),
+            Some((s, sys)) => self.contradicts = *s != status || sys != system,
+        }
+    }
 }
 
 /// Computes one host's status from its chroot directory.
@@ -214,8 +258,11 @@ pub fn host_status(
     let host_dir = chroot.host_dir(host);
     let logs = chroot.logs_dir(host);
     let mut warnings = Vec::new();
-    let published_md = fs::metadata(chroot.last_change_path(host)).ok();
-    let published_at = published_md.as_ref().and_then(|m| m.modified().ok());
+    // Written only by the server (`bento deploy`): its own time, no cap needed.
+    let published_at = fs::metadata(chroot.last_change_path(host))
+        .and_then(|m| m.modified())
+        .ok()
+        .map(report::whole_seconds);
     let revision = chroot.current_revision(host).or_else(|| {
         fs::read_to_string(chroot.last_change_path(host))
             .ok()
@@ -237,7 +284,7 @@ pub fn host_status(
                     Ok(hb) => {
                         let t = ent
                             .metadata()
-                            .and_then(|m| m.modified())
+                            .map(|m| report::received_time(&m))
                             .unwrap_or(SystemTime::UNIX_EPOCH);
                         heartbeat = Some((hb, t));
                     }
@@ -259,8 +306,7 @@ pub fn host_status(
                 Ok(parsed) => candidates.push(Candidate {
                     file: name,
                     name: parsed,
-                    mtime: SystemTime::UNIX_EPOCH,
-                    ctime: SystemTime::UNIX_EPOCH,
+                    received: SystemTime::UNIX_EPOCH,
                 }),
                 Err(e) => warnings.push(format!("{name}: skipped: {e}")),
             }
@@ -273,16 +319,20 @@ pub fn host_status(
     if let Some(newest_time) = candidates.iter().map(|c| c.name.time).max() {
         for c in candidates.iter_mut().filter(|c| c.name.time == newest_time) {
             if let Ok(md) = fs::metadata(logs.join(&c.file)) {
-                c.mtime = md.modified().unwrap_or(SystemTime::UNIX_EPOCH);
+                c.received = report::received_time(&md);
             }
         }
     }
-    candidates
-        .sort_by(|a, b| (b.name.time, b.mtime, &b.file).cmp(&(a.name.time, a.mtime, &a.file)));
+    candidates.sort_by(|a, b| {
+        (b.name.time, b.received, &b.file).cmp(&(a.name.time, a.received, &a.file))
+    });
 
+    // Whole seconds on both sides, so a copy that keeps no more decides the same. A
+    // report of the same second counts before: no host applies a release within the
+    // second it is published.
     let published = published_at.unwrap_or(SystemTime::UNIX_EPOCH);
     let mut since_publication = 0u32;
-    let mut legacy_since = 0u32;
+    let mut legacy_story = LegacyStory::default();
     let mut deciding: Option<(Candidate, Option<ReportMeta>)> = None;
     let mut newest: Option<(Candidate, Option<ReportMeta>)> = None;
     for mut c in candidates {
@@ -290,14 +340,13 @@ pub fn host_status(
             Ok(m) => m,
             Err(_) => continue,
         };
-        c.mtime = md.modified().unwrap_or(SystemTime::UNIX_EPOCH);
-        c.ctime = report::ctime(&md);
-        let after_publication = c.ctime > published;
+        c.received = report::received_time(&md);
+        let after_publication = c.received > published;
         let has_sidecar = sidecars.contains(&c.name.sidecar_file_name());
         if after_publication {
             since_publication += 1;
             if !has_sidecar {
-                legacy_since += 1;
+                legacy_story.add(c.name.status, &c.name.system);
             }
         }
         if deciding.is_some() && newest.is_some() {
@@ -320,8 +369,7 @@ pub fn host_status(
                 Candidate {
                     file: c.file.clone(),
                     name: c.name.clone(),
-                    mtime: c.mtime,
-                    ctime: c.ctime,
+                    received: c.received,
                 },
                 meta.clone(),
             ));
@@ -384,7 +432,7 @@ pub fn host_status(
                     State::RebuildPending
                 }
             }
-            Some((_, None)) if legacy_since > 1 => State::ExtraLogs,
+            Some((_, None)) if legacy_story.contradicts => State::ExtraLogs,
             Some((c, _)) => match c.name.status {
                 ReportStatus::Success => State::UpToDate,
                 ReportStatus::Failure => State::Failing,
@@ -409,9 +457,11 @@ pub fn host_status(
         .as_ref()
         .map(|(_, t)| *t)
         .into_iter()
-        .chain(shown.as_ref().map(|(c, _)| c.mtime))
+        .chain(shown.as_ref().map(|(c, _)| c.received))
         .max();
     let _ = host_dir;
+    // Directory order differs between a chroot and its copy.
+    warnings.sort();
     HostStatus {
         host: host.to_string(),
         state,
@@ -433,7 +483,7 @@ pub fn host_status(
                 c.name.time.hour(),
                 c.name.time.minute()
             ),
-            received: OffsetDateTime::from(c.mtime),
+            received: OffsetDateTime::from(c.received),
             status: c.name.status,
             revision: meta.as_ref().and_then(|m| m.revision.clone()),
             system: c.name.system.clone(),

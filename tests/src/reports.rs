@@ -109,8 +109,10 @@ pub fn write_heartbeat(
     Ok(())
 }
 
-/// Sets a file's modification time (to place a publication before or after reports:
-/// the server compares report ctimes with `last_change_date`'s mtime).
+/// Sets a file's modification time: to place a publication before or after reports
+/// (the server compares a report's receive time, its mtime capped by its ctime, with
+/// `last_change_date`'s mtime, to the second), or to forge a time as a host can over
+/// OpenSSH.
 pub fn set_mtime(path: &Path, t: SystemTime) -> Result<()> {
     fs::File::options()
         .write(true)

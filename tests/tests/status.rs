@@ -1,7 +1,9 @@
 //! `bento status` decides every state of DESIGN.md from reports in the real on-disk
-//! format, with the server's own file times.
+//! format, with the server's own file times, and decides the same on a copy of the
+//! chroot (`cp -a`, `rsync -a`, a `tar` backup restored).
 
 use std::fs;
+use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::{Duration, SystemTime};
 
@@ -9,6 +11,7 @@ use anyhow::Result;
 use bento_core::report::{AgentState, ReportStatus};
 use bento_tests::cli::{current_release, BentoFixture};
 use bento_tests::reports::{set_mtime, write_heartbeat, Report};
+use bento_tests::run;
 use bento_tests::sshd::unique_prefix;
 use serde_json::Value;
 
@@ -322,5 +325,341 @@ fn a_compromised_host_cannot_hang_or_redirect_status() -> Result<()> {
     let warnings = row["warnings"].to_string();
     assert!(warnings.contains("heartbeat.json"), "{warnings}");
     assert!(!warnings.contains("root:"), "{warnings}");
+    Ok(())
+}
+
+/// How an admin copies, moves or restores a chroot.
+#[derive(Debug, Clone, Copy)]
+enum CopyMethod {
+    CpA,
+    RsyncA,
+    /// GNU tar's default format keeps whole seconds only.
+    Tar,
+}
+
+fn copy_chroot(how: CopyMethod, src: &Path, dst: &Path) -> Result<()> {
+    match how {
+        CopyMethod::CpA => {
+            run(Command::new("cp").arg("-a").arg(src).arg(dst))?;
+        }
+        CopyMethod::RsyncA => {
+            fs::create_dir(dst)?;
+            let from = format!("{}/", src.display());
+            run(Command::new("rsync").arg("-a").arg(from).arg(dst))?;
+        }
+        CopyMethod::Tar => {
+            let archive = dst.with_extension("tar");
+            run(Command::new("tar")
+                .arg("-C")
+                .arg(src)
+                .arg("-cf")
+                .arg(&archive)
+                .arg("."))?;
+            fs::create_dir(dst)?;
+            run(Command::new("tar")
+                .arg("-C")
+                .arg(dst)
+                .arg("-xf")
+                .arg(&archive))?;
+        }
+    }
+    Ok(())
+}
+
+/// `bento status --json` of a bento directory whose chroot is `chroot`.
+fn status_of_chroot(f: &BentoFixture, chroot: &Path, label: &str) -> Result<Vec<Value>> {
+    let dir = f.dir.join(format!("bento-{label}"));
+    fs::create_dir_all(dir.join("hosts"))?;
+    fs::write(
+        dir.join("bento.toml"),
+        format!("chroot_dir = {:?}\n", chroot.display().to_string()),
+    )?;
+    let out = run(f.cmd().env("BENTO_DIR", &dir).args(["status", "--json"]))?;
+    Ok(serde_json::from_slice(&out.stdout)?)
+}
+
+const OLD_REVISION: &str = "0123456789abcdef0123456789abcdef";
+const OLD_SYSTEM: &str = "00000000aaaa-nixos-system-old-0";
+
+/// Hosts of the copy test: `a-` report with sidecars (bento-agent), `l-` without
+/// (the original shell clients), each with the state it must show.
+const COPY_FLEET: [(&str, &str); 19] = [
+    ("a-new", "new-machine"),
+    ("a-ok", "up-to-date"),
+    ("a-auto", "auto-updated"),
+    ("a-sync", "sync-pending"),
+    ("a-rebuild", "rebuild-pending"),
+    ("a-updating", "updating"),
+    ("a-fail", "failing"),
+    ("a-rollback", "rolled-back"),
+    ("a-old", "rebuild-pending"),
+    ("a-offline", "up-to-date"),
+    ("a-reboot", "up-to-date"),
+    ("l-ok", "up-to-date"),
+    ("l-auto", "auto-updated"),
+    ("l-applied-auto", "auto-updated"),
+    ("l-sync", "sync-pending"),
+    ("l-rebuild", "rebuild-pending"),
+    ("l-fail", "failing"),
+    ("l-rollback", "rolled-back"),
+    ("l-extra", "extra-logs"),
+];
+
+/// Every state, legacy and sidecar hosts, each with a history from before the
+/// publication as a fleet in use has, then the reports since it.
+fn copy_fleet() -> Result<Fleet> {
+    let mut f = BentoFixture::new("status-copy")?;
+    let p = unique_prefix();
+    let names: Vec<String> = COPY_FLEET.iter().map(|(s, _)| format!("{p}-{s}")).collect();
+    let refs: Vec<&str> = names.iter().map(String::as_str).collect();
+    f.fleet.flake_host(&format!("{p}-fleet"), &refs)?;
+    f.ok(&["deploy"])?;
+    let fl = Fleet { f, p };
+
+    // Reports received a day before the publication (the file times a backup keeps).
+    let day_ago = SystemTime::now() - Duration::from_secs(86400);
+    for (short, _) in COPY_FLEET.iter().filter(|(s, _)| *s != "a-new") {
+        let host = fl.host(short);
+        let exp = fl.expected(short);
+        let system = if short.ends_with("-sync") {
+            exp.as_str()
+        } else {
+            OLD_SYSTEM
+        };
+        let mut r = if short.starts_with("a-") {
+            Report::agent(&host, system, ReportStatus::Success, OLD_REVISION)
+        } else {
+            Report::legacy(&host, system, ReportStatus::Success)
+        };
+        r.time -= time::Duration::days(2);
+        let log = r.write(&fl.logs(short))?;
+        set_mtime(&fl.logs(short).join(&log), day_ago)?;
+        if r.revision.is_some() {
+            set_mtime(
+                &fl.logs(short).join(log.replace(".log.gz", ".json")),
+                day_ago,
+            )?;
+        }
+    }
+    // The publication comes after every history file changed (the old rule compared
+    // change times), then the reports come a clear second later.
+    let published = SystemTime::now() + Duration::from_secs(2);
+    for (short, _) in COPY_FLEET {
+        set_mtime(
+            &fl.f.host_chroot(&fl.host(short)).join("last_change_date"),
+            published,
+        )?;
+    }
+    let later = published + Duration::from_millis(1100);
+    assert!(bento_tests::wait_until(Duration::from_secs(10), || {
+        SystemTime::now() >= later
+    }));
+
+    let agent = |short: &str, status, minutes_ago: i64| -> Result<()> {
+        let host = fl.host(short);
+        let (exp, rev) = (fl.expected(short), fl.revision(short));
+        let mut r = Report::agent(&host, &exp, status, &rev);
+        r.time -= time::Duration::minutes(minutes_ago);
+        r.write(&fl.logs(short))?;
+        Ok(())
+    };
+    let legacy = |short: &str, status, minutes_ago: i64| -> Result<()> {
+        let host = fl.host(short);
+        let exp = fl.expected(short);
+        let mut r = Report::legacy(&host, &exp, status);
+        r.time -= time::Duration::minutes(minutes_ago);
+        r.write(&fl.logs(short))?;
+        Ok(())
+    };
+    use ReportStatus::*;
+    agent("a-ok", Success, 0)?;
+    agent("a-auto", Autoupdate, 0)?;
+    agent("a-updating", Success, 0)?;
+    agent("a-fail", Failure, 0)?;
+    agent("a-rollback", Rollback, 0)?;
+    agent("a-offline", Success, 0)?;
+    agent("a-reboot", Success, 0)?;
+    let old_host = fl.host("a-old");
+    Report::agent(
+        &old_host,
+        "11111111bbbb-nixos-system-old-0",
+        Success,
+        OLD_REVISION,
+    )
+    .write(&fl.logs("a-old"))?;
+    legacy("l-ok", Success, 0)?;
+    legacy("l-auto", Autoupdate, 0)?;
+    legacy("l-applied-auto", Success, 2)?;
+    legacy("l-applied-auto", Autoupdate, 1)?;
+    legacy("l-fail", Failure, 0)?;
+    legacy("l-rollback", Rollback, 0)?;
+    legacy("l-extra", Failure, 2)?;
+    legacy("l-extra", Success, 1)?;
+
+    let hb = |short: &str, state, reboot| {
+        let (exp, rev) = (fl.expected(short), fl.revision(short));
+        write_heartbeat(
+            &fl.logs(short),
+            &fl.host(short),
+            Some(&exp),
+            Some(&rev),
+            state,
+            reboot,
+        )
+    };
+    hb("a-updating", AgentState::Updating, false)?;
+    hb("a-offline", AgentState::Idle, false)?;
+    set_mtime(
+        &fl.logs("a-offline").join("heartbeat.json"),
+        SystemTime::now() - Duration::from_secs(3600),
+    )?;
+    hb("a-reboot", AgentState::Idle, true)?;
+    Ok(fl)
+}
+
+/// What changed between two `bento status --json` outputs, host by host.
+fn differences(before: &[Value], after: &[Value]) -> Vec<String> {
+    let mut out = Vec::new();
+    if before.len() != after.len() {
+        out.push(format!(
+            "{} hosts before, {} after",
+            before.len(),
+            after.len()
+        ));
+    }
+    for b in before {
+        let host = b["host"].as_str().unwrap_or("?");
+        match after.iter().find(|a| a["host"] == b["host"]) {
+            None => out.push(format!("{host}: missing")),
+            Some(a) if a != b => {
+                let fields: Vec<String> = b
+                    .as_object()
+                    .into_iter()
+                    .flatten()
+                    .filter(|(k, v)| a.get(k.as_str()) != Some(v))
+                    .map(|(k, v)| {
+                        format!("{k}: {v} -> {}", a.get(k.as_str()).unwrap_or(&Value::Null))
+                    })
+                    .collect();
+                out.push(format!("{host}: {}", fields.join("; ")));
+            }
+            Some(_) => {}
+        }
+    }
+    out
+}
+
+#[test]
+fn status_is_the_same_after_copying_the_chroot() -> Result<()> {
+    let fl = copy_fleet()?;
+    let before = fl.f.status()?;
+    let mut problems = Vec::new();
+    for how in [CopyMethod::CpA, CopyMethod::RsyncA, CopyMethod::Tar] {
+        let label = format!("{how:?}").to_lowercase();
+        let copy = fl.f.dir.join(format!("chroot-{label}"));
+        copy_chroot(how, &fl.f.chroot(), &copy)?;
+        let after = status_of_chroot(&fl.f, &copy, &label)?;
+        for d in differences(&before, &after) {
+            problems.push(format!("after {how:?}: {d}"));
+        }
+    }
+    assert!(problems.is_empty(), "{}", problems.join("\n"));
+
+    for (short, state) in COPY_FLEET {
+        let row = by_host(&before, &fl.host(short));
+        assert_eq!(row["state"], state, "{short}: {row:#}");
+    }
+    assert_eq!(by_host(&before, &fl.host("a-offline"))["offline"], true);
+    assert_eq!(
+        by_host(&before, &fl.host("a-reboot"))["reboot_pending"],
+        true
+    );
+    assert_eq!(
+        by_host(&before, &fl.host("l-ok"))["reports_since_publication"],
+        1
+    );
+    Ok(())
+}
+
+#[test]
+fn a_self_update_after_a_release_is_auto_updated_and_contradictions_are_extra_logs() -> Result<()> {
+    use ReportStatus::*;
+    // Oldest first; every one arrived after the publication.
+    let cases: [(&str, &[ReportStatus], &str); 7] = [
+        ("applied-auto", &[Success, Autoupdate], "auto-updated"),
+        (
+            "applied-autos",
+            &[Success, Autoupdate, Autoupdate],
+            "auto-updated",
+        ),
+        ("auto-applied", &[Autoupdate, Success], "up-to-date"),
+        ("twice", &[Success, Success], "up-to-date"),
+        ("fail-ok", &[Failure, Success], "extra-logs"),
+        ("ok-rollback", &[Success, Rollback], "extra-logs"),
+        ("fail-auto", &[Failure, Autoupdate], "extra-logs"),
+    ];
+    let mut f = BentoFixture::new("status-story")?;
+    let p = unique_prefix();
+    let names: Vec<String> = cases.iter().map(|(s, _, _)| format!("{p}-{s}")).collect();
+    let refs: Vec<&str> = names.iter().map(String::as_str).collect();
+    f.fleet.flake_host(&format!("{p}-fleet"), &refs)?;
+    f.ok(&["deploy"])?;
+    let fl = Fleet { f, p };
+    for (short, reports, _) in cases {
+        fl.published_ago(short, 120)?;
+        let host = fl.host(short);
+        let exp = fl.expected(short);
+        for (i, status) in reports.iter().enumerate() {
+            let mut r = Report::legacy(&host, &exp, *status);
+            r.time -= time::Duration::minutes((reports.len() - i) as i64);
+            r.write(&fl.logs(short))?;
+        }
+    }
+    let rows = fl.f.status()?;
+    let mut wrong = Vec::new();
+    for (short, reports, state) in cases {
+        let row = by_host(&rows, &fl.host(short));
+        if row["state"] != state {
+            wrong.push(format!(
+                "{short} {reports:?}: {} instead of {state}",
+                row["state"]
+            ));
+        }
+        if row["reports_since_publication"] != reports.len() {
+            wrong.push(format!("{short}: {}", row["reports_since_publication"]));
+        }
+    }
+    assert!(wrong.is_empty(), "{}", wrong.join("\n"));
+    let auto = by_host(&rows, &fl.host("applied-auto"));
+    assert_eq!(auto["last_report"]["status"], "autoupdate", "{auto:#}");
+    Ok(())
+}
+
+#[test]
+fn a_host_cannot_date_a_report_after_the_next_publication() -> Result<()> {
+    let mut f = BentoFixture::new("status-forged")?;
+    let host = format!("{}-forger", unique_prefix());
+    f.fleet.nonflake_host(&host)?;
+    f.ok(&["deploy"])?;
+    let logs = f.host_chroot(&host).join("logs");
+    // With OpenSSH a host may `put -p` or setstat its upload's times: a report dated a
+    // day ahead must not count after a publication that comes later.
+    let log = Report::legacy(
+        &host,
+        "abcdefgh-nixos-system-forger-1",
+        ReportStatus::Success,
+    )
+    .write(&logs)?;
+    set_mtime(
+        &logs.join(log),
+        SystemTime::now() + Duration::from_secs(86400),
+    )?;
+    set_mtime(
+        &f.host_chroot(&host).join("last_change_date"),
+        SystemTime::now() + Duration::from_secs(60),
+    )?;
+    let st = f.host_status(&host)?;
+    assert_eq!(st["state"], "rebuild-pending", "{st:#}");
+    assert_eq!(st["reports_since_publication"], 0, "{st:#}");
     Ok(())
 }
