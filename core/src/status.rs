@@ -382,13 +382,12 @@ pub fn host_status(
             break;
         }
     }
-    let running_from_reports = newest.as_ref().map(|(c, meta)| {
-        (
-            meta.as_ref().and_then(|m| m.revision.clone()),
-            meta.as_ref()
-                .and_then(|m| m.system.clone())
-                .unwrap_or_else(|| c.name.system.clone()),
-        )
+    // A sidecar without a system means the agent does not know what runs (a failed
+    // rollback left the host in a mixed state): its file name's `unknown-system` is
+    // not a system. Only legacy reports (no sidecar) are read from the name.
+    let running_from_reports = newest.as_ref().map(|(c, meta)| match meta {
+        Some(m) => (m.revision.clone(), m.system.clone()),
+        None => (None, Some(c.name.system.clone())),
     });
 
     let hb_fresh = heartbeat.as_ref().map(|(hb, t)| {
@@ -404,7 +403,7 @@ pub fn host_status(
     let running_system = heartbeat
         .as_ref()
         .and_then(|(hb, _)| hb.system.clone())
-        .or_else(|| running_from_reports.as_ref().map(|(_, s)| s.clone()));
+        .or_else(|| running_from_reports.as_ref().and_then(|(_, s)| s.clone()));
     let running_revision = heartbeat
         .as_ref()
         .and_then(|(hb, _)| hb.revision.clone())

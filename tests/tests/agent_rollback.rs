@@ -108,6 +108,8 @@ fn a_rollback_lands_on_the_last_good_system_not_on_one_that_never_worked() -> Re
     assert_eq!(meta2.previous_system.as_deref(), Some(base(&v1).as_str()));
     let st = fleet.status(&host)?;
     assert_eq!(st.state, State::Failing, "{st:#?}");
+    // Not the report name's `unknown-system` either: nothing known runs.
+    assert_eq!(st.running_system, None, "{st:#?}");
     assert_eq!(
         st.last_report.as_ref().and_then(|r| r.error.as_deref()),
         Some(error2.as_str())
