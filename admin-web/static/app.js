@@ -5,6 +5,26 @@
   "use strict";
   var body = document.body;
   var live = body.dataset.live;
+
+  // A running job's duration ticks: the server says how long it had run when it
+  // rendered the element; the browser counts on from when it first saw it (its
+  // clock may be off, its pace is not). Same format as the server's duration_ms.
+  function pad(n) { return (n < 10 ? "0" : "") + n; }
+  function duration(ms) {
+    ms = Math.max(0, ms);
+    if (ms < 60000) return (ms / 1000).toFixed(1) + " s";
+    if (ms < 3600000) return Math.floor(ms / 60000) + "m " + pad(Math.floor(ms / 1000) % 60) + "s";
+    return Math.floor(ms / 3600000) + "h " + pad(Math.floor(ms / 60000) % 60) + "m";
+  }
+  function tick() {
+    var now = performance.now();
+    document.querySelectorAll("[data-elapsed-ms]").forEach(function (el) {
+      if (!el.dataset.seenAt) el.dataset.seenAt = String(now);
+      el.textContent = duration(Number(el.dataset.elapsedMs) + now - Number(el.dataset.seenAt));
+    });
+  }
+  if (live || document.querySelector("[data-elapsed-ms]")) setInterval(tick, 1000);
+
   if (!live || !window.EventSource || !window.fetch || !window.DOMParser) return;
 
   var refreshing = false, again = false, timer = null, last = 0;

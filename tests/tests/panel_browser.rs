@@ -14,6 +14,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
 use bento_core::bentodir::BentoDir;
+use bento_core::buildstate::BuildState;
 use bento_core::report::ReportStatus;
 use bento_tests::sshd::unique_prefix;
 use fantoccini::{Client, ClientBuilder, Locator};
@@ -206,10 +207,18 @@ fn fleet(p: &PanelServer) -> Result<Vec<String>> {
     Ok(hosts)
 }
 
+/// Whether Chromium is here; says so loudly when not.
+fn chromium_missing() -> bool {
+    let missing = !Path::new(CHROMEDRIVER).exists() || !Path::new(CHROMIUM).exists();
+    if missing {
+        eprintln!("\n!!!!!!!!!! SKIPPED panel_browser: {CHROMEDRIVER} or {CHROMIUM} is missing (apt-get install chromium chromium-driver) !!!!!!!!!!\n");
+    }
+    missing
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_panel_in_a_real_browser() -> Result<()> {
-    if !Path::new(CHROMEDRIVER).exists() || !Path::new(CHROMIUM).exists() {
-        eprintln!("\n!!!!!!!!!! SKIPPED panel_browser: {CHROMEDRIVER} or {CHROMIUM} is missing (apt-get install chromium chromium-driver) !!!!!!!!!!\n");
+    if chromium_missing() {
         return Ok(());
     }
     let shots = screenshots_dir()?;
@@ -360,6 +369,31 @@ async fn drive(
     .await?;
     let before = c.find_all(Locator::Css("#job-log li")).await?.len();
     shot(c, shots, "job-waiting").await?;
+    // While it runs, its duration ticks in place (app.js): the same element, not a
+    // page or region reloaded by the server, shows a new value.
+    let ticked = eventually(
+        Duration::from_secs(15),
+        "the running job's duration to tick",
+        || async {
+            let v = c
+                .execute(
+                    "var el = document.getElementById('job-duration');
+                     if (!el) return null;
+                     if (!el.dataset.probe) {
+                       el.dataset.probe = '1';
+                       el.dataset.first = el.textContent;
+                       return null;
+                     }
+                     return el.textContent !== el.dataset.first
+                       ? [el.dataset.first, el.textContent] : null;",
+                    vec![],
+                )
+                .await?;
+            Ok((!v.is_null()).then_some(v))
+        },
+    )
+    .await?;
+    eprintln!("running job's duration: {ticked}");
     drop(lock);
     eventually(
         Duration::from_secs(300),
@@ -404,5 +438,239 @@ async fn drive(
     c.goto(&p.url(&format!("/hosts/{host}"))).await?;
     c.wait().for_element(Locator::Css("#facts")).await?;
     shot(c, shots, "host-phone").await?;
+    Ok(())
+}
+
+/// Runs `script` (which returns a JSON value) in the page.
+async fn js(c: &Client, script: &str) -> Result<serde_json::Value> {
+    Ok(c.execute(script, vec![]).await?)
+}
+
+/// Visible elements matching `css` whose text is cut: laid out wider than their
+/// content box. (scrollWidth rounds to whole pixels and misses an ellipsis that
+/// hides a fraction of a pixel's overflow; the text's own box does not.)
+async fn cut_elements(c: &Client, css: &str) -> Result<Vec<String>> {
+    let v = js(
+        c,
+        &format!(
+            "return Array.from(document.querySelectorAll({css:?}))
+               .filter(function (e) {{ return e.offsetParent !== null; }})
+               .map(function (e) {{
+                 var r = document.createRange(); r.selectNodeContents(e);
+                 var s = getComputedStyle(e), box = e.getBoundingClientRect().width
+                   - parseFloat(s.paddingLeft) - parseFloat(s.paddingRight)
+                   - parseFloat(s.borderLeftWidth) - parseFloat(s.borderRightWidth);
+                 var text = r.getBoundingClientRect().width;
+                 return text > box + 0.01 ? e.textContent.trim() + ' (' + text + ' > ' + box + ')' : null;
+               }})
+               .filter(function (x) {{ return x !== null; }});"
+        ),
+    )
+    .await?;
+    Ok(serde_json::from_value(v)?)
+}
+
+/// Sets the viewport (the window's inner size) to `w`×`h` CSS pixels.
+async fn viewport(c: &Client, w: u32, h: u32) -> Result<()> {
+    c.set_window_size(w, h).await?;
+    // The window's frame, if any, is not part of the viewport: grow by the difference.
+    let inner = js(c, "return [window.innerWidth, window.innerHeight];").await?;
+    let (iw, ih) = (
+        inner[0].as_u64().unwrap_or(0) as u32,
+        inner[1].as_u64().unwrap_or(0) as u32,
+    );
+    if (iw, ih) != (w, h) {
+        c.set_window_size(w + w.saturating_sub(iw), h + h.saturating_sub(ih))
+            .await?;
+    }
+    let inner = js(c, "return [window.innerWidth, window.innerHeight];").await?;
+    assert_eq!(inner, serde_json::json!([w, h]), "viewport size");
+    Ok(())
+}
+
+/// The lines of the log page's viewer that a reader cannot see, even scrolled to
+/// the end of the page and of the viewer: the last line must be in full view.
+async fn last_log_line_hidden(c: &Client) -> Result<serde_json::Value> {
+    js(
+        c,
+        "var ol = document.querySelector('ol.log');
+         ol.scrollTop = ol.scrollHeight;
+         window.scrollTo(0, document.documentElement.scrollHeight);
+         var li = ol.lastElementChild;
+         var l = li.getBoundingClientRect(), o = ol.getBoundingClientRect();
+         var visibleBottom = Math.min(o.top + ol.clientTop + ol.clientHeight, window.innerHeight);
+         var shown = l.top >= Math.max(o.top, 0) - 0.5 && l.bottom <= visibleBottom + 0.5;
+         return shown ? null : {text: li.textContent, line_top: l.top, line_bottom: l.bottom,
+                                viewer_bottom: o.top + ol.clientTop + ol.clientHeight,
+                                window: window.innerHeight};",
+    )
+    .await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_panel_fits_a_laptop_and_a_phone() -> Result<()> {
+    if chromium_missing() {
+        return Ok(());
+    }
+    let shots = screenshots_dir()?;
+    eprintln!("panel screenshots: {}", shots.display());
+    let p = PanelServer::start("panel-screens")?;
+    let hosts = fleet(&p)?;
+    // A long log, with lines longer than a phone is wide.
+    let long = &hosts[0];
+    let mut log = String::new();
+    for i in 1..=120 {
+        log.push_str(&format!(
+            "line {i}: building '/nix/store/0123456789abcdefghijklmnopqrstuv-unit-{i}.service.drv'{}\n",
+            " and its dependencies".repeat(i % 5)
+        ));
+    }
+    log.push_str("the last line of the log\n");
+    let file = p.report(long, &system(long, 3), ReportStatus::Success, &log, None)?;
+    let s = p.login().await?;
+    s.wait_for_host_where(long, "to have the long log", |h| {
+        h["last_report"]["file"] == file.as_str()
+    })
+    .await?;
+    // A job with a result: a build of a host that is in the chroot but not in
+    // hosts/ fails at once, saying why.
+    let job = s.start_job("build", &hosts[1]).await?;
+    let done = s.wait_job(job, Duration::from_secs(120)).await?;
+    let summary = done["summary"].as_str().unwrap_or_default().to_owned();
+    assert!(!summary.is_empty(), "{done}");
+    // 21 audit entries (logins, the job, the user's creation); the browser's own
+    // login makes 22.
+    let audit_rows = |body: &str| body.matches("<tr id=\"a").count();
+    while audit_rows(&s.page("/audit").await?) < 21 {
+        p.login().await?;
+    }
+    assert_eq!(audit_rows(&s.page("/audit").await?), 21);
+
+    // A host whose configuration stopped building (as a build records it).
+    let mut builds = BuildState::default();
+    builds.record_failure(
+        &hosts[2],
+        &hosts[2],
+        "error: undefined variable 'pkgs'\n\n       at hosts/web03/configuration.nix:7:14:\n\n            6|   services.nginx.enable = true;\n            7|   packages = pkgs.hello;\n             |              ^",
+        time::OffsetDateTime::now_utc(),
+    );
+    builds.save(&p.fx.bento_dir())?;
+
+    let driver = Driver::start()?;
+    let c = driver.browser().await?;
+    let result = fits(&c, &p, &file, long, &summary, &shots).await;
+    if result.is_err() {
+        let _ = shot(&c, &shots, "fits-failure").await;
+        eprintln!("server log:\n{}", p.server_log());
+    }
+    let _ = c.close().await;
+    result
+}
+
+async fn fits(
+    c: &Client,
+    p: &PanelServer,
+    file: &str,
+    host: &str,
+    summary: &str,
+    shots: &Path,
+) -> Result<()> {
+    c.goto(&p.url("/login")).await?;
+    c.find(Locator::Css("input[name=user]"))
+        .await?
+        .send_keys(ADMIN)
+        .await?;
+    c.find(Locator::Css("input[name=password]"))
+        .await?
+        .send_keys(PASSWORD)
+        .await?;
+    c.find(Locator::Css("button[type=submit].primary"))
+        .await?
+        .click()
+        .await?;
+    c.wait().for_element(Locator::Css("#counts")).await?;
+
+    // A common laptop screen: every state label fits its box.
+    viewport(c, 1366, 768).await?;
+    c.refresh().await?;
+    c.wait().for_element(Locator::Css("#counts")).await?;
+    shot(c, shots, "fleet-1366").await?;
+    let cut = cut_elements(c, ".count .l, .badge, .chip, .flag-badge").await?;
+    assert!(cut.is_empty(), "cut at 1366 px: {cut:?}");
+    let labels = js(c, "return document.querySelectorAll('.count .l').length;").await?;
+    assert_eq!(labels, 9, "one count per state");
+    let marked = text_of(c, "#hosts a.build-bad").await?.unwrap_or_default();
+    assert!(marked.contains("config does not build since"), "{marked:?}");
+    click(c, "#hosts a.build-bad").await?;
+    c.wait()
+        .for_element(Locator::Css(".build-failure pre.error-block"))
+        .await?;
+    shot(c, shots, "host-build-failure").await?;
+
+    // A phone.
+    viewport(c, 390, 844).await?;
+    c.goto(&p.url("/")).await?;
+    c.wait().for_element(Locator::Css("#counts")).await?;
+    let cut = cut_elements(c, ".count .l, .badge, .chip, .flag-badge").await?;
+    assert!(cut.is_empty(), "cut at 390 px: {cut:?}");
+
+    // The log viewer shows its last line.
+    c.goto(&p.url(&format!("/hosts/{host}/logs/{file}")))
+        .await?;
+    c.wait().for_element(Locator::Css("ol.log")).await?;
+    let hidden = last_log_line_hidden(c).await?;
+    shot(c, shots, "log-phone-end").await?;
+    assert!(hidden.is_null(), "the last log line is clipped: {hidden}");
+    let overflow = js(c, "return document.documentElement.scrollWidth;").await?;
+    assert!(
+        overflow.as_u64() <= Some(390),
+        "the page scrolls sideways: {overflow}"
+    );
+
+    // Jobs show their result.
+    c.goto(&p.url("/jobs")).await?;
+    c.wait().for_element(Locator::Css("#jobs-table")).await?;
+    shot(c, shots, "jobs-phone").await?;
+    let result = js(
+        c,
+        "var td = document.querySelector('#jobs-table td[data-label=Result]');
+         return td && td.offsetParent !== null ? td.textContent.trim() : null;",
+    )
+    .await?;
+    assert_eq!(
+        result.as_str(),
+        Some(summary),
+        "the result column on a phone"
+    );
+
+    // The audit log is compact: 22 entries in well under two screens.
+    c.goto(&p.url("/audit")).await?;
+    c.wait().for_element(Locator::Css("table.rows")).await?;
+    let rows = js(
+        c,
+        "return document.querySelectorAll('table.rows tbody tr').length;",
+    )
+    .await?;
+    assert_eq!(rows, 22);
+    let height = js(c, "return document.documentElement.scrollHeight;").await?;
+    shot(c, shots, "audit-phone").await?;
+    eprintln!("audit log of 22 entries on a phone: {height} px");
+    assert!(
+        height.as_u64() < Some(1500),
+        "audit log of 22 entries: {height} px"
+    );
+    // Compact, yet nothing recorded is hidden.
+    let hidden = js(
+        c,
+        "return Array.from(document.querySelectorAll('table.rows tbody td'))
+           .filter(function (t) { return t.textContent.trim() !== '' && t.offsetParent === null; })
+           .map(function (t) { return t.dataset.label + ': ' + t.textContent.trim(); });",
+    )
+    .await?;
+    assert_eq!(
+        hidden,
+        serde_json::json!([]),
+        "audit fields hidden on a phone"
+    );
     Ok(())
 }

@@ -131,7 +131,7 @@ async fn the_fleet_page_and_api_show_what_bento_status_shows() -> Result<()> {
     assert_eq!(state_of(&api, "cache1"), "rebuild-pending");
 
     let page = s.page("/").await?;
-    assert!(page.contains("5 hosts"));
+    assert!(page.contains(">5 hosts<"));
     for badge in [
         "🔥</span> failing",
         "⏪</span> rolled back",
@@ -207,7 +207,12 @@ async fn the_host_page_shows_history_log_and_actions() -> Result<()> {
     let first = page.find(newest).unwrap();
     let second = page.find(reports[1]["file"].as_str().unwrap()).unwrap();
     assert!(first < second, "history is not newest first");
-    assert!(page.contains("decides the state"));
+    // Said for an admin, not in the status machine's terms.
+    assert!(
+        page.contains("current state comes from this report"),
+        "{page}"
+    );
+    assert!(!page.contains("decides the state"));
 
     let log = s.page(&format!("/hosts/web1/logs/{newest}")).await?;
     assert!(log.contains(r#"<li id="L1">building</li>"#), "{log}");
@@ -328,5 +333,58 @@ async fn metrics_and_health() -> Result<()> {
     }
     let res = panel_common::client().get(p.url("/healthz")).send().await?;
     assert_eq!(res.text().await?, "ok\n");
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn counts_of_one_are_singular() -> Result<()> {
+    let p = PanelServer::start("panel-fleet")?;
+    p.add_host("solo", Some(&system("solo", 1)), Duration::from_secs(60))?;
+    let s = p.login().await?;
+    s.wait_for_host("solo").await?;
+    let page = s.page("/").await?;
+    assert!(page.contains(">1 host<"), "{page}");
+    assert!(!page.contains("1 hosts"));
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn error_pages_keep_the_navigation_of_a_logged_in_user() -> Result<()> {
+    let p = PanelServer::start("panel-fleet")?;
+    let s = p.login().await?;
+    for (path, active) in [
+        ("/no-such-page", "/"),
+        ("/hosts/nosuchhost", "/"),
+        ("/jobs/999", "/jobs"),
+        ("/audit/nothing", "/audit"),
+    ] {
+        let res = s.get(path).await?;
+        assert_eq!(res.status(), reqwest::StatusCode::NOT_FOUND, "{path}");
+        let body = res.text().await?;
+        for link in ["href=\"/jobs\"", "href=\"/audit\"", "Log out"] {
+            assert!(body.contains(link), "{path}: no {link} in\n{body}");
+        }
+        assert!(
+            body.contains(&format!("<a href=\"{active}\" class=\"active\">")),
+            "{path}: its section is not marked:\n{body}"
+        );
+    }
+    // A wrong form keeps it too.
+    let res = s
+        .post_raw("/jobs", &[("kind", "build"), ("csrf", "x")])
+        .await?;
+    assert_eq!(res.status(), reqwest::StatusCode::FORBIDDEN);
+    assert!(res.text().await?.contains("Log out"));
+    // Without a session: the bare page, nothing about the panel.
+    let res = panel_common::client()
+        .get(p.url("/no-such-page"))
+        .send()
+        .await?;
+    assert_eq!(res.status(), reqwest::StatusCode::NOT_FOUND);
+    let body = res.text().await?;
+    assert!(
+        !body.contains("Log out") && !body.contains("href=\"/jobs\""),
+        "{body}"
+    );
     Ok(())
 }

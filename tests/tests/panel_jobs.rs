@@ -35,6 +35,7 @@ async fn a_deploy_job_publishes_and_streams_its_log() -> Result<()> {
         text.starts_with(&format!("deploy of {host}, started by admin")),
         "{text}"
     );
+    assert!(text.contains(&format!("\n1 host: {host}\n")), "{text}");
     assert!(text.contains(&format!("{host}: building")));
     assert!(
         text.contains(&format!("{host}: built /nix/store/")),

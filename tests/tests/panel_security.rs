@@ -140,7 +140,8 @@ async fn forms_without_the_right_csrf_token_are_refused() -> Result<()> {
     assert_eq!(res.status(), StatusCode::FORBIDDEN);
     assert!(panel_common::set_cookie(&res, "bento_session").is_none());
 
-    // With its token the same form works.
+    // With its token the same form works (once the panel has seen the host).
+    s.wait_for_host("web1").await?;
     let id = s.start_job("build", "web1").await?;
     assert!(id > 0);
     Ok(())
@@ -158,6 +159,10 @@ async fn security_headers_and_no_inline_script() -> Result<()> {
         None,
     )?;
     let s = p.login().await?;
+    s.wait_for_host_where("web1", "to have its report", |h| {
+        h["last_report"]["file"] == file.as_str()
+    })
+    .await?;
     let id = s.start_job("dry-build", "web1").await?;
     let c = client();
     let mut pages = vec![

@@ -6,6 +6,7 @@ use axum::extract::{Path, Query, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::Json;
+use bento_core::buildstate::{BuildState, HostBuild};
 use bento_core::status::HostStatus;
 use bento_core::HostName;
 use serde::{Deserialize, Serialize};
@@ -19,10 +20,31 @@ use super::AppState;
 /// `/api/v1/hosts` as bytes (the benchmark calls it in process). Takes the same
 /// filters as the fleet page; sorted by name unless `sort` says otherwise.
 pub fn hosts_json(state: &AppState, q: &FleetQuery) -> Result<Vec<u8>, serde_json::Error> {
+    let builds = state.builds();
     let cache = state.fleet.read();
-    let sel = select(&cache, q);
-    let rows: Vec<&HostStatus> = sel.rows.iter().map(|h| &**h).collect();
+    let sel = select(&cache, &builds, q);
+    let rows: Vec<HostJson> = sel.rows.iter().map(|h| HostJson::new(h, &builds)).collect();
     serde_json::to_vec(&rows)
+}
+
+/// A host as the API shows it: its status (the shape of `bento status --json`) and
+/// `build`, the server's last build of its configuration (`null` before the first):
+/// `failing_since` and `error` are set while it does not build; `last_ok` is the
+/// last time it did; `dir` is its directory under `hosts/`.
+#[derive(Serialize)]
+pub struct HostJson<'a> {
+    #[serde(flatten)]
+    status: &'a HostStatus,
+    build: Option<&'a HostBuild>,
+}
+
+impl<'a> HostJson<'a> {
+    fn new(status: &'a HostStatus, builds: &'a BuildState) -> Self {
+        HostJson {
+            build: builds.host(&status.host),
+            status,
+        }
+    }
 }
 
 fn json_bytes(body: Vec<u8>) -> Response {
@@ -50,13 +72,14 @@ pub async fn host(
     State(state): State<AppState>,
     _user: ApiUser,
     Path(name): Path<String>,
-) -> ApiResult<Json<HostStatus>> {
+) -> ApiResult<Response> {
     let h = host_name(&name)?;
     let st = state
         .fleet
         .get(h.as_str())
         .ok_or_else(|| WebError::NotFound(format!("There is no host {h} in the chroot.")))?;
-    Ok(Json((*st).clone()))
+    let builds = state.builds();
+    Ok(Json(HostJson::new(&st, &builds)).into_response())
 }
 
 /// A stored report.

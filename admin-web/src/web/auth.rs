@@ -215,6 +215,16 @@ async fn session_from(
     }))
 }
 
+/// The logged-in user of a request, if any: for responses that do not need one
+/// but show more with one (an error page keeps the navigation).
+pub async fn optional_user(headers: &HeaderMap, state: &AppState) -> Option<SessionUser> {
+    cookie(headers, SESSION_COOKIE)?;
+    session_from(headers, String::new(), state)
+        .await
+        .ok()
+        .flatten()
+}
+
 /// Without a session: a redirect to the login page (then back here).
 pub struct LoginRedirect(Response);
 

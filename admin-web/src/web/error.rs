@@ -2,9 +2,16 @@
 //! to do; internal failures are logged and answered with a generic message.
 
 use askama::Template;
-use axum::http::{header, HeaderValue, StatusCode};
+use axum::body::Body;
+use axum::extract::{Request, State};
+use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
+use axum::middleware::Next;
 use axum::response::{Html, IntoResponse, Response};
 use axum::Json;
+
+use super::auth;
+use super::views::Nav;
+use super::AppState;
 
 #[derive(Debug)]
 pub enum WebError {
@@ -109,23 +116,67 @@ struct ErrorPage<'a> {
     title: &'a str,
     message: &'a str,
     status: u16,
-    nav: crate::web::views::Nav,
+    nav: Nav,
+}
+
+/// What an error page says, kept on its response so [`with_nav`] can render it
+/// again with the navigation of the logged-in user (a handler's error has no
+/// request to find the user in).
+#[derive(Clone)]
+struct ErrorPageInfo {
+    title: &'static str,
+    message: String,
+    status: u16,
+}
+
+impl ErrorPageInfo {
+    fn render(&self, nav: Nav) -> String {
+        ErrorPage {
+            title: self.title,
+            message: &self.message,
+            status: self.status,
+            nav,
+        }
+        .render()
+        .unwrap_or_else(|_| "<!doctype html><title>Error</title><p>Error</p>".into())
+    }
 }
 
 impl IntoResponse for WebError {
     fn into_response(self) -> Response {
-        let message = self.public_message();
-        let page = ErrorPage {
+        let info = ErrorPageInfo {
             title: self.title(),
-            message: &message,
+            message: self.public_message(),
             status: self.status().as_u16(),
-            nav: crate::web::views::Nav::anonymous(),
         };
-        let body = page
-            .render()
-            .unwrap_or_else(|_| "<!doctype html><title>Error</title><p>Error</p>".into());
-        self.finish(Html(body).into_response())
+        let mut res = self.finish(Html(info.render(Nav::anonymous())).into_response());
+        res.extensions_mut().insert(info);
+        res
     }
+}
+
+/// Error pages keep the navigation for a logged-in user (a mistyped address is
+/// one click from the fleet); others get the bare page, which reveals nothing.
+pub async fn with_nav(State(state): State<AppState>, req: Request, next: Next) -> Response {
+    let mut session = HeaderMap::new();
+    if let Some(c) = req.headers().get(header::COOKIE) {
+        session.insert(header::COOKIE, c.clone());
+    }
+    let section = match req.uri().path() {
+        p if p.starts_with("/jobs") => "jobs",
+        p if p.starts_with("/audit") => "audit",
+        _ => "fleet",
+    };
+    let mut res = next.run(req).await;
+    let Some(info) = res.extensions_mut().remove::<ErrorPageInfo>() else {
+        return res;
+    };
+    let Some(user) = auth::optional_user(&session, &state).await else {
+        return res;
+    };
+    let (mut parts, _) = res.into_parts();
+    parts.headers.remove(header::CONTENT_LENGTH);
+    Response::from_parts(parts, Body::from(info.render(Nav::new(&user, section))))
 }
 
 /// The JSON form of [`WebError`], for `/api/*` and `/metrics`.

@@ -8,10 +8,12 @@ use std::time::SystemTime;
 use askama::Template;
 use axum::extract::{Query, State};
 use axum::response::Html;
+use bento_core::buildstate::{BuildState, HostBuild};
 use bento_core::status::{HostStatus, State as HostState};
 use serde::Deserialize;
 
 use super::auth::SessionUser;
+use super::builds::Failure;
 use super::error::{WebError, WebResult};
 use super::ingest::FleetCache;
 use super::views::{self, Nav};
@@ -27,7 +29,7 @@ pub struct FleetQuery {
     /// A state id (`failing`), or `problem` for every state that needs attention.
     #[serde(default)]
     pub state: String,
-    /// `reboot` or `offline`.
+    /// `reboot`, `offline` or `build` (its configuration does not build).
     #[serde(default)]
     pub flag: String,
     #[serde(default)]
@@ -89,6 +91,8 @@ pub struct Selection {
     pub total: usize,
     pub reboot: usize,
     pub offline: usize,
+    /// Hosts whose configuration does not build.
+    pub build_failing: usize,
 }
 
 fn time_key(t: Option<time::OffsetDateTime>) -> i128 {
@@ -96,7 +100,7 @@ fn time_key(t: Option<time::OffsetDateTime>) -> i128 {
 }
 
 /// Filters and sorts the cached fleet.
-pub fn select(cache: &FleetCache, q: &FleetQuery) -> Selection {
+pub fn select(cache: &FleetCache, builds: &BuildState, q: &FleetQuery) -> Selection {
     let state = q.state();
     let needle = q.q.trim().to_ascii_lowercase();
     let tag = q.tag.trim();
@@ -106,6 +110,7 @@ pub fn select(cache: &FleetCache, q: &FleetQuery) -> Selection {
         total: cache.hosts.len(),
         reboot: 0,
         offline: 0,
+        build_failing: 0,
     };
     for h in cache.hosts.values() {
         if let Some(i) = HostState::ALL.iter().position(|s| *s == h.state) {
@@ -113,6 +118,8 @@ pub fn select(cache: &FleetCache, q: &FleetQuery) -> Selection {
         }
         sel.reboot += h.reboot_pending as usize;
         sel.offline += h.offline as usize;
+        let build_failing = builds.host(&h.host).is_some_and(HostBuild::failing);
+        sel.build_failing += build_failing as usize;
         let keep = match state {
             None => true,
             Some(StateFilter::One(s)) => h.state == s,
@@ -120,6 +127,7 @@ pub fn select(cache: &FleetCache, q: &FleetQuery) -> Selection {
         } && match q.flag.as_str() {
             "reboot" => h.reboot_pending,
             "offline" => h.offline,
+            "build" => build_failing,
             _ => true,
         } && (tag.is_empty()
             || cache
@@ -166,16 +174,23 @@ pub struct Row {
     pub reboot: bool,
     pub offline: bool,
     pub warnings: usize,
+    pub warnings_title: String,
     pub report_ago: String,
     pub report_title: String,
     pub config_ago: String,
     pub config_title: String,
     pub seen_ago: String,
     pub seen_title: String,
+    pub build_failure: Option<Failure>,
 }
 
 impl Row {
-    pub fn new(h: &HostStatus, tags: &[String], now: SystemTime) -> Self {
+    pub fn new(
+        h: &HostStatus,
+        tags: &[String],
+        build: Option<&HostBuild>,
+        now: SystemTime,
+    ) -> Self {
         let received = h.last_report.as_ref().map(|r| r.received);
         Row {
             host: h.host.clone(),
@@ -185,7 +200,7 @@ impl Row {
             expected_full: h
                 .expected_system
                 .clone()
-                .unwrap_or_else(|| "non-flake host: no expected system".into()),
+                .unwrap_or_else(|| "non-flake host: built on the host, no system is pinned".into()),
             running: h.short_running().to_owned(),
             running_full: h.running_system.clone().unwrap_or_default(),
             match_emoji: if h.running_system.is_some() {
@@ -199,12 +214,17 @@ impl Row {
             reboot: h.reboot_pending,
             offline: h.offline,
             warnings: h.warnings.len(),
+            warnings_title: format!(
+                "{} reading this host's files",
+                views::plural(h.warnings.len(), "problem", "problems")
+            ),
             report_ago: views::ago(received, now),
             report_title: views::full_time(received),
             config_ago: views::ago(h.published_at, now),
             config_title: views::full_time(h.published_at),
             seen_ago: views::ago(h.last_seen, now),
             seen_title: views::full_time(h.last_seen),
+            build_failure: build.and_then(|b| Failure::of(b, now)),
         }
     }
 }
@@ -229,13 +249,16 @@ pub struct SortLink {
 #[template(path = "fleet.html")]
 pub struct FleetPage {
     nav: Nav,
-    total: usize,
+    total_label: String,
     matched: usize,
     counts: Vec<Count>,
     reboot: usize,
     offline: usize,
     reboot_url: String,
     offline_url: String,
+    build_failing: usize,
+    build_label: String,
+    build_url: String,
     q: FleetQuery,
     states: Vec<(&'static str, &'static str)>,
     tags: Vec<String>,
@@ -277,8 +300,9 @@ impl FleetQuery {
 /// Renders the fleet page for a user (in-process; the benchmark calls it too).
 pub fn render(state: &AppState, nav: Nav, q: FleetQuery) -> WebResult<String> {
     let now = SystemTime::now();
+    let builds = state.builds();
     let cache = state.fleet.read();
-    let sel = select(&cache, &q);
+    let sel = select(&cache, &builds, &q);
     let per = q.per_page();
     let pages = sel.rows.len().div_ceil(per).max(1);
     let page = q.page().min(pages);
@@ -288,7 +312,7 @@ pub fn render(state: &AppState, nav: Nav, q: FleetQuery) -> WebResult<String> {
         .iter()
         .map(|h| {
             let tags = cache.tags.get(&h.host).map(Vec::as_slice).unwrap_or(&[]);
-            Row::new(h, tags, now)
+            Row::new(h, tags, builds.host(&h.host), now)
         })
         .collect();
     let active_state = q.state.as_str();
@@ -362,9 +386,20 @@ pub fn render(state: &AppState, nav: Nav, q: FleetQuery) -> WebResult<String> {
         ("flag", if q.flag == "offline" { "" } else { "offline" }),
         ("page", ""),
     ]);
+    let build_url = q.url_with(&[
+        ("flag", if q.flag == "build" { "" } else { "build" }),
+        ("page", ""),
+    ]);
     let p = FleetPage {
         nav,
-        total: sel.total,
+        build_failing: sel.build_failing,
+        build_label: views::plural(
+            sel.build_failing,
+            "config does not build",
+            "configs do not build",
+        ),
+        build_url,
+        total_label: views::plural(sel.total, "host", "hosts"),
         matched: sel.rows.len(),
         counts,
         reboot: sel.reboot,

@@ -12,6 +12,7 @@ use std::time::{Duration, SystemTime};
 use askama::Template;
 use axum::extract::{Path, Query, State};
 use axum::response::Html;
+use bento_core::buildstate::HostBuild;
 use bento_core::chroot::Chroot;
 use bento_core::nix::Nix;
 use bento_core::report::{short_hash, ReportName};
@@ -20,6 +21,7 @@ use bento_core::HostName;
 use serde::Deserialize;
 
 use super::auth::SessionUser;
+use super::builds::Failure;
 use super::db::now_ms;
 use super::error::{WebError, WebResult};
 use super::ingest::open_host_file;
@@ -154,6 +156,8 @@ struct HostPage {
     jobs: Vec<JobView>,
     can_diff: bool,
     diff_note: String,
+    /// Set while the host's configuration does not build.
+    build_failure: Option<Failure>,
 }
 
 #[derive(Deserialize, Default)]
@@ -213,17 +217,49 @@ pub async fn page(
     .await?;
 
     let deciding = st.last_report.as_ref().map(|r| r.file.as_str());
-    let mut facts = vec![
-        Fact {
-            title: st.expected_system.clone().unwrap_or_default(),
+    let builds = state.builds();
+    let build = builds.host(h.as_str());
+    // A non-flake host evaluates its configuration itself (with its own nixpkgs), so
+    // no publication pins its system; the server still builds it, as a check.
+    let non_flake = st.expected_system.is_none()
+        && state
+            .config
+            .bento_dir
+            .join("hosts")
+            .join(h.as_str())
+            .join("configuration.nix")
+            .is_file();
+    let server_built: Option<ServerBuilt> = if non_flake {
+        sqlx::query_as(
+            "SELECT jh.job_id AS job, jh.system AS system, COALESCE(j.finished_at, 0) AS at, \
+                    j.kind AS kind FROM job_hosts jh \
+             JOIN jobs j ON j.id = jh.job_id \
+             WHERE jh.host = ? AND jh.ok AND jh.system IS NOT NULL ORDER BY jh.job_id DESC LIMIT 1",
+        )
+        .bind(h.as_str())
+        .fetch_optional(&state.db)
+        .await?
+    } else {
+        None
+    };
+    let expected = match (&st.expected_system, non_flake) {
+        (Some(e), _) => Fact {
+            title: e.clone(),
             mono: true,
-            ..fact(
-                "Expected system",
-                st.expected_system
-                    .clone()
-                    .unwrap_or_else(|| "non-flake host (the host builds it)".into()),
-            )
+            ..fact("Expected system", e.clone())
         },
+        (None, true) => fact(
+            "Expected system",
+            "built on the host (non-flake): the host builds this configuration with its own \
+             nixpkgs, so no system is pinned for it",
+        ),
+        (None, false) => fact(
+            "Expected system",
+            "not recorded (no publication named one in states.txt)",
+        ),
+    };
+    let mut facts = vec![
+        expected,
         Fact {
             mono: true,
             ..fact(
@@ -271,6 +307,9 @@ pub async fn page(
             ),
         ),
     ];
+    if non_flake || build.is_some() {
+        facts.push(server_build_fact(build, server_built.as_ref(), now));
+    }
     if let Some(v) = latest.and_then(|r| r.agent_version.clone()) {
         facts.push(fact("Agent version", v));
     }
@@ -287,10 +326,14 @@ pub async fn page(
             "The host runs the expected system: nothing to compare.".into(),
         ),
         (None, _) => (false, "The host has not reported what it runs yet.".into()),
+        (_, None) if non_flake => (
+            false,
+            "A non-flake host builds its own system: there is no pinned system to compare with."
+                .into(),
+        ),
         (_, None) => (
             false,
-            "A non-flake host is built on the host itself: no expected system to compare with."
-                .into(),
+            "No expected system is recorded for this host: nothing to compare with.".into(),
         ),
     };
     let tags = state
@@ -340,8 +383,53 @@ pub async fn page(
         jobs: jobs.iter().map(JobView::new).collect(),
         can_diff,
         diff_note,
+        build_failure: build.and_then(|b| Failure::of(b, now)),
     };
     Ok(Html(p.render().map_err(WebError::internal)?))
+}
+
+/// The last system a job of the panel built for a host.
+#[derive(sqlx::FromRow)]
+struct ServerBuilt {
+    job: i64,
+    system: String,
+    at: i64,
+    kind: String,
+}
+
+/// What the server knows of its own build of the host's configuration.
+fn server_build_fact(
+    build: Option<&HostBuild>,
+    last_system: Option<&ServerBuilt>,
+    now: SystemTime,
+) -> Fact {
+    let when = |t| views::ago(Some(t), now);
+    let value = match (build, last_system) {
+        (Some(b), _) if b.failing() => format!(
+            "fails since {} (see above)",
+            views::full_time(b.failing_since)
+        ),
+        (_, Some(l)) if l.at > 0 => format!(
+            "{} ({} by job #{}, {})",
+            l.system,
+            if l.kind == "dry-build" {
+                "evaluated"
+            } else {
+                "built"
+            },
+            l.job,
+            when(super::db::from_ms(l.at))
+        ),
+        (Some(b), _) => match b.last_ok {
+            Some(t) => format!("the configuration built {}", when(t)),
+            None => "not built yet".into(),
+        },
+        (None, _) => "not built on this server yet".into(),
+    };
+    Fact {
+        mono: last_system.is_some() && !build.is_some_and(HostBuild::failing),
+        ..fact("Server build", value)
+    }
 }
 
 /// A log, decompressed up to `cap` bytes. What could be read before an error (a

@@ -203,7 +203,11 @@ impl LiveLog {
             Event::Planned { hosts } => {
                 let shown: Vec<&str> = hosts.iter().take(50).map(String::as_str).collect();
                 let more = hosts.len().saturating_sub(shown.len());
-                let mut l = format!("{} host(s): {}", hosts.len(), shown.join(", "));
+                let mut l = format!(
+                    "{}: {}",
+                    views::plural(hosts.len(), "host", "hosts"),
+                    shown.join(", ")
+                );
                 if more > 0 {
                     l.push_str(&format!(" and {more} more"));
                 }
@@ -215,15 +219,19 @@ impl LiveLog {
                 host,
                 system,
                 elapsed,
+                evaluated,
             } => self.push(
                 &format!(
-                    "{host}: built {} ({:.1} s)",
+                    "{host}: {} {} ({:.1} s)",
+                    if *evaluated { "evaluated" } else { "built" },
                     system.display(),
                     elapsed.as_secs_f64()
                 ),
                 false,
             ),
-            Event::Failed { host, error } => self.push(&format!("{host}: FAILED: {error}"), false),
+            Event::Failed { host, error } => {
+                self.push_block(&format!("{host}: FAILED: "), &format!("{host}: "), error)
+            }
             Event::Published { host, outcome } => self.push(
                 &match outcome {
                     Published::New { revision, .. } => format!("{host}: published {revision}"),
@@ -233,7 +241,19 @@ impl LiveLog {
                 },
                 false,
             ),
-            Event::Warning { message } => self.push(&format!("warning: {message}"), false),
+            Event::Warning { message } => self.push_block("warning: ", "warning: ", message),
+        }
+    }
+
+    /// A message of several lines (nix's `error:` block: the error, its position,
+    /// the source lines around it), one log line each, so none is lost or glued to
+    /// the next: `first` prefixes its first line, `rest` the others.
+    fn push_block(&self, first: &str, rest: &str, message: &str) {
+        let message = message.trim_end();
+        let mut lines = message.lines();
+        self.push(&format!("{first}{}", lines.next().unwrap_or("")), false);
+        for l in lines {
+            self.push(format!("{rest}{l}").trim_end(), false);
         }
     }
 }
@@ -419,7 +439,7 @@ async fn run(state: &AppState, job: Job) -> anyhow::Result<()> {
             summary: format!("the job crashed: {e}"),
             hosts: Vec::new(),
         });
-    live.push(&outcome.summary, false);
+    live.push_block("", "", &outcome.summary);
     flusher.abort();
     flush(&state.db, job.id, &live).await?;
     let mut tx = state.db.begin().await?;
@@ -531,7 +551,7 @@ fn execute(state: &AppState, job: &Job, live: &LiveLog) -> Outcome {
     let on_event = |e: Event| live.event(&e);
     let outcomes = match deploy::run(&bento, &opts, &on_event) {
         Ok(o) => o,
-        Err(e) => return fail(format!("cannot read the bento directory: {e}")),
+        Err(e) => return fail(e.to_string()),
     };
     summarize(kind, job.host.as_deref(), outcomes)
 }
@@ -649,9 +669,10 @@ fn flake_update(bento: &BentoDir, host: Option<&str>, live: &LiveLog) -> Outcome
             }
             Err(e) => {
                 failed += 1;
-                live.push(
-                    &format!("hosts/{}: FAILED: {}", d.dir_name, e.summary()),
-                    false,
+                live.push_block(
+                    &format!("hosts/{}: FAILED: ", d.dir_name),
+                    &format!("hosts/{}: ", d.dir_name),
+                    &e.summary(),
                 );
             }
         }
@@ -659,8 +680,8 @@ fn flake_update(bento: &BentoDir, host: Option<&str>, live: &LiveLog) -> Outcome
     Outcome {
         ok: failed == 0,
         summary: format!(
-            "{} flake(s): {} updated, {failed} failed",
-            flakes.len(),
+            "{}: {} updated, {failed} failed",
+            views::plural(flakes.len(), "flake", "flakes"),
             flakes.len() - failed
         ),
         hosts: Vec::new(),
@@ -679,6 +700,8 @@ pub struct JobView {
     pub created_by: String,
     pub created: String,
     pub duration: String,
+    /// While it runs: its duration so far, which app.js makes tick.
+    pub running_ms: Option<i64>,
     pub summary: String,
 }
 
@@ -694,6 +717,9 @@ impl JobView {
             created_by: j.created_by.clone(),
             created: views::full_time_ms(Some(j.created_at)),
             duration: j.duration_ms().map(views::duration_ms).unwrap_or_default(),
+            running_ms: j
+                .duration_ms()
+                .filter(|_| j.status == "running" && j.finished_at.is_none()),
             summary: views::clip(&j.summary, 300),
         }
     }
@@ -792,6 +818,8 @@ struct JobPage {
 struct JobHostView {
     host: String,
     ok: bool,
+    /// `detail` is an error message (of several lines, shown as written).
+    error: bool,
     detail: String,
     duration: String,
 }
@@ -846,8 +874,9 @@ pub async fn page(
         hosts: hosts
             .into_iter()
             .map(|h| JobHostView {
+                error: h.error.is_some(),
                 detail: match (&h.error, &h.revision, &h.system) {
-                    (Some(e), _, _) => views::clip(e, 500),
+                    (Some(e), _, _) => e.clone(),
                     (None, Some(r), _) if h.published => format!("published revision {r}"),
                     (None, Some(r), _) => format!("unchanged (revision {r})"),
                     (None, None, Some(s)) => s.clone(),

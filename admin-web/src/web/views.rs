@@ -80,7 +80,8 @@ pub fn full_time_ms(ms: Option<i64>) -> String {
     full_time(ms.map(super::db::from_ms))
 }
 
-/// `1.2 s`, `3m 04s`, `1h 02m`.
+/// `1.2 s`, `3m 04s`, `1h 02m` (app.js formats a running job's ticking duration
+/// the same way).
 pub fn duration_ms(ms: i64) -> String {
     let ms = ms.max(0);
     if ms < 60_000 {
@@ -89,6 +90,29 @@ pub fn duration_ms(ms: i64) -> String {
         format!("{}m {:02}s", ms / 60_000, (ms / 1000) % 60)
     } else {
         format!("{}h {:02}m", ms / 3_600_000, (ms / 60_000) % 60)
+    }
+}
+
+/// `1 host`, `3 hosts`: a count with its noun, singular for one.
+pub fn plural(n: usize, one: &str, many: &str) -> String {
+    if n == 1 {
+        format!("1 {one}")
+    } else {
+        format!("{n} {many}")
+    }
+}
+
+/// A time in the past as a short clock reading: `14:03 UTC` within the last day,
+/// else `2024-05-01 UTC` — what "since …" needs (an age, "3m ago", reads wrong there).
+pub fn since(t: OffsetDateTime, now: SystemTime) -> String {
+    let t = t.to_offset(time::UtcOffset::UTC);
+    let age = now
+        .duration_since(t.into())
+        .unwrap_or(std::time::Duration::ZERO);
+    if age < std::time::Duration::from_secs(20 * 3600) {
+        format!("{:02}:{:02} UTC", t.hour(), t.minute())
+    } else {
+        format!("{:04}-{:02}-{:02} UTC", t.year(), t.month() as u8, t.day())
     }
 }
 
@@ -163,4 +187,28 @@ pub fn segment(s: &str) -> String {
         }
     }
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::Duration;
+
+    #[test]
+    fn one_is_singular() {
+        assert_eq!(plural(1, "host", "hosts"), "1 host");
+        assert_eq!(plural(0, "host", "hosts"), "0 hosts");
+        assert_eq!(plural(12, "host", "hosts"), "12 hosts");
+    }
+
+    #[test]
+    fn since_is_a_clock_time_today_and_a_date_before() {
+        let t = OffsetDateTime::from_unix_timestamp(1_714_565_000).unwrap(); // 2024-05-01 12:03:20
+        let now = SystemTime::from(t) + Duration::from_secs(3600);
+        assert_eq!(since(t, now), "12:03 UTC");
+        assert_eq!(
+            since(t, now + Duration::from_secs(2 * 86400)),
+            "2024-05-01 UTC"
+        );
+    }
 }

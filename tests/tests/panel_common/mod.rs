@@ -23,6 +23,9 @@ use time::OffsetDateTime;
 
 pub const ADMIN: &str = "admin";
 pub const PASSWORD: &str = "correct horse battery staple";
+/// How long a test waits for the panel to see a change in the chroot. It usually
+/// takes milliseconds (inotify); the deadline is for a loaded machine.
+pub const HOST_DEADLINE: Duration = Duration::from_secs(30);
 
 /// A running `bento serve`.
 pub struct PanelServer {
@@ -166,6 +169,7 @@ impl PanelServer {
             base: self.base.clone(),
             cookie,
             csrf: String::new(),
+            server_log: self.log.clone(),
         };
         let body = s.get("/jobs").await?.text().await?;
         s.csrf = hidden(&body, "csrf").context("no csrf field on /jobs")?;
@@ -323,6 +327,8 @@ pub struct Session {
     pub base: String,
     pub cookie: String,
     pub csrf: String,
+    /// The server's stderr, for errors that need it.
+    server_log: Arc<Mutex<String>>,
 }
 
 impl Session {
@@ -412,6 +418,47 @@ impl Session {
             .strip_prefix("/jobs/")
             .context("odd Location")?
             .parse()?)
+    }
+
+    /// Waits until the panel knows `host` (`/api/v1/hosts/HOST` answers 200) and
+    /// returns its status. A host the test just added to the chroot reaches the panel
+    /// through its chroot follower, a moment later: a request that needs the host (a
+    /// job for it, its page) must wait for this first.
+    pub async fn wait_for_host(&self, host: &str) -> Result<serde_json::Value> {
+        self.wait_for_host_where(host, "to be known", |_| true)
+            .await
+    }
+
+    /// Waits until the panel's status of `host` satisfies `ok` (`what` names the
+    /// condition in the error); returns it.
+    pub async fn wait_for_host_where(
+        &self,
+        host: &str,
+        what: &str,
+        ok: impl Fn(&serde_json::Value) -> bool,
+    ) -> Result<serde_json::Value> {
+        let path = format!("/api/v1/hosts/{host}");
+        let last = Mutex::new(None);
+        let found = eventually(
+            HOST_DEADLINE,
+            &format!("the panel's host {host} {what}"),
+            || async {
+                let h = self.json_opt(&path).await?;
+                let done = h.as_ref().is_some_and(&ok);
+                *last.lock().unwrap() = h.clone();
+                Ok(h.filter(|_| done))
+            },
+        )
+        .await;
+        // The server's log says why it did not see the host (e.g. "cannot watch the
+        // chroot": then only its rescans, every minute, see changes).
+        found.with_context(|| {
+            let seen = match last.lock().unwrap().take() {
+                Some(h) => format!("last seen: {h}"),
+                None => format!("GET {path} answered 404 all along"),
+            };
+            format!("{seen}\nserver log:\n{}", self.server_log.lock().unwrap())
+        })
     }
 
     /// Waits until job `id` is done; returns it (from the API).
