@@ -1,7 +1,8 @@
 {
   description = "bento: pull-based deployment for fleets of NixOS machines";
 
-  # bento's Cargo.lock needs rustc 1.95 or newer (nixos/package.nix checks).
+  # bento builds with rustc 1.91 or newer (Cargo.toml's rust-version; nixos/package.nix
+  # checks): NixOS 25.11's own rustc is enough.
   inputs.nixpkgs.url = "github:NixOS/nixpkgs/nixos-unstable";
 
   outputs =

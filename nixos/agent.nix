@@ -6,11 +6,11 @@
   config,
   lib,
   pkgs,
+  utils,
   ...
 }:
 let
   inherit (lib)
-    escapeShellArgs
     literalExpression
     mkEnableOption
     mkIf
@@ -54,7 +54,7 @@ let
     else
       settingsFile;
 
-  command = mode: escapeShellArgs [
+  command = mode: utils.escapeSystemdExecArgs [
     "${cfg.package}/bin/bento-agent"
     "--config"
     configPath
@@ -291,7 +291,7 @@ in
     };
 
     settings = mkOption {
-      type = settingsFormat.type;
+      type = types.submodule { freeformType = settingsFormat.type; };
       default = { };
       example = {
         timeout = 60;

@@ -43,7 +43,7 @@ in
     };
   };
 
-  # The TOML table of a reboot policy (the file's key names are kebab-case).
+  # The TOML table of a reboot policy (the file's key names are snake_case).
   rebootSettings =
     r:
     {

@@ -68,6 +68,7 @@
       ]
     ) (builtins.attrNames hosts);
 
-  # Host names the OpenSSH mode can use: they are system user names too.
-  validHostUser = name: builtins.match "[a-z_][a-z0-9_-]{0,31}" name != null;
+  # Host names the OpenSSH mode can use: they are system user names too, which
+  # NixOS keeps under 32 characters (users-groups.nix).
+  validHostUser = name: builtins.match "[a-z_][a-z0-9_-]{0,30}" name != null;
 }

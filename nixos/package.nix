@@ -16,7 +16,6 @@
   webkitgtk_4_1,
   libsoup_3,
   dbus,
-  openssl,
   component ? "bento",
 }:
 let
@@ -39,8 +38,11 @@ let
       or (throw "bento: component must be one of ${lib.concatStringsSep ", " (lib.attrNames components)}, not ${component}");
   isTray = component == "bento-tray";
 
-  # Cargo.lock holds crates that need this rustc (rust-toolchain.toml pins the same).
-  minRust = "1.95";
+  # The workspace's rust-version: the strictest rust-version of the crates in
+  # Cargo.lock is no higher (tests/tests/nixos_files.rs checks), and it is the
+  # rustc of the oldest supported NixOS release, 25.11 (1.91), so that the
+  # modules build their packages with the host's own nixpkgs.
+  minRust = (lib.importTOML ../Cargo.toml).workspace.package.rust-version;
   rustc = rustPlatform.rust.rustc or null;
 in
 assert lib.assertMsg (rustc == null || lib.versionAtLeast rustc.version minRust) ''
@@ -58,6 +60,9 @@ rustPlatform.buildRustPackage {
     "--package"
     component
   ];
+  # What `tauri build` adds: the window loads the bundled dist/ through the
+  # tauri:// protocol instead of a development server.
+  buildFeatures = lib.optionals isTray [ "tauri/custom-protocol" ];
 
   # The workspace's tests are end-to-end: they need root, a real sshd, nix with
   # a daemon and D-Bus sessions, none of which a build sandbox has. CI runs
@@ -65,7 +70,7 @@ rustPlatform.buildRustPackage {
   doCheck = false;
 
   # The details window is a tauri (GTK + WebKitGTK) program; the tray icon
-  # itself only speaks D-Bus.
+  # itself only speaks D-Bus (libdbus). Nothing in Cargo.lock links OpenSSL.
   nativeBuildInputs = lib.optionals isTray [
     pkg-config
     wrapGAppsHook3
@@ -76,7 +81,6 @@ rustPlatform.buildRustPackage {
     webkitgtk_4_1
     libsoup_3
     dbus
-    openssl
   ];
 
   # Kept out of etc/xdg/autostart and share/systemd: installing the package must

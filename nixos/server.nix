@@ -15,18 +15,18 @@
   lib,
   options,
   pkgs,
+  utils,
   ...
 }:
 let
   inherit (lib)
     concatStringsSep
-    escapeShellArgs
     literalExpression
-    mkAfter
     mkEnableOption
     mkIf
     mkMerge
     mkOption
+    mkOrder
     optional
     optionals
     types
@@ -77,6 +77,27 @@ let
   '';
 
   listenPort = lib.toInt (lib.last (lib.splitString ":" cfg.settings.web.listen));
+  listenHost = lib.removeSuffix ":${toString listenPort}" cfg.settings.web.listen;
+  listensOnLoopback =
+    lib.hasPrefix "127." listenHost || listenHost == "[::1]" || listenHost == "localhost";
+
+  # A Match block runs to the end of sshd_config: it must come after every
+  # global line other modules add, mkAfter (1500) ones included.
+  sshdMatchOrder = 10000;
+
+  # Users that other modules define (sshd, nobody, harmonia, ...): a host named
+  # like one would merge into that account ("conflicting definition values"), so
+  # such a host gets no user and an assertion says why. Only the definitions'
+  # attribute names are read: their values, ours included, stay unevaluated.
+  ownFile = toString ./server.nix;
+  foreignUserDefs = lib.filter (d: d.file != ownFile) options.users.users.definitionsWithLocations;
+  takenBy = name: lib.findFirst (d: d.value ? ${name}) null foreignUserDefs;
+  takenHostNames = lib.filter (n: takenBy n != null) (lib.attrNames cfg.hosts);
+
+  # What `bento sftp` reads only at its start; host keys it reads again live.
+  sftpRestartSettings = {
+    inherit (cfg.settings) chroot_dir sftp;
+  };
 
   underHome = p: lib.hasPrefix "/home/" p || lib.hasPrefix "/root/" p || p == "/home" || p == "/root";
 
@@ -159,9 +180,9 @@ let
         '';
       };
       settings = mkOption {
-        type = settingsFormat.type;
+        type = types.submodule { freeformType = settingsFormat.type; };
         default = { };
-        description = "More keys of `[hosts.<name>]` in bento.toml, as written there.";
+        description = "More keys of `[hosts.<name>]` in bento.toml, as written there (`user` in embedded mode).";
       };
     };
   };
@@ -238,7 +259,8 @@ in
         mode each host gets a system user of the same name in
         {option}`sftp.group`, with its keys, and a chroot directory under
         `settings.chroot_dir`. Host names must then be valid user names:
-        lower case letters, digits, `-` and `_`, at most 32 characters.
+        lower case letters, digits, `-` and `_`, at most 31 characters, and
+        not the name of a user another module makes (`sshd`, `nobody`, ...).
       '';
     };
 
@@ -356,7 +378,11 @@ in
       openFirewall = mkOption {
         type = types.bool;
         default = false;
-        description = "Open the port of `settings.web.listen` in the firewall.";
+        description = ''
+          Open the port of `settings.web.listen` in the firewall. The panel listens
+          on loopback by default, where an open port serves no one: set
+          `settings.web.listen` too, or rather put a TLS reverse proxy in front.
+        '';
       };
       behindProxy = mkOption {
         type = types.bool;
@@ -461,9 +487,18 @@ in
           assertion = lib.all bentoLib.validHostUser (lib.attrNames cfg.hosts);
           message = ''
             services.bento.server.hosts: in OpenSSH mode every host name is a system
-            user name too (lower case letters, digits, '-' and '_', at most 32
+            user name too (lower case letters, digits, '-' and '_', at most 31
             characters, not starting with a digit or '-'); these are not:
             ${concatStringsSep ", " (lib.filter (n: !bentoLib.validHostUser n) (lib.attrNames cfg.hosts))}
+          '';
+        }
+        {
+          assertion = takenHostNames == [ ];
+          message = ''
+            services.bento.server.hosts: in OpenSSH mode each host gets a system user
+            named like it, but these names are users of other modules already:
+            ${concatStringsSep ", " (map (n: "${n} (defined in ${(takenBy n).file})") takenHostNames)}
+            Rename the hosts, or use sftp.mode = "embedded" (no users).
           '';
         }
         {
@@ -479,8 +514,7 @@ in
       ];
 
       services.openssh.enable = true;
-      # Last in sshd_config: a Match block runs to the end of the file.
-      services.openssh.extraConfig = mkAfter (
+      services.openssh.extraConfig = mkOrder sshdMatchOrder (
         bentoLib.sshdMatchBlock {
           inherit (cfg.sftp) group;
           inherit chrootDir;
@@ -488,10 +522,16 @@ in
       );
 
       users.groups.${cfg.sftp.group} = { };
-      users.users = bentoLib.hostUsers {
-        inherit (cfg) hosts;
-        inherit (cfg.sftp) group;
-      };
+      # One definition per name, each behind its own condition: the list of
+      # definitions of users.users, which takenBy reads, does not depend on it.
+      users.users = lib.mkMerge (
+        lib.mapAttrsToList (name: user: { ${name} = mkIf (takenBy name == null) user; }) (
+          bentoLib.hostUsers {
+            inherit (cfg) hosts;
+            inherit (cfg.sftp) group;
+          }
+        )
+      );
     })
 
     (mkIf (cfg.sftp.mode == "embedded") {
@@ -521,12 +561,12 @@ in
           "network.target"
           "systemd-tmpfiles-setup.service"
         ];
-        # The host keys are read again from bento.toml when it changes; the
-        # rest of [sftp] needs a restart.
-        restartTriggers = [ checkedSettings ];
+        # The host keys are read again from bento.toml when it changes, so a
+        # new host or key must not cut the other hosts' transfers.
+        restartTriggers = [ (builtins.toJSON sftpRestartSettings) ];
         environment.BENTO_LOG = "info";
         serviceConfig = serviceBase // {
-          ExecStart = escapeShellArgs [
+          ExecStart = utils.escapeSystemdExecArgs [
             "${cfg.package}/bin/bento"
             "--dir"
             cfg.directory
@@ -551,6 +591,13 @@ in
     })
 
     (mkIf cfg.panel.enable {
+      warnings = optional (cfg.panel.openFirewall && listensOnLoopback) ''
+        services.bento.server.panel.openFirewall opens port ${toString listenPort}, but the
+        panel listens on ${cfg.settings.web.listen} (settings.web.listen), which no other
+        machine can reach. Set settings.web.listen, or serve the panel through a TLS
+        reverse proxy and leave the port closed.
+      '';
+
       systemd.services.bento-panel = {
         description = "bento web panel";
         wantedBy = [ "multi-user.target" ];
@@ -580,7 +627,7 @@ in
         // config.networking.proxy.envVars;
 
         serviceConfig = serviceBase // {
-          ExecStart = escapeShellArgs (
+          ExecStart = utils.escapeSystemdExecArgs (
             [
               "${cfg.package}/bin/bento"
               "--dir"
@@ -613,21 +660,29 @@ in
       networking.firewall.allowedTCPPorts = optionals cfg.panel.openFirewall [ listenPort ];
     })
 
-    (mkIf cfg.binaryCache.enable (mkMerge [
-      {
-        services.harmonia.enable = true;
-        services.harmonia.settings.bind = "[::]:${toString cfg.binaryCache.port}";
-        networking.firewall.allowedTCPPorts = optionals cfg.binaryCache.openFirewall [
-          cfg.binaryCache.port
-        ];
-      }
-      (mkIf (cfg.binaryCache.secretKeyFile != null) (
-        # signKeyPaths replaced signKeyPath in nixpkgs 24.11.
-        if options.services.harmonia ? signKeyPaths then
-          { services.harmonia.signKeyPaths = [ cfg.binaryCache.secretKeyFile ]; }
+    (mkIf cfg.binaryCache.enable {
+      services.harmonia =
+        let
+          harmonia = options.services.harmonia;
+          key = cfg.binaryCache.secretKeyFile;
+          cache = {
+            enable = true;
+            settings.bind = "[::]:${toString cfg.binaryCache.port}";
+          };
+        in
+        # Current nixpkgs has the cache under services.harmonia.cache (beside the
+        # daemon) and keeps the old names as renamed options, which warn: use
+        # the old names only where `cache` does not exist. signKeyPaths replaced
+        # signKeyPath in nixpkgs 24.11.
+        if harmonia ? cache then
+          { cache = cache // { signKeyPaths = optional (key != null) key; }; }
+        else if harmonia ? signKeyPaths then
+          cache // { signKeyPaths = optional (key != null) key; }
         else
-          { services.harmonia.signKeyPath = cfg.binaryCache.secretKeyFile; }
-      ))
-    ]))
+          cache // lib.optionalAttrs (key != null) { signKeyPath = key; };
+      networking.firewall.allowedTCPPorts = optionals cfg.binaryCache.openFirewall [
+        cfg.binaryCache.port
+      ];
+    })
   ]);
 }
