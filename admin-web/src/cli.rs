@@ -67,6 +67,10 @@ pub enum Command {
     Deploy {
         #[command(flatten)]
         filter: HostFilter,
+        /// Hash every file of each unchanged host's live release (instead of
+        /// checking sizes, modes and times) and republish a damaged one.
+        #[arg(long)]
+        verify: bool,
     },
     /// Show the fleet: what each host runs and its state.
     Status {
@@ -90,7 +94,12 @@ pub enum Command {
         input: Option<String>,
     },
     /// Check the bento directory's settings and host names, then exit.
-    CheckConfig,
+    CheckConfig {
+        /// Also check every host's live release in the chroot against its
+        /// manifest (hashing every file); exit 1 if one is damaged.
+        #[arg(long)]
+        chroot: bool,
+    },
     /// Serve the web panel (fleet, hosts, jobs, audit log, JSON API, metrics).
     Serve(crate::commands::serve::ServeArgs),
     /// Serve every host its chroot over SFTP, without sshd or system users.

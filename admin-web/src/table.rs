@@ -4,6 +4,7 @@ use std::fmt::Write;
 use std::time::SystemTime;
 
 use bento_core::status::{elapsed, HostStatus};
+use bento_core::text::display_safe;
 
 /// Display width: emoji and other wide symbols take two columns.
 pub fn width(s: &str) -> usize {
@@ -63,13 +64,18 @@ pub fn render(rows: &[HostStatus], now: SystemTime) -> String {
         if let Some(c) = since(now, h.published_at) {
             times.push(format!("(new config {c})"));
         }
-        cells.push([
-            h.host.clone(),
-            h.short_expected().to_owned(),
-            remote,
-            state,
-            times.join(" "),
-        ]);
+        // The running system comes from the host's heartbeat: a control sequence
+        // in it must show, not redraw the admin's terminal.
+        cells.push(
+            [
+                h.host.clone(),
+                h.short_expected().to_owned(),
+                remote,
+                state,
+                times.join(" "),
+            ]
+            .map(|c| display_safe(&c).into_owned()),
+        );
     }
     let mut widths = [0usize; 5];
     for row in &cells {

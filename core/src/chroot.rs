@@ -20,7 +20,7 @@ use std::os::unix::fs::{symlink, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::time::SystemTime;
 
-use crate::release::{Manifest, MANIFEST_FILE};
+use crate::release::{Damage, Manifest, MANIFEST_FILE};
 use crate::HostName;
 
 pub const STATES_FILE: &str = "states.txt";
@@ -90,6 +90,9 @@ pub enum Published {
     New {
         revision: String,
         previous: Option<String>,
+        /// The content had not changed but the live release was damaged (what
+        /// was wrong with it): it was published again from the build.
+        repaired: Option<String>,
     },
 }
 
@@ -211,13 +214,34 @@ impl Chroot {
 
     /// Publishes the staged tree `staged` (with its manifest) as the host's current
     /// release. Atomic: an agent sees the old release or the new one whatever moment
-    /// this is interrupted at. An unchanged revision touches nothing.
+    /// this is interrupted at. An unchanged revision touches nothing, unless the
+    /// live release is damaged (the cheap check of [`Manifest::check_published`]).
     pub fn publish(
         &self,
         h: &HostName,
         staged: &Path,
         manifest: &Manifest,
         keep: usize,
+    ) -> Result<Published, ChrootError> {
+        self.publish_checked(h, staged, manifest, keep, false)
+    }
+
+    /// Checks the current release of a host against its manifest (`full`: hash
+    /// every file). `None` when there is no current release.
+    pub fn check_current(&self, h: &HostName, full: bool) -> Option<Result<(), Damage>> {
+        let revision = self.current_revision(h)?;
+        let dir = self.releases_dir(h).join(&revision);
+        Some(Manifest::check_published(&dir, &revision, full).map(|_| ()))
+    }
+
+    /// [`Chroot::publish`], hashing every file of an unchanged release with `full`.
+    pub fn publish_checked(
+        &self,
+        h: &HostName,
+        staged: &Path,
+        manifest: &Manifest,
+        keep: usize,
+        full: bool,
     ) -> Result<Published, ChrootError> {
         if !self.is_set_up(h) {
             return Err(ChrootError::NotSetUp {
@@ -228,7 +252,29 @@ impl Chroot {
         let rel = self.releases_dir(h);
         let revision = manifest.revision.clone();
         let previous = self.current_revision(h);
+        let final_dir = rel.join(&revision);
         if previous.as_deref() == Some(revision.as_str()) {
+            let damage = match Manifest::check_published(&final_dir, &revision, full) {
+                Err(d) => Some(d),
+                Ok(live) if live.host != manifest.host => {
+                    Some(Damage::Manifest(format!("names host {:?}", live.host)))
+                }
+                Ok(live) if live.expected_system != manifest.expected_system => Some(
+                    Damage::Manifest("names another expected system than the build".into()),
+                ),
+                Ok(_) => None,
+            };
+            if let Some(damage) = damage {
+                self.remove_leftovers(&rel)?;
+                self.replace_release(&rel, staged, manifest, &final_dir)?;
+                self.write_last_change(h, &revision)?;
+                self.prune(h, keep)?;
+                return Ok(Published::New {
+                    revision,
+                    previous,
+                    repaired: Some(damage.to_string()),
+                });
+            }
             // A deploy killed after the swap may have left last_change_date behind.
             if fs::read_to_string(self.last_change_path(h))
                 .map(|s| s.trim() != revision)
@@ -239,7 +285,6 @@ impl Chroot {
             return Ok(Published::Unchanged { revision });
         }
         self.remove_leftovers(&rel)?;
-        let final_dir = rel.join(&revision);
         if final_dir.exists() {
             // An older release with the same content is still kept: reuse it if intact.
             let intact = Manifest::read_from(&final_dir)
@@ -248,16 +293,17 @@ impl Chroot {
             if intact {
                 // Its manifest records when it was first made; refresh it so pruning
                 // keeps it and the agent sees the new expected system.
-                manifest.write_to(&final_dir).map_err(io_err(&final_dir))?;
+                manifest
+                    .stamped(&final_dir)
+                    .map_err(|e| io_err(&final_dir)(io::Error::other(e.to_string())))?
+                    .write_to(&final_dir)
+                    .map_err(io_err(&final_dir))?;
             } else {
                 fs::remove_dir_all(&final_dir).map_err(io_err(&final_dir))?;
             }
         }
         if !final_dir.exists() {
-            let tmp = rel.join(format!(".tmp-{}-{}", revision, std::process::id()));
-            copy_tree(staged, &tmp).map_err(io_err(&tmp))?;
-            manifest.write_to(&tmp).map_err(io_err(&tmp))?;
-            sync_dir(&tmp);
+            let tmp = self.write_release(&rel, staged, manifest)?;
             fs::rename(&tmp, &final_dir).map_err(io_err(&final_dir))?;
         }
         touch_dir(&final_dir);
@@ -268,7 +314,66 @@ impl Chroot {
         sync_dir(&rel);
         self.write_last_change(h, &revision)?;
         self.prune(h, keep)?;
-        Ok(Published::New { revision, previous })
+        Ok(Published::New {
+            revision,
+            previous,
+            repaired: None,
+        })
+    }
+
+    /// Writes a complete release (files, then the manifest with their stamps) in
+    /// a temporary directory of `rel`, and returns it.
+    fn write_release(
+        &self,
+        rel: &Path,
+        staged: &Path,
+        manifest: &Manifest,
+    ) -> Result<PathBuf, ChrootError> {
+        let tmp = rel.join(format!(".tmp-{}-{}", manifest.revision, std::process::id()));
+        copy_tree(staged, &tmp).map_err(io_err(&tmp))?;
+        manifest
+            .stamped(&tmp)
+            .map_err(|e| io_err(&tmp)(io::Error::other(e.to_string())))?
+            .write_to(&tmp)
+            .map_err(io_err(&tmp))?;
+        sync_dir(&tmp);
+        Ok(tmp)
+    }
+
+    /// Puts a fresh copy of the release in place of the damaged live one at
+    /// `final_dir`. The damaged directory is never written to: a new directory
+    /// is built beside it and the two are exchanged in one `renameat2`, so an
+    /// agent sees one complete directory or the other under the same name (the
+    /// revision, which `current` and the agents go by).
+    fn replace_release(
+        &self,
+        rel: &Path,
+        staged: &Path,
+        manifest: &Manifest,
+        final_dir: &Path,
+    ) -> Result<(), ChrootError> {
+        let tmp = self.write_release(rel, staged, manifest)?;
+        match exchange(&tmp, final_dir) {
+            Ok(()) => {}
+            // A filesystem without RENAME_EXCHANGE: `current` dangles between the
+            // two renames, which an agent polling then sees as a failed poll.
+            Err(e) if matches!(e.raw_os_error(), Some(libc::EINVAL | libc::ENOSYS)) => {
+                let aside = rel.join(format!(".tmp-damaged-{}", std::process::id()));
+                fs::rename(final_dir, &aside).map_err(io_err(final_dir))?;
+                fs::rename(&tmp, final_dir).map_err(io_err(final_dir))?;
+                let _ = fs::remove_dir_all(&aside);
+                sync_dir(rel);
+                return Ok(());
+            }
+            Err(e) => {
+                let _ = fs::remove_dir_all(&tmp);
+                return Err(io_err(final_dir)(e));
+            }
+        }
+        sync_dir(rel);
+        // `tmp` now holds the damaged release.
+        let _ = fs::remove_dir_all(&tmp);
+        Ok(())
     }
 
     /// Rewrites `last_change_date` in place (its directory belongs to root).
@@ -415,6 +520,13 @@ pub fn copy_tree(src: &Path, dst: &Path) -> io::Result<()> {
         }
     }
     Ok(())
+}
+
+/// Swaps two directory entries atomically (Linux `RENAME_EXCHANGE`).
+fn exchange(a: &Path, b: &Path) -> io::Result<()> {
+    use nix::fcntl::{renameat2, RenameFlags, AT_FDCWD};
+    renameat2(AT_FDCWD, a, AT_FDCWD, b, RenameFlags::RENAME_EXCHANGE)
+        .map_err(|e| io::Error::from_raw_os_error(e as i32))
 }
 
 fn sync_dir(p: &Path) {

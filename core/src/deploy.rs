@@ -220,6 +220,17 @@ pub fn run(
     opts: &RunOptions,
     on_event: &(dyn Fn(Event) + Sync),
 ) -> Result<Vec<HostOutcome>, DeployError> {
+    run_verifying(bento, opts, false, on_event)
+}
+
+/// [`run`]; with `verify`, an unchanged host's live release is hashed whole
+/// (`bento deploy --verify`) instead of checked by sizes, modes and stamps.
+pub fn run_verifying(
+    bento: &BentoDir,
+    opts: &RunOptions,
+    verify: bool,
+    on_event: &(dyn Fn(Event) + Sync),
+) -> Result<Vec<HostOutcome>, DeployError> {
     let settings = &bento.settings;
     let nix = Nix {
         extra_args: settings.build_args.clone(),
@@ -354,7 +365,7 @@ pub fn run(
     built.sort_by_key(|o| jobs.iter().position(|j| j.host == o.host));
 
     if opts.publish {
-        publish_all(bento, &jobs, &mut built, on_event);
+        publish_all(bento, &jobs, &mut built, verify, on_event);
     }
     outcomes.extend(built);
     record(&mut state, &outcomes, mode);
@@ -500,6 +511,7 @@ fn publish_all(
     bento: &BentoDir,
     jobs: &[Job],
     built: &mut [HostOutcome],
+    verify: bool,
     on_event: &(dyn Fn(Event) + Sync),
 ) {
     let settings = &bento.settings;
@@ -559,7 +571,13 @@ fn publish_all(
             let manifest =
                 Manifest::for_tree(&listing, host.as_str(), OffsetDateTime::now_utc(), expected);
             chroot
-                .publish(&host, &job.staged, &manifest, settings.keep_releases)
+                .publish_checked(
+                    &host,
+                    &job.staged,
+                    &manifest,
+                    settings.keep_releases,
+                    verify,
+                )
                 .map_err(|e| e.to_string())
         })();
         match result {

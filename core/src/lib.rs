@@ -18,5 +18,6 @@ pub mod nix;
 pub mod release;
 pub mod report;
 pub mod status;
+pub mod text;
 
 pub use hostname::{HostName, HostNameError};

@@ -151,6 +151,48 @@ pub struct Manifest {
     /// Every directory, empty ones included.
     #[serde(default)]
     pub dirs: BTreeSet<String>,
+    /// Each file's times as published, so `bento deploy` can tell an untouched
+    /// release from a damaged one without reading it. Not part of the revision;
+    /// agents ignore it.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub stamps: BTreeMap<String, Stamp>,
+}
+
+/// A published file's modification and change times, in nanoseconds. The change
+/// time cannot be set back by hand, so an edit that restores the mtime still shows.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Stamp {
+    pub mtime: i64,
+    pub ctime: i64,
+}
+
+impl Stamp {
+    pub fn of(md: &fs::Metadata) -> Self {
+        use std::os::unix::fs::MetadataExt;
+        Stamp {
+            mtime: md.mtime().saturating_mul(1_000_000_000) + md.mtime_nsec(),
+            ctime: md.ctime().saturating_mul(1_000_000_000) + md.ctime_nsec(),
+        }
+    }
+}
+
+/// How a published release differs from its manifest.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum Damage {
+    #[error("manifest {0}")]
+    Manifest(String),
+    #[error("file {0} changed")]
+    Changed(String),
+    #[error("file {0} missing")]
+    Missing(String),
+    #[error("file {0} added")]
+    Added(String),
+    #[error("file {0} mode changed")]
+    Mode(String),
+    #[error("{0} is not a regular file or directory")]
+    Special(String),
+    #[error("cannot read it: {0}")]
+    Io(String),
 }
 
 /// What a release tree contains, read once.
@@ -167,8 +209,17 @@ impl TreeListing {
     /// itself is left out.
     pub fn read(dir: &Path) -> Result<Self, ReleaseError> {
         let mut l = TreeListing::default();
-        walk(dir, "", &mut l)?;
+        walk(dir, "", &mut l, None)?;
         Ok(l)
+    }
+
+    /// Like [`TreeListing::read`] without reading any file: `sha256` is left
+    /// empty, and each file's [`Stamp`] is returned instead.
+    pub fn read_stat(dir: &Path) -> Result<(Self, BTreeMap<String, Stamp>), ReleaseError> {
+        let mut l = TreeListing::default();
+        let mut stamps = BTreeMap::new();
+        walk(dir, "", &mut l, Some(&mut stamps))?;
+        Ok((l, stamps))
     }
 
     /// The content revision: a hash over relative paths, modes and bytes.
@@ -177,7 +228,13 @@ impl TreeListing {
     }
 }
 
-fn walk(dir: &Path, prefix: &str, l: &mut TreeListing) -> Result<(), ReleaseError> {
+/// With `stamps`, files are only stat'ed (their stamps collected), not hashed.
+fn walk(
+    dir: &Path,
+    prefix: &str,
+    l: &mut TreeListing,
+    mut stamps: Option<&mut BTreeMap<String, Stamp>>,
+) -> Result<(), ReleaseError> {
     for ent in fs::read_dir(dir).map_err(io_err(dir))? {
         let ent = ent.map_err(io_err(dir))?;
         let name = ent.file_name();
@@ -196,10 +253,16 @@ fn walk(dir: &Path, prefix: &str, l: &mut TreeListing) -> Result<(), ReleaseErro
         let ft = ent.file_type().map_err(io_err(&path))?;
         if ft.is_dir() {
             l.dirs.insert(rel.clone());
-            walk(&path, &rel, l)?;
+            walk(&path, &rel, l, stamps.as_deref_mut())?;
         } else if ft.is_file() {
             let md = ent.metadata().map_err(io_err(&path))?;
-            let sha256 = sha256_file(&path).map_err(io_err(&path))?;
+            let sha256 = match stamps.as_deref_mut() {
+                Some(st) => {
+                    st.insert(rel.clone(), Stamp::of(&md));
+                    String::new()
+                }
+                None => sha256_file(&path).map_err(io_err(&path))?,
+            };
             l.files.insert(
                 rel,
                 FileEntry {
@@ -285,7 +348,75 @@ impl Manifest {
             expected_system,
             files: listing.files.clone(),
             dirs: listing.dirs.clone(),
+            stamps: BTreeMap::new(),
         }
+    }
+
+    /// This manifest with the stamps of the files as they are now in `dir`, the
+    /// release it describes (called right after writing the files).
+    pub fn stamped(&self, dir: &Path) -> Result<Manifest, ReleaseError> {
+        let (_, stamps) = TreeListing::read_stat(dir)?;
+        let mut m = self.clone();
+        m.stamps = stamps
+            .into_iter()
+            .filter(|(p, _)| m.files.contains_key(p))
+            .collect();
+        Ok(m)
+    }
+
+    /// Checks a published release in `dir`, whose directory name says it is
+    /// `revision`, against its own manifest. The cheap check (`full` false)
+    /// reads no file whose size, mode and stamps are as published: it stats the
+    /// tree and hashes only files whose stamps moved (a copied chroot, or an
+    /// edit). `full` hashes every file.
+    pub fn check_published(dir: &Path, revision: &str, full: bool) -> Result<Manifest, Damage> {
+        let m = Manifest::read_from(dir).map_err(|e| Damage::Manifest(e.to_string()))?;
+        if m.revision != revision {
+            return Err(Damage::Manifest(format!(
+                "claims revision {}, its directory is {revision}",
+                m.revision
+            )));
+        }
+        if revision_of(&m.files, &m.dirs) != revision {
+            return Err(Damage::Manifest("does not match its revision".into()));
+        }
+        let (l, stamps) = TreeListing::read_stat(dir).map_err(|e| Damage::Io(e.to_string()))?;
+        if let Some(o) = l.others.first() {
+            return Err(Damage::Special(o.clone()));
+        }
+        if let Some(p) = m.files.keys().find(|p| !l.files.contains_key(*p)) {
+            return Err(Damage::Missing(p.clone()));
+        }
+        if let Some(p) = l.files.keys().find(|p| !m.files.contains_key(*p)) {
+            return Err(Damage::Added(p.clone()));
+        }
+        if let Some(d) = m.dirs.iter().find(|d| !l.dirs.contains(*d)) {
+            return Err(Damage::Missing(format!("{d}/")));
+        }
+        if let Some(d) = l.dirs.iter().find(|d| !m.dirs.contains(*d)) {
+            return Err(Damage::Added(format!("{d}/")));
+        }
+        for (p, want) in &m.files {
+            let path = dir.join(p);
+            let md = fs::symlink_metadata(&path).map_err(|e| Damage::Io(format!("{p}: {e}")))?;
+            if md.len() != want.size {
+                return Err(Damage::Changed(p.clone()));
+            }
+            // Publication writes exactly these modes; the agent (another user)
+            // must be able to read every file.
+            let mode = md.permissions().mode() & 0o7777;
+            if mode != if want.executable { 0o755 } else { 0o644 } {
+                return Err(Damage::Mode(p.clone()));
+            }
+            let moved = !m.stamps.is_empty() && m.stamps.get(p) != stamps.get(p);
+            if full || moved {
+                let got = sha256_file(&path).map_err(|e| Damage::Io(format!("{p}: {e}")))?;
+                if got != want.sha256 {
+                    return Err(Damage::Changed(p.clone()));
+                }
+            }
+        }
+        Ok(m)
     }
 
     pub fn write_to(&self, dir: &Path) -> io::Result<()> {

@@ -459,6 +459,11 @@ pub fn host_status(
         .chain(shown.as_ref().map(|(c, _)| c.received))
         .max();
     let _ = host_dir;
+    // File names and parse errors quote what the host wrote: never raw to a terminal.
+    let mut warnings: Vec<String> = warnings
+        .into_iter()
+        .map(|w| crate::text::display_safe(&w).into_owned())
+        .collect();
     // Directory order differs between a chroot and its copy.
     warnings.sort();
     HostStatus {

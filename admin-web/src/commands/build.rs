@@ -30,7 +30,7 @@ pub fn build(
         dry: action == BuildAction::DryBuild,
         publish: false,
     };
-    let outcomes = run_with_progress(bento, &opts)?;
+    let outcomes = run_with_progress(bento, &opts, false)?;
     let failed = summarize(&outcomes, false, opts.dry);
     if failed > 0 || !activating {
         return Ok(exit(failed));
@@ -59,14 +59,14 @@ pub fn build(
     Ok(ExitCode::SUCCESS)
 }
 
-pub fn deploy(bento: &BentoDir, filter: &HostFilter) -> anyhow::Result<ExitCode> {
+pub fn deploy(bento: &BentoDir, filter: &HostFilter, verify: bool) -> anyhow::Result<ExitCode> {
     let _lock = bento.try_lock()?;
     let opts = RunOptions {
         only: filter.hosts.clone(),
         dry: false,
         publish: true,
     };
-    let outcomes = run_with_progress(bento, &opts)?;
+    let outcomes = run_with_progress(bento, &opts, verify)?;
     Ok(exit(summarize(&outcomes, true, false)))
 }
 
@@ -115,7 +115,11 @@ impl Progress {
     }
 }
 
-fn run_with_progress(bento: &BentoDir, opts: &RunOptions) -> anyhow::Result<Vec<HostOutcome>> {
+fn run_with_progress(
+    bento: &BentoDir,
+    opts: &RunOptions,
+    verify: bool,
+) -> anyhow::Result<Vec<HostOutcome>> {
     let tty = std::io::stderr().is_terminal();
     let doing = if opts.dry || !bento.settings.local_build {
         "evaluating"
@@ -163,10 +167,7 @@ fn run_with_progress(bento: &BentoDir, opts: &RunOptions) -> anyhow::Result<Vec<
                 Some(format!("{host}: FAILED: {first}"))
             }
             Event::Published { host, outcome } => {
-                let t = match outcome {
-                    Published::New { revision, .. } => format!("published {revision}"),
-                    Published::Unchanged { .. } => "unchanged, not republished".into(),
-                };
+                let t = publication(outcome);
                 p.set(host, t.clone());
                 Some(format!("{host}: {t}"))
             }
@@ -182,9 +183,20 @@ fn run_with_progress(bento: &BentoDir, opts: &RunOptions) -> anyhow::Result<Vec<
             eprintln!("{l}");
         }
     };
-    match deploy::run(bento, opts, &on_event) {
+    match deploy::run_verifying(bento, opts, verify, &on_event) {
         Ok(o) => Ok(o),
         Err(e) => bail!("{e}"),
+    }
+}
+
+fn publication(p: &Published) -> String {
+    match p {
+        Published::New {
+            repaired: Some(damage),
+            ..
+        } => format!("current release damaged ({damage}): republished"),
+        Published::New { revision, .. } => format!("published {revision}"),
+        Published::Unchanged { .. } => "unchanged, not republished".into(),
     }
 }
 
@@ -213,8 +225,7 @@ fn summary_text(outcomes: &[HostOutcome], deploying: bool, dry: bool) -> String 
     for o in outcomes {
         let what = match (&o.error, &o.published, &o.system) {
             (Some(e), _, _) => format!("FAILED: {}", e.lines().next().unwrap_or_default()),
-            (None, Some(Published::New { revision, .. }), _) => format!("published {revision}"),
-            (None, Some(Published::Unchanged { .. }), _) => "unchanged, not republished".into(),
+            (None, Some(p), _) => publication(p),
             (None, None, Some(sys)) => format!("{verb} {}", sys.display()),
             (None, None, None) => verb.to_owned(),
         };

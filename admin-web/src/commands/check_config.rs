@@ -1,10 +1,14 @@
-//! `bento check-config`: the settings, the hosts they name, and the SFTP keys.
+//! `bento check-config`: the settings, the hosts they name, and the SFTP keys;
+//! with `--chroot`, every host's live release too.
 
 use std::process::ExitCode;
 
+use anyhow::Context;
 use bento_core::bentodir::BentoDir;
+use bento_core::chroot::Chroot;
+use bento_core::text::display_safe;
 
-pub fn run(b: &BentoDir) -> anyhow::Result<ExitCode> {
+pub fn run(b: &BentoDir, chroot: bool) -> anyhow::Result<ExitCode> {
     let (dirs, unusable) = b.host_dirs()?;
     for u in &unusable {
         eprintln!("warning: hosts/{u}: neither flake.nix nor configuration.nix");
@@ -33,5 +37,38 @@ pub fn run(b: &BentoDir) -> anyhow::Result<ExitCode> {
         findings.hosts,
         if b.legacy { "config.sh" } else { "bento.toml" }
     );
+    if chroot {
+        return check_releases(&Chroot::new(&b.settings.chroot_dir));
+    }
     Ok(ExitCode::SUCCESS)
+}
+
+/// Hashes every host's live release against its manifest; changes nothing.
+fn check_releases(chroot: &Chroot) -> anyhow::Result<ExitCode> {
+    let hosts = chroot
+        .hosts()
+        .with_context(|| format!("cannot read the chroot {}", chroot.root().display()))?;
+    let (mut checked, mut damaged) = (0, 0);
+    for h in &hosts {
+        let Some(result) = chroot.check_current(h, true) else {
+            continue;
+        };
+        checked += 1;
+        if let Err(d) = result {
+            damaged += 1;
+            eprintln!(
+                "error: hosts/{h}: current release damaged ({}); `bento deploy` republishes it",
+                display_safe(&d.to_string())
+            );
+        }
+    }
+    println!(
+        "{}: {checked} live releases checked, {damaged} damaged",
+        chroot.root().display()
+    );
+    Ok(if damaged > 0 {
+        ExitCode::from(1)
+    } else {
+        ExitCode::SUCCESS
+    })
 }

@@ -5,6 +5,7 @@ use std::process::ExitCode;
 
 use bento_core::bentodir::BentoDir;
 use bento_core::nix::Nix;
+use bento_core::text::display_safe;
 
 use crate::cli::HostFilter;
 
@@ -25,21 +26,45 @@ pub fn run(bento: &BentoDir, filter: &HostFilter) -> anyhow::Result<ExitCode> {
             println!("-------------");
             continue;
         }
-        println!("Changes in {} between {running} and {expected}", h.host);
+        // The running system is what the host claims: shown escaped, and never
+        // a path that leaves the store.
+        println!(
+            "Changes in {} between {} and {}",
+            h.host,
+            display_safe(running),
+            display_safe(expected)
+        );
+        if running.contains('/') || running.starts_with('.') {
+            println!("  the host reports a system that is not a store path name: cannot compare");
+            println!("-------------");
+            continue;
+        }
         let from = PathBuf::from("/nix/store").join(running);
         let to = PathBuf::from("/nix/store").join(expected);
         if !from.exists() {
             println!(
                 "  {} is not in this machine's store: cannot compute the difference",
-                from.display()
+                display_safe(&from.display().to_string())
             );
         } else {
             match nix.diff_closures(&from, &to) {
                 Ok(d) if d.trim().is_empty() => println!("  (no package differences)"),
-                Ok(d) => print!("{d}"),
+                Ok(d) => {
+                    for l in d.lines() {
+                        println!("{}", display_safe(l));
+                    }
+                }
                 Err(e) => {
                     failed = true;
-                    eprintln!("  cannot compare: {}", e.summary());
+                    let summary = e.summary();
+                    let mut lines = summary.lines();
+                    eprintln!(
+                        "  cannot compare: {}",
+                        display_safe(lines.next().unwrap_or_default())
+                    );
+                    for l in lines {
+                        eprintln!("  {}", display_safe(l));
+                    }
                 }
             }
         }

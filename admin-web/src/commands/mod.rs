@@ -29,7 +29,7 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             yes,
             profile,
         } => build::build(&open(dir)?, action, &filter, yes, &profile),
-        Command::Deploy { filter } => build::deploy(&open(dir)?, &filter),
+        Command::Deploy { filter, verify } => build::deploy(&open(dir)?, &filter, verify),
         Command::Status { json, once, filter } => status::run(&open(dir)?, json, once, &filter),
         Command::Diff { filter } => diff::run(&open(dir)?, &filter),
         Command::FlakeUpdate { input } => flake_update::run(&open(dir)?, input.as_deref()),
@@ -37,7 +37,7 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Sftp(args) => sftp::run(dir, args),
         Command::User { action } => user::run(dir, action),
         Command::Token { action } => token::run(dir, action),
-        Command::CheckConfig => check_config::run(&open(dir)?),
+        Command::CheckConfig { chroot } => check_config::run(&open(dir)?, chroot),
     }
 }
 

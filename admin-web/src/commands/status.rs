@@ -9,6 +9,7 @@ use anyhow::Context;
 use bento_core::bentodir::BentoDir;
 use bento_core::chroot::Chroot;
 use bento_core::status::{fleet_status_of, HostStatus, StatusOptions};
+use bento_core::text::display_safe;
 use notify::{RecursiveMode, Watcher};
 
 use crate::cli::HostFilter;
@@ -57,14 +58,14 @@ pub fn run(
     let rows = collect(bento, filter)?;
     for h in &rows {
         for w in &h.warnings {
-            eprintln!("warning: {}: {w}", h.host);
+            eprintln!("warning: {}: {}", h.host, display_safe(w));
         }
     }
     if json {
         // Stdout is line-buffered: one write per JSON line would dominate at 10k hosts.
         let mut out = std::io::BufWriter::new(std::io::stdout().lock());
-        serde_json::to_writer_pretty(&mut out, &rows)?;
-        writeln!(out)?;
+        let text = serde_json::to_string_pretty(&rows)?;
+        writeln!(out, "{}", bento_core::text::json_safe(&text))?;
         out.flush()?;
         return Ok(ExitCode::SUCCESS);
     }
