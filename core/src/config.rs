@@ -143,6 +143,73 @@ pub struct SftpSettings {
     /// the others' places).
     #[serde(default = "default_max_connections_per_host")]
     pub max_connections_per_host: usize,
+    /// Most bytes a host's `logs/` may hold, all files together.
+    #[serde(default = "default_max_log_bytes_total")]
+    pub max_log_bytes_total: u64,
+    /// Seconds a connection has to finish the SSH handshake and log in; it is
+    /// closed after that (OpenSSH's `LoginGraceTime`).
+    #[serde(default = "default_login_grace_secs")]
+    pub login_grace_secs: u64,
+    /// Most connections that have not logged in yet, all sources together; they
+    /// do not take the places of `max_connections`, which are for hosts.
+    #[serde(default = "default_max_unauthenticated")]
+    pub max_unauthenticated: usize,
+    /// Most connections not logged in yet from one source address.
+    #[serde(default = "default_max_unauthenticated_per_source")]
+    pub max_unauthenticated_per_source: usize,
+    /// Failed logins from one source address in a minute before its new
+    /// connections are closed at once for the rest of that minute.
+    #[serde(default = "default_max_auth_failures_per_minute")]
+    pub max_auth_failures_per_minute: usize,
+    /// SFTP channels (sessions) at once on one connection.
+    #[serde(default = "default_max_channels_per_connection")]
+    pub max_channels_per_connection: usize,
+    /// Open files and directories of one host at once, over all its connections.
+    #[serde(default = "default_max_handles_per_host")]
+    pub max_handles_per_host: usize,
+}
+
+impl SftpSettings {
+    /// What is wrong with these settings, for `bento check-config` and at start.
+    pub fn problems(&self) -> Vec<String> {
+        let mut out = Vec::new();
+        for (name, v) in [
+            ("max_log_bytes", self.max_log_bytes),
+            ("max_log_files", self.max_log_files as u64),
+            ("max_connections", self.max_connections as u64),
+            (
+                "max_connections_per_host",
+                self.max_connections_per_host as u64,
+            ),
+            ("max_log_bytes_total", self.max_log_bytes_total),
+            ("login_grace_secs", self.login_grace_secs),
+            ("max_unauthenticated", self.max_unauthenticated as u64),
+            (
+                "max_unauthenticated_per_source",
+                self.max_unauthenticated_per_source as u64,
+            ),
+            (
+                "max_auth_failures_per_minute",
+                self.max_auth_failures_per_minute as u64,
+            ),
+            (
+                "max_channels_per_connection",
+                self.max_channels_per_connection as u64,
+            ),
+            ("max_handles_per_host", self.max_handles_per_host as u64),
+        ] {
+            if v == 0 {
+                out.push(format!("sftp.{name} must be at least 1"));
+            }
+        }
+        if self.max_log_bytes_total < self.max_log_bytes {
+            out.push(format!(
+                "sftp.max_log_bytes_total ({}) is below max_log_bytes ({}): no report of the largest size would fit",
+                self.max_log_bytes_total, self.max_log_bytes
+            ));
+        }
+        out
+    }
 }
 
 fn default_sftp_listen() -> String {
@@ -163,6 +230,27 @@ fn default_max_connections() -> usize {
 fn default_max_connections_per_host() -> usize {
     16
 }
+fn default_max_log_bytes_total() -> u64 {
+    256 << 20
+}
+fn default_login_grace_secs() -> u64 {
+    15
+}
+fn default_max_unauthenticated() -> usize {
+    256
+}
+fn default_max_unauthenticated_per_source() -> usize {
+    16
+}
+fn default_max_auth_failures_per_minute() -> usize {
+    30
+}
+fn default_max_channels_per_connection() -> usize {
+    4
+}
+fn default_max_handles_per_host() -> usize {
+    256
+}
 
 impl Default for SftpSettings {
     fn default() -> Self {
@@ -174,6 +262,13 @@ impl Default for SftpSettings {
             max_log_files: default_max_log_files(),
             max_connections: default_max_connections(),
             max_connections_per_host: default_max_connections_per_host(),
+            max_log_bytes_total: default_max_log_bytes_total(),
+            login_grace_secs: default_login_grace_secs(),
+            max_unauthenticated: default_max_unauthenticated(),
+            max_unauthenticated_per_source: default_max_unauthenticated_per_source(),
+            max_auth_failures_per_minute: default_max_auth_failures_per_minute(),
+            max_channels_per_connection: default_max_channels_per_connection(),
+            max_handles_per_host: default_max_handles_per_host(),
         }
     }
 }
@@ -340,10 +435,16 @@ impl Settings {
                 {
                     return invalid(format!("hosts.{name}.keys[{i}]: unknown key type {kind:?}"));
                 }
+                // With `bento sftp` the key is what tells which host logs in, so a
+                // shared key would hand one host's chroot to another. sshd checks the
+                // key against the user it is listed for and chroots that user, so
+                // there two hosts may share one (one admin key for a lab, say).
                 if let Some(other) = seen_keys.insert(blob, name) {
-                    return invalid(format!(
-                        "hosts.{name}.keys[{i}] is also a key of host {other}: each host needs a key of its own"
-                    ));
+                    if self.sftp.is_some() {
+                        return invalid(format!(
+                            "hosts.{name}.keys[{i}] is also a key of host {other}: with [sftp] (bento's own SFTP server) the key tells the host, so each host needs a key of its own"
+                        ));
+                    }
                 }
             }
         }
@@ -497,12 +598,13 @@ mod tests {
         let sftp = s.sftp.unwrap();
         assert_eq!(sftp.listen, "127.0.0.1:2200");
         assert_eq!(sftp.max_log_bytes, 4 << 20);
-        let e = Settings::from_toml(
-            "chroot_dir = \"/c\"\n[hosts.a]\nkeys = [\"ssh-ed25519 AAAAC3\"]\n[hosts.b]\nkeys = [\"ssh-ed25519 AAAAC3 b\"]\n",
-            p,
-        )
-        .unwrap_err();
+        let shared = "[hosts.a]\nkeys = [\"ssh-ed25519 AAAAC3\"]\n[hosts.b]\nkeys = [\"ssh-ed25519 AAAAC3 b\"]\n";
+        let e =
+            Settings::from_toml(&format!("chroot_dir = \"/c\"\n[sftp]\n{shared}"), p).unwrap_err();
         assert!(e.to_string().contains("also a key of host a"), "{e}");
+        // Without [sftp] the hosts log in through sshd, as their own users.
+        let s = Settings::from_toml(&format!("chroot_dir = \"/c\"\n{shared}"), p).unwrap();
+        assert_eq!(s.hosts.len(), 2);
         let e = Settings::from_toml("chroot_dir = \"/c\"\n[hosts.a]\nkeys = [\"AAAAC3\"]\n", p)
             .unwrap_err();
         assert!(e.to_string().contains("not an SSH public key"), "{e}");

@@ -15,6 +15,7 @@ use std::fs::File;
 use std::io;
 use std::os::fd::{AsFd, OwnedFd};
 use std::path::Path;
+use std::sync::{Arc, Mutex, MutexGuard};
 
 use nix::errno::Errno;
 use nix::fcntl::{
@@ -155,6 +156,76 @@ pub struct LogLimits {
     pub max_bytes: u64,
     /// Most entries in `logs/`.
     pub max_files: usize,
+    /// Most bytes in `logs/`, all files together.
+    pub max_total_bytes: u64,
+}
+
+/// What a host's `logs/` holds, shared by every session of that host: the count
+/// and byte caps are checked and updated under its lock, so parallel uploads
+/// cannot pass them together.
+#[derive(Debug, Default)]
+pub struct LogQuota {
+    /// Bytes in `logs/`: counted again at every open, kept up to date by writes
+    /// and removals in between (files removed by others only make it larger
+    /// than true until the next open).
+    used: Mutex<Option<u64>>,
+}
+
+impl LogQuota {
+    fn lock(&self) -> MutexGuard<'_, Option<u64>> {
+        self.used.lock().unwrap_or_else(|e| e.into_inner())
+    }
+}
+
+/// A directory being listed: entries are read from the kernel a batch at a
+/// time, so an open listing costs two descriptors and libc's buffer, whatever
+/// the directory holds.
+pub struct DirReader {
+    iter: nix::dir::OwningIter,
+    /// The same directory, for `fstatat` (the iterator lends out no descriptor).
+    fd: OwnedFd,
+    /// `.` and `..` come first, with the directory's own stat.
+    dots: Option<FileStat>,
+}
+
+impl DirReader {
+    /// Up to `max` more entries (fewer only at the end), each with its `lstat`.
+    pub fn next_batch(&mut self, max: usize) -> Result<Vec<Entry>, JailError> {
+        let mut out = Vec::new();
+        if let Some(own) = self.dots.take() {
+            for name in [".", ".."] {
+                out.push(Entry {
+                    name: name.into(),
+                    stat: own,
+                });
+            }
+        }
+        let mut names = Vec::new();
+        while out.len() + names.len() < max {
+            let Some(ent) = self.iter.next() else { break };
+            let ent = ent?;
+            let name = ent.file_name().to_bytes();
+            if name == b"." || name == b".." {
+                continue;
+            }
+            // SFTP v3 names are UTF-8 here; release files always are.
+            if let Ok(name) = std::str::from_utf8(name) {
+                names.push(name.to_owned());
+            }
+        }
+        for name in names {
+            match fstatat(
+                &self.fd,
+                name.as_str(),
+                nix::fcntl::AtFlags::AT_SYMLINK_NOFOLLOW,
+            ) {
+                Ok(stat) => out.push(Entry { name, stat }),
+                Err(Errno::ENOENT) => {} // removed meanwhile
+                Err(e) => return Err(e.into()),
+            }
+        }
+        Ok(out)
+    }
 }
 
 /// How a file in `logs/` is opened for writing.
@@ -177,6 +248,7 @@ pub struct Entry {
 pub struct Jail {
     root: OwnedFd,
     limits: LogLimits,
+    quota: Arc<LogQuota>,
 }
 
 fn in_root() -> ResolveFlag {
@@ -195,15 +267,29 @@ fn is_kind(st: &FileStat, kind: SFlag) -> bool {
 }
 
 impl Jail {
-    /// Opens `dir` as a host's root.
+    /// Opens `dir` as a host's root, with a quota of its own.
     pub fn open(dir: &Path, limits: LogLimits) -> io::Result<Jail> {
+        Jail::open_with_quota(dir, limits, Arc::default())
+    }
+
+    /// Opens `dir` as a host's root; `quota` is the one every session of the
+    /// host shares.
+    pub fn open_with_quota(
+        dir: &Path,
+        limits: LogLimits,
+        quota: Arc<LogQuota>,
+    ) -> io::Result<Jail> {
         let root = nix::fcntl::open(
             dir,
             OFlag::O_PATH | OFlag::O_DIRECTORY | OFlag::O_CLOEXEC,
             Mode::empty(),
         )
         .map_err(io::Error::from)?;
-        Ok(Jail { root, limits })
+        Ok(Jail {
+            root,
+            limits,
+            quota,
+        })
     }
 
     fn resolve(&self, p: &VPath, flags: OFlag) -> Result<OwnedFd, JailError> {
@@ -263,41 +349,29 @@ impl Jail {
         Ok(File::from(fd))
     }
 
-    /// The entries of a directory (`.` and `..` first), each with its `lstat`.
-    pub fn read_dir(&self, p: &VPath) -> Result<Vec<Entry>, JailError> {
+    /// Opens a directory for listing with [`DirReader::next_batch`].
+    pub fn open_dir(&self, p: &VPath) -> Result<DirReader, JailError> {
         let fd = self.resolve(p, OFlag::O_RDONLY | OFlag::O_DIRECTORY)?;
         let own = fstat(&fd)?;
-        let mut out = vec![
-            Entry {
-                name: ".".into(),
-                stat: own,
-            },
-            Entry {
-                name: "..".into(),
-                stat: own,
-            },
-        ];
         let dup = fd.try_clone().map_err(JailError::Io)?;
-        let mut dir = nix::dir::Dir::from_fd(dup)?;
-        for ent in dir.iter() {
-            let ent = ent?;
-            let name = ent.file_name().to_bytes();
-            if name == b"." || name == b".." {
-                continue;
+        Ok(DirReader {
+            iter: nix::dir::Dir::from_fd(dup)?.into_iter(),
+            fd,
+            dots: Some(own),
+        })
+    }
+
+    /// The entries of a directory (`.` and `..` first), each with its `lstat`.
+    pub fn read_dir(&self, p: &VPath) -> Result<Vec<Entry>, JailError> {
+        let mut dir = self.open_dir(p)?;
+        let mut out = Vec::new();
+        loop {
+            let batch = dir.next_batch(1024)?;
+            if batch.is_empty() {
+                return Ok(out);
             }
-            let Ok(name) = std::str::from_utf8(name) else {
-                continue; // SFTP v3 names are UTF-8 here; release files always are
-            };
-            match fstatat(&fd, name, nix::fcntl::AtFlags::AT_SYMLINK_NOFOLLOW) {
-                Ok(stat) => out.push(Entry {
-                    name: name.to_owned(),
-                    stat,
-                }),
-                Err(Errno::ENOENT) => {} // removed meanwhile
-                Err(e) => return Err(e.into()),
-            }
+            out.extend(batch);
         }
-        Ok(out)
     }
 
     fn logs_dir(&self) -> Result<OwnedFd, JailError> {
@@ -319,41 +393,67 @@ impl Jail {
         })
     }
 
-    fn count_logs(&self, logs: &OwnedFd) -> Result<usize, JailError> {
+    /// How many entries `logs/` holds and their bytes together.
+    fn scan_logs(&self, logs: &OwnedFd) -> Result<(usize, u64), JailError> {
         let fd = openat(
             logs,
             ".",
             OFlag::O_RDONLY | OFlag::O_DIRECTORY | OFlag::O_CLOEXEC,
             Mode::empty(),
         )?;
-        let mut dir = nix::dir::Dir::from_fd(fd)?;
-        Ok(dir
-            .iter()
+        let mut dir = nix::dir::Dir::from_fd(fd)?.into_iter();
+        let (mut n, mut bytes) = (0, 0u64);
+        let names: Vec<_> = dir
+            .by_ref()
             .filter_map(Result::ok)
             .filter(|e| !matches!(e.file_name().to_bytes(), b"." | b".."))
-            .count())
+            .map(|e| e.file_name().to_owned())
+            .collect();
+        for name in names {
+            n += 1;
+            if let Ok(st) = fstatat(
+                logs,
+                name.as_c_str(),
+                nix::fcntl::AtFlags::AT_SYMLINK_NOFOLLOW,
+            ) {
+                bytes = bytes.saturating_add(st.st_size.max(0) as u64);
+            }
+        }
+        Ok((n, bytes))
+    }
+
+    fn quota_cap(&self) -> JailError {
+        JailError::Cap(format!(
+            "logs/ may hold at most {} bytes in all (max_log_bytes_total)",
+            self.limits.max_total_bytes
+        ))
     }
 
     /// Opens (or creates) a file in `logs/` for writing.
     pub fn open_log(&self, p: &VPath, mode: WriteMode) -> Result<File, JailError> {
         let name = self.log_name(p)?;
         let logs = self.logs_dir()?;
-        let exists = match fstatat(&logs, name, nix::fcntl::AtFlags::AT_SYMLINK_NOFOLLOW) {
-            Ok(st) if is_kind(&st, SFlag::S_IFREG) => true,
+        let mut used = self.quota.lock();
+        let old_size = match fstatat(&logs, name, nix::fcntl::AtFlags::AT_SYMLINK_NOFOLLOW) {
+            Ok(st) if is_kind(&st, SFlag::S_IFREG) => Some(st.st_size.max(0) as u64),
             Ok(_) => return Err(JailError::Denied("not a regular file".into())),
-            Err(Errno::ENOENT) => false,
+            Err(Errno::ENOENT) => None,
             Err(e) => return Err(e.into()),
         };
-        if !exists {
+        let (n, mut bytes) = self.scan_logs(&logs)?;
+        *used = Some(bytes);
+        if old_size.is_none() {
             if !mode.create {
                 return Err(JailError::NotFound);
             }
-            let n = self.count_logs(&logs)?;
             if n >= self.limits.max_files {
                 return Err(JailError::Cap(format!(
                     "logs/ already holds {n} files, the most allowed ({})",
                     self.limits.max_files
                 )));
+            }
+            if bytes >= self.limits.max_total_bytes {
+                return Err(self.quota_cap());
             }
         }
         let mut flags = OFlag::O_WRONLY | OFlag::O_NOFOLLOW | OFlag::O_NONBLOCK | OFlag::O_CLOEXEC;
@@ -374,6 +474,10 @@ impl Jail {
         if !is_kind(&st, SFlag::S_IFREG) {
             return Err(JailError::Denied("not a regular file".into()));
         }
+        if let (Some(old), true) = (old_size, mode.truncate) {
+            bytes = bytes.saturating_sub(old);
+            *used = Some(bytes);
+        }
         Ok(File::from(fd))
     }
 
@@ -391,18 +495,41 @@ impl Jail {
     /// Writes `data` at `offset` into a file of [`Jail::open_log`], under the size
     /// cap. The bound counts from the file's current end when that is further (a
     /// file opened for appending writes there, whatever the offset says).
+    ///
+    /// The host's byte quota is checked and counted under its lock, with the
+    /// write itself, so parallel uploads cannot pass it together.
     pub fn write_log(&self, f: &File, offset: u64, data: &[u8]) -> Result<(), JailError> {
         use std::os::unix::fs::FileExt;
+        let mut used = self.quota.lock();
         let size = fstat(f)?.st_size.max(0) as u64;
         self.check_write(offset.max(size), data.len() as u64)?;
-        f.write_all_at(data, offset).map_err(JailError::Io)
+        let current = match *used {
+            Some(b) => b,
+            None => self.scan_logs(&self.logs_dir()?)?.1,
+        };
+        let growth = offset.max(size).saturating_add(data.len() as u64) - size;
+        if current.saturating_add(growth) > self.limits.max_total_bytes {
+            return Err(self.quota_cap());
+        }
+        let written = f.write_all_at(data, offset).map_err(JailError::Io);
+        let after = fstat(f).map(|st| st.st_size.max(0) as u64).unwrap_or(size);
+        *used = Some((current + after).saturating_sub(size));
+        written
     }
 
     /// Removes a file from `logs/`.
     pub fn remove_log(&self, p: &VPath) -> Result<(), JailError> {
         let name = self.log_name(p)?;
         let logs = self.logs_dir()?;
-        Ok(unlinkat(&logs, name, UnlinkatFlags::NoRemoveDir)?)
+        let mut used = self.quota.lock();
+        let size = fstatat(&logs, name, nix::fcntl::AtFlags::AT_SYMLINK_NOFOLLOW)
+            .map(|st| st.st_size.max(0) as u64)
+            .unwrap_or(0);
+        unlinkat(&logs, name, UnlinkatFlags::NoRemoveDir)?;
+        if let Some(b) = used.as_mut() {
+            *b = b.saturating_sub(size);
+        }
+        Ok(())
     }
 
     /// Renames a file inside `logs/`; `replace` as POSIX `rename`, else the target
@@ -420,10 +547,18 @@ impl Jail {
         } else {
             RenameFlags::RENAME_NOREPLACE
         };
+        let mut used = self.quota.lock();
+        let replaced = fstatat(&logs, b, nix::fcntl::AtFlags::AT_SYMLINK_NOFOLLOW)
+            .map(|st| st.st_size.max(0) as u64)
+            .unwrap_or(0);
         renameat2(&logs, a, &logs, b, flags).map_err(|e| match e {
             Errno::EEXIST => JailError::Denied("the target exists".into()),
             e => e.into(),
-        })
+        })?;
+        if let Some(u) = used.as_mut() {
+            *u = u.saturating_sub(replaced);
+        }
+        Ok(())
     }
 }
 
@@ -481,6 +616,7 @@ pub mod fuzzing {
                 LogLimits {
                     max_bytes: 1024,
                     max_files: 64,
+                    max_total_bytes: 1 << 20,
                 },
             )
             .expect("jail");
@@ -597,6 +733,7 @@ mod tests {
         LogLimits {
             max_bytes: 100,
             max_files: 3,
+            max_total_bytes: 250,
         }
     }
 
@@ -750,6 +887,63 @@ mod tests {
             Err(JailError::Denied(_))
         ));
         assert!(!t.path().join("b/logs/x").exists());
+    }
+
+    #[test]
+    fn the_byte_quota_holds_over_all_files_and_parallel_sessions() {
+        let (t, _) = tree();
+        let quota = Arc::new(LogQuota::default());
+        let limits = LogLimits {
+            max_bytes: 100,
+            max_files: 8,
+            max_total_bytes: 250,
+        };
+        let a = t.path().join("a");
+        let w = WriteMode {
+            create: true,
+            truncate: true,
+            ..Default::default()
+        };
+        // Twelve sessions of one host upload at once: never more than the caps.
+        std::thread::scope(|s| {
+            for i in 0..12 {
+                let (a, quota) = (&a, quota.clone());
+                s.spawn(move || {
+                    let j = Jail::open_with_quota(a, limits, quota).unwrap();
+                    let p = VPath::parse(&format!("logs/r{i}")).unwrap();
+                    if let Ok(f) = j.open_log(&p, w) {
+                        for k in 0..10 {
+                            if j.write_log(&f, k * 10, &[b'x'; 10]).is_err() {
+                                break;
+                            }
+                        }
+                    }
+                });
+            }
+        });
+        let files: Vec<_> = std::fs::read_dir(a.join("logs"))
+            .unwrap()
+            .flatten()
+            .collect();
+        let total: u64 = files.iter().map(|e| e.metadata().unwrap().len()).sum();
+        assert!(files.len() <= 8, "{} files", files.len());
+        assert!(total <= 250, "{total} bytes");
+        // Removing a file gives its bytes back.
+        let j = Jail::open_with_quota(&a, limits, quota.clone()).unwrap();
+        for e in &files {
+            let p = VPath::parse(&format!("logs/{}", e.file_name().to_str().unwrap())).unwrap();
+            j.remove_log(&p).unwrap();
+        }
+        let f = j.open_log(&VPath::parse("logs/new").unwrap(), w).unwrap();
+        j.write_log(&f, 0, &[b'y'; 100]).unwrap();
+        let g = j.open_log(&VPath::parse("logs/new2").unwrap(), w).unwrap();
+        j.write_log(&g, 0, &[b'y'; 100]).unwrap();
+        let h = j.open_log(&VPath::parse("logs/new3").unwrap(), w).unwrap();
+        assert!(matches!(
+            j.write_log(&h, 0, &[b'y'; 51]),
+            Err(JailError::Cap(_))
+        ));
+        j.write_log(&h, 0, &[b'y'; 50]).unwrap();
     }
 
     /// The fuzz target's property over many generated paths (the fuzzer explores

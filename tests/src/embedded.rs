@@ -23,6 +23,8 @@ pub struct EmbeddedSftp {
     port: u16,
     child: Option<Child>,
     log: Arc<Mutex<String>>,
+    /// `RLIMIT_NOFILE` (soft and hard) the server runs under, when set.
+    nofile: Option<u64>,
 }
 
 impl EmbeddedSftp {
@@ -39,6 +41,7 @@ impl EmbeddedSftp {
             port: 0,
             child: None,
             log: Arc::default(),
+            nofile: None,
         };
         for h in hosts {
             s.add_host(h)?;
@@ -72,7 +75,16 @@ impl EmbeddedSftp {
     /// waits until it listens; writes the host key into known_hosts.
     pub fn start(&mut self) -> Result<()> {
         let listen = format!("127.0.0.1:{}", self.port);
-        let mut child = Command::new(bins::bin("bento"))
+        // prlimit sets the limit and execs the server: the pid stays the server's.
+        let mut cmd = match self.nofile {
+            Some(n) => {
+                let mut c = Command::new("prlimit");
+                c.arg(format!("--nofile={n}:{n}")).arg(bins::bin("bento"));
+                c
+            }
+            None => Command::new(bins::bin("bento")),
+        };
+        let mut child = cmd
             .arg("-C")
             .arg(&self.bento_dir)
             .args(["sftp", "--listen", &listen])
@@ -140,6 +152,91 @@ impl EmbeddedSftp {
     pub fn pid(&self) -> Option<u32> {
         self.child.as_ref().map(Child::id)
     }
+
+    /// For a server another process runs on `port` (`bento serve --sftp`): the
+    /// client options and known_hosts point at it from now on.
+    pub fn attach(&mut self, port: u16) -> Result<()> {
+        self.port = port;
+        fs::write(
+            self.known_hosts_path(),
+            known_hosts_line(&self.bento_dir, port)?,
+        )?;
+        Ok(())
+    }
+
+    /// The bento directory the server serves.
+    pub fn bento_dir(&self) -> &Path {
+        &self.bento_dir
+    }
+
+    /// Runs the server under this `RLIMIT_NOFILE` (soft and hard), from the next start.
+    pub fn with_nofile(mut self, n: u64) -> Self {
+        self.nofile = Some(n);
+        self
+    }
+
+    /// Descriptors the server holds open now (0 when it is not running).
+    pub fn fd_count(&self) -> usize {
+        self.pid()
+            .and_then(|pid| fs::read_dir(format!("/proc/{pid}/fd")).ok())
+            .map(|d| d.count())
+            .unwrap_or(0)
+    }
+
+    /// The server's resident memory in bytes (`VmRSS`), 0 when it is not running.
+    pub fn rss(&self) -> u64 {
+        self.pid()
+            .and_then(|pid| fs::read_to_string(format!("/proc/{pid}/status")).ok())
+            .and_then(|s| {
+                let line = s.lines().find(|l| l.starts_with("VmRSS:"))?.to_owned();
+                line.split_whitespace().nth(1)?.parse::<u64>().ok()
+            })
+            .map_or(0, |kib| kib * 1024)
+    }
+
+    /// Whether the server process is still running.
+    pub fn running(&mut self) -> bool {
+        self.child
+            .as_mut()
+            .is_some_and(|c| matches!(c.try_wait(), Ok(None)))
+    }
+
+    /// An honest host's poll, as the original client does it: `ls -l
+    /// /last_change_date` through OpenSSH's `sftp -b`. (worked, everything printed)
+    pub fn poll(&self, host: &str) -> Result<(bool, String)> {
+        let (ok, out) =
+            self.sftp_outcome(host, &self.key_path(host), "ls -l /last_change_date\n")?;
+        Ok((ok && out.contains("last_change_date"), out))
+    }
+}
+
+/// `bento sftp` serving each of `hosts` a plain release (no nix) from
+/// `dir/chroot`, with `[sftp]` `settings`; not started yet.
+pub fn plain_server(dir: &Path, hosts: &[&str], settings: &str) -> Result<EmbeddedSftp> {
+    use bento_core::chroot::Chroot;
+    let bento = dir.join("bento");
+    fs::create_dir_all(bento.join("hosts"))?;
+    let chroot_dir = dir.join("chroot");
+    let chroot = Chroot::new(&chroot_dir);
+    for h in hosts {
+        crate::release::publish_plain(
+            &chroot,
+            h,
+            &dir.join("stage").join(h),
+            Chroot::embedded_owners(None),
+        )?;
+    }
+    let server =
+        EmbeddedSftp::new(&dir.join("sftp"), &bento, &chroot_dir, hosts)?.with_settings(settings);
+    fs::write(
+        bento.join("bento.toml"),
+        format!(
+            "chroot_dir = {:?}\n{}",
+            chroot_dir.display().to_string(),
+            server.bento_toml()
+        ),
+    )?;
+    Ok(server)
 }
 
 /// An ed25519 key pair at `path` and `path.pub`, as a host's admin makes one.

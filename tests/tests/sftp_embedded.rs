@@ -436,9 +436,12 @@ fn two_hundred_clients_polling_at_once_are_all_served() -> Result<()> {
         .map(|i| {
             let host = &names[i % HOSTS];
             let mut cmd = Command::new("sftp");
+            // Each host from its own address, as in a fleet: the server limits
+            // connections not logged in yet per source address.
             cmd.arg("-b")
                 .arg("-")
                 .args(server.client_options(host))
+                .args(["-o", &format!("BindAddress=127.0.0.{}", 10 + i % HOSTS)])
                 .arg("127.0.0.1")
                 .stdin(std::process::Stdio::piped())
                 .stdout(std::process::Stdio::piped())

@@ -48,26 +48,27 @@ pub fn run(dir: Option<PathBuf>, args: ServeArgs) -> anyhow::Result<ExitCode> {
     config.behind_proxy = args.behind_proxy;
     config.rescan_interval = Duration::from_secs(args.rescan_secs.max(1));
     let with_sftp = args.sftp || bento.settings.sftp.as_ref().is_some_and(|s| s.enable);
+    let sftp_health = with_sftp.then(crate::sftp::Health::default);
+    config.sftp = sftp_health.clone();
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
         .context("cannot start the async runtime")?;
     let result = rt.block_on(async move {
-        let sftp = if with_sftp {
-            let p = crate::sftp::prepare(&bento, args.sftp_listen.as_deref()).await?;
-            eprintln!(
-                "bento serve: SFTP on {} (host key {})",
-                p.listener.local_addr()?,
-                p.fingerprint()
-            );
-            Some(tokio::spawn(crate::sftp::serve(
-                p.listener,
-                p.shared,
-                p.host_key,
-                shutdown_signal(),
-            )))
-        } else {
-            None
+        let sftp = match sftp_health {
+            Some(health) => {
+                // Bad settings stop here; a server that cannot start or stops
+                // later is restarted by the supervisor.
+                crate::sftp::listen_address(&bento, args.sftp_listen.as_deref())?;
+                let problems = bento.settings.sftp.clone().unwrap_or_default().problems();
+                anyhow::ensure!(problems.is_empty(), "{}", problems.join("; "));
+                Some(tokio::spawn(supervise_sftp(
+                    bento.clone(),
+                    args.sftp_listen.clone(),
+                    health,
+                )))
+            }
+            None => None,
         };
         let panel = Panel::start(config).await?;
         let listener = tokio::net::TcpListener::bind(addr)
@@ -88,6 +89,56 @@ pub fn run(dir: Option<PathBuf>, args: ServeArgs) -> anyhow::Result<ExitCode> {
     // A job still running in its thread is marked failed at the next start.
     rt.shutdown_timeout(Duration::from_secs(1));
     result.map(|()| ExitCode::SUCCESS)
+}
+
+/// Runs the SFTP server beside the panel and starts it again, with a growing
+/// pause, whenever it cannot start or stops; `health` tells the panel meanwhile.
+async fn supervise_sftp(
+    bento: bento_core::bentodir::BentoDir,
+    listen: Option<String>,
+    health: crate::sftp::Health,
+) {
+    const FIRST: Duration = Duration::from_secs(1);
+    const LONGEST: Duration = Duration::from_secs(60);
+    let mut pause = FIRST;
+    loop {
+        let started = std::time::Instant::now();
+        let why = match crate::sftp::prepare(&bento, listen.as_deref()).await {
+            Ok(p) => {
+                let addr = p
+                    .listener
+                    .local_addr()
+                    .map_or_else(|_| "?".into(), |a| a.to_string());
+                health.set_up();
+                eprintln!("bento serve: SFTP on {addr} (host key {})", p.fingerprint());
+                // Its own task: a panic in the server is seen here too.
+                let task = tokio::spawn(crate::sftp::serve(
+                    p.listener,
+                    p.shared,
+                    p.host_key,
+                    std::future::pending(),
+                ));
+                match task.await {
+                    Ok(Ok(())) => "it stopped".to_owned(),
+                    Ok(Err(e)) => format!("{e:#}"),
+                    Err(e) => format!("it crashed: {e}"),
+                }
+            }
+            Err(e) => format!("{e:#}"),
+        };
+        if started.elapsed() > LONGEST {
+            pause = FIRST;
+        }
+        tracing::error!(
+            target: "bento::sftp",
+            "SFTP server down: {why}; starting it again in {} s",
+            pause.as_secs()
+        );
+        health.set_down(why);
+        tokio::time::sleep(pause).await;
+        pause = (pause * 2).min(LONGEST);
+        health.restarted();
+    }
 }
 
 pub async fn shutdown_signal() {

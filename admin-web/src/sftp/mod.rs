@@ -9,24 +9,29 @@
 //!   read-only except `logs/`, with caps on size and count there.
 //! - Unknown keys and every refused operation are logged (target `bento::sftp`).
 
+mod health;
+mod limits;
 mod session;
 
 use std::collections::HashMap;
-use std::net::SocketAddr;
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, SystemTime};
 
 use anyhow::Context;
 use bento_core::bentodir::BentoDir;
 use bento_core::config::{Settings, SftpSettings, CONFIG_FILE};
-use bento_core::jail::{Jail, LogLimits};
+use bento_core::jail::{Jail, LogLimits, LogQuota};
 use bento_core::HostName;
 use russh::keys::{HashAlg, PrivateKey, PublicKey};
 use russh::server::{Auth, ChannelOpenHandle, Msg, Session};
 use russh::{Channel, ChannelId, MethodKind, MethodSet};
 use tracing::{debug, info, warn};
+
+pub use health::Health;
+use limits::{Admission, AuthFailures, FdBudget, FdPermit, KillSwitch, Killable, Ticket};
 
 pub use session::SftpSession;
 
@@ -108,9 +113,14 @@ impl Keys {
     }
 }
 
-/// Checks every host key of bento.toml parses, for `bento check-config`.
+/// Checks every host key of bento.toml parses and the `[sftp]` limits make
+/// sense, for `bento check-config`.
 pub fn check_keys(settings: &Settings) -> Vec<String> {
-    Keys::from_settings(settings).1
+    let mut problems = Keys::from_settings(settings).1;
+    if let Some(sftp) = &settings.sftp {
+        problems.extend(sftp.problems());
+    }
+    problems
 }
 
 /// Why a key was refused.
@@ -126,15 +136,36 @@ struct KeyState {
     keys: Keys,
 }
 
+/// Descriptors a connection holds: its socket.
+const CONNECTION_FDS: usize = 1;
+/// Descriptors an SFTP session holds besides its handles: the host's root, and
+/// the few an operation opens and closes (a directory, `logs/`, a scan of it).
+const SESSION_FDS: usize = 4;
+
+/// What every connection of one host shares, kept while the server runs (hosts
+/// are those of bento.toml, so there are few).
+pub struct HostShared {
+    connections: AtomicUsize,
+    /// Open handles over all the host's sessions.
+    handles: AtomicUsize,
+    quota: Arc<LogQuota>,
+}
+
 /// What every connection shares.
 pub struct Shared {
     bento_dir: PathBuf,
     chroot_dir: PathBuf,
     limits: LogLimits,
-    max_connections: usize,
     max_per_host: usize,
-    connections: AtomicUsize,
-    per_host: Mutex<HashMap<HostName, usize>>,
+    max_channels: usize,
+    max_handles_per_host: usize,
+    login_grace: Duration,
+    fds: Arc<FdBudget>,
+    admission: Arc<Admission>,
+    failures: Arc<AuthFailures>,
+    /// Refusals logged at most once a minute per kind and address.
+    refusals: limits::Throttled,
+    hosts: Mutex<HashMap<HostName, Arc<HostShared>>>,
     keys: RwLock<KeyState>,
     reload_lock: Mutex<()>,
 }
@@ -150,17 +181,33 @@ impl Shared {
         for p in problems {
             warn!(target: "bento::sftp", "{p}: key ignored");
         }
+        let nofile = limits::raise_nofile();
+        let fds = FdBudget::new(nofile);
+        info!(
+            target: "bento::sftp",
+            "file descriptors: {nofile} (RLIMIT_NOFILE), {} for clients", fds.limit()
+        );
         Arc::new(Shared {
             bento_dir: bento.root.clone(),
             chroot_dir: bento.settings.chroot_dir.clone(),
             limits: LogLimits {
                 max_bytes: sftp.max_log_bytes,
                 max_files: sftp.max_log_files,
+                max_total_bytes: sftp.max_log_bytes_total,
             },
-            max_connections: sftp.max_connections,
             max_per_host: sftp.max_connections_per_host,
-            connections: AtomicUsize::new(0),
-            per_host: Mutex::new(HashMap::new()),
+            max_channels: sftp.max_channels_per_connection,
+            max_handles_per_host: sftp.max_handles_per_host,
+            login_grace: Duration::from_secs(sftp.login_grace_secs),
+            fds,
+            admission: Admission::new(
+                sftp.max_connections,
+                sftp.max_unauthenticated,
+                sftp.max_unauthenticated_per_source,
+            ),
+            failures: AuthFailures::new(sftp.max_auth_failures_per_minute),
+            refusals: limits::Throttled::default(),
+            hosts: Mutex::new(HashMap::new()),
             keys: RwLock::new(KeyState {
                 stamp: stamp(&bento.root.join(CONFIG_FILE)),
                 keys,
@@ -213,30 +260,55 @@ impl Shared {
         }
     }
 
-    /// Counts a logged-in connection of `host`; false when it has too many.
-    fn enter(&self, host: &HostName) -> bool {
-        let mut m = self.per_host.lock().unwrap_or_else(|e| e.into_inner());
-        let n = m.entry(host.clone()).or_insert(0);
-        if *n >= self.max_per_host {
-            return false;
-        }
-        *n += 1;
-        true
+    fn host(&self, host: &HostName) -> Arc<HostShared> {
+        let mut m = self.hosts.lock().unwrap_or_else(|e| e.into_inner());
+        m.entry(host.clone())
+            .or_insert_with(|| {
+                Arc::new(HostShared {
+                    connections: AtomicUsize::new(0),
+                    handles: AtomicUsize::new(0),
+                    quota: Arc::default(),
+                })
+            })
+            .clone()
     }
 
-    fn leave(&self, host: &HostName) {
-        let mut m = self.per_host.lock().unwrap_or_else(|e| e.into_inner());
-        if let Some(n) = m.get_mut(host) {
-            *n -= 1;
-            if *n == 0 {
-                m.remove(host);
+    /// Counts a logged-in connection of `host`; `None` when it has too many.
+    fn enter(&self, host: &HostName) -> Option<Arc<HostShared>> {
+        let h = self.host(host);
+        let mut n = h.connections.load(Ordering::Acquire);
+        loop {
+            if n >= self.max_per_host {
+                return None;
+            }
+            match h
+                .connections
+                .compare_exchange(n, n + 1, Ordering::AcqRel, Ordering::Acquire)
+            {
+                Ok(_) => return Some(h),
+                Err(now) => n = now,
             }
         }
     }
 
     /// Opens a host's chroot.
-    fn jail(&self, host: &HostName) -> std::io::Result<Jail> {
-        Jail::open(&self.chroot_dir.join(host.as_str()), self.limits)
+    fn jail(&self, host: &HostName, shared: &HostShared) -> std::io::Result<Jail> {
+        Jail::open_with_quota(
+            &self.chroot_dir.join(host.as_str()),
+            self.limits,
+            shared.quota.clone(),
+        )
+    }
+
+    /// Logs a refusal, at most once a minute per `key`.
+    fn refused(&self, key: &str, line: impl FnOnce(String)) {
+        self.refusals.log(key, |held| {
+            line(if held > 0 {
+                format!(" ({held} more like it in the last minute)")
+            } else {
+                String::new()
+            })
+        });
     }
 }
 
@@ -244,16 +316,20 @@ impl Shared {
 pub struct Connection {
     shared: Arc<Shared>,
     peer: Option<SocketAddr>,
-    host: Option<HostName>,
-    over_limit: bool,
+    host: Option<(HostName, Arc<HostShared>)>,
+    ticket: Ticket,
+    /// Set once logged in: the login grace timer lets the connection be.
+    authenticated: Arc<AtomicBool>,
+    /// Channels opened that have not started their subsystem yet.
     channels: HashMap<ChannelId, Channel<Msg>>,
+    /// SFTP sessions running on this connection.
+    live: Arc<AtomicUsize>,
 }
 
 impl Drop for Connection {
     fn drop(&mut self) {
-        self.shared.connections.fetch_sub(1, Ordering::Relaxed);
-        if let Some(h) = &self.host {
-            self.shared.leave(h);
+        if let Some((h, shared)) = &self.host {
+            shared.connections.fetch_sub(1, Ordering::AcqRel);
             debug!(target: "bento::sftp", host = %h, "disconnected");
         }
     }
@@ -263,15 +339,46 @@ fn peer(p: &Option<SocketAddr>) -> String {
     p.map(|a| a.to_string()).unwrap_or_else(|| "?".into())
 }
 
+fn source(p: &Option<SocketAddr>) -> IpAddr {
+    p.map(|a| a.ip())
+        .unwrap_or(IpAddr::V4(Ipv4Addr::UNSPECIFIED))
+}
+
+/// What an SFTP session holds of its connection and host; given back when the
+/// session ends.
+pub struct SessionPlace {
+    live: Arc<AtomicUsize>,
+    _fds: FdPermit,
+}
+
+impl Drop for SessionPlace {
+    fn drop(&mut self) {
+        self.live.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
 impl Connection {
+    fn host_name(&self) -> &str {
+        self.host.as_ref().map(|(h, _)| h.as_str()).unwrap_or("?")
+    }
+
     fn check_key(&self, user: &str, key: &PublicKey) -> Auth {
-        if self.over_limit {
+        let src = source(&self.peer);
+        if self.shared.failures.penalized(src) {
             return Auth::reject();
         }
         match self.shared.authorize(user, key) {
             Ok(_) => Auth::Accept,
             Err(why) => {
                 let fp = key.fingerprint(HashAlg::Sha256);
+                let what = match &why {
+                    Refused::Unknown => format!("unknown key {fp}"),
+                    Refused::OtherHost(h) => format!("the key {fp} of host {h} for user {user}"),
+                    Refused::NotAHost => format!("user name {user:?} is no host name"),
+                };
+                if !self.shared.failures.failed(src, &what) {
+                    return Auth::reject();
+                }
                 let peer = peer(&self.peer);
                 match why {
                     Refused::Unknown => {
@@ -294,7 +401,7 @@ impl Connection {
     fn refuse_forwarding(&self, what: &str) {
         warn!(
             target: "bento::sftp",
-            host = self.host.as_ref().map(|h| h.as_str()).unwrap_or("?"),
+            host = self.host_name(),
             peer = %peer(&self.peer),
             "refused forwarding {what}: only the sftp subsystem is served"
         );
@@ -308,7 +415,7 @@ impl Connection {
     ) -> Result<(), russh::Error> {
         warn!(
             target: "bento::sftp",
-            host = self.host.as_ref().map(|h| h.as_str()).unwrap_or("?"),
+            host = self.host_name(),
             peer = %peer(&self.peer),
             "refused {what}: only the sftp subsystem is served"
         );
@@ -339,21 +446,31 @@ impl russh::server::Handler for Connection {
         user: &str,
         key: russh::server::VerifiedPublicKey<'_>,
     ) -> Result<Auth, Self::Error> {
-        if self.over_limit {
-            return Ok(Auth::reject());
-        }
         match self.shared.authorize(user, key.public_key) {
-            Ok(h) if self.host.is_none() && !self.shared.enter(&h) => {
-                warn!(
-                    target: "bento::sftp", host = %h, peer = %peer(&self.peer),
-                    "refused: the host already has {} connections (max_connections_per_host)",
-                    self.shared.max_per_host
-                );
-                Ok(Auth::reject())
+            Ok(h) if self.host.is_some() => {
+                debug!(target: "bento::sftp", host = %h, "logged in again");
+                Ok(Auth::Accept)
             }
             Ok(h) => {
+                let Some(hs) = self.shared.enter(&h) else {
+                    warn!(
+                        target: "bento::sftp", host = %h, peer = %peer(&self.peer),
+                        "refused: the host already has {} connections (max_connections_per_host)",
+                        self.shared.max_per_host
+                    );
+                    return Ok(Auth::reject());
+                };
+                if !self.ticket.promote() {
+                    hs.connections.fetch_sub(1, Ordering::AcqRel);
+                    warn!(
+                        target: "bento::sftp", host = %h, peer = %peer(&self.peer),
+                        "refused: {}", limits::Refusal::Full.text()
+                    );
+                    return Ok(Auth::reject());
+                }
                 debug!(target: "bento::sftp", host = %h, peer = %peer(&self.peer), "logged in");
-                self.host = Some(h);
+                self.authenticated.store(true, Ordering::Release);
+                self.host = Some((h, hs));
                 Ok(Auth::Accept)
             }
             Err(_) => Ok(self.check_key(user, key.public_key)),
@@ -366,7 +483,19 @@ impl russh::server::Handler for Connection {
         reply: ChannelOpenHandle,
         _session: &mut Session,
     ) -> Result<(), Self::Error> {
-        if self.host.is_none() || self.channels.len() >= 4 {
+        let open = self.channels.len() + self.live.load(Ordering::Acquire);
+        if self.host.is_none() || open >= self.shared.max_channels {
+            if self.host.is_some() {
+                let host = self.host_name().to_owned();
+                let max = self.shared.max_channels;
+                self.shared
+                    .refused(&format!("channels {host}"), |more| {
+                        warn!(
+                            target: "bento::sftp", host, peer = %peer(&self.peer),
+                            "refused a channel: {max} are open on this connection (max_channels_per_connection){more}"
+                        )
+                    });
+            }
             reply
                 .reject(russh::ChannelOpenFailure::AdministrativelyProhibited)
                 .await;
@@ -377,13 +506,22 @@ impl russh::server::Handler for Connection {
         Ok(())
     }
 
+    async fn channel_close(
+        &mut self,
+        channel: ChannelId,
+        _session: &mut Session,
+    ) -> Result<(), Self::Error> {
+        self.channels.remove(&channel);
+        Ok(())
+    }
+
     async fn subsystem_request(
         &mut self,
         channel_id: ChannelId,
         name: &str,
         session: &mut Session,
     ) -> Result<(), Self::Error> {
-        let Some(host) = self.host.clone() else {
+        let Some((host, hs)) = self.host.clone() else {
             return session.channel_failure(channel_id);
         };
         if name != "sftp" {
@@ -392,7 +530,13 @@ impl russh::server::Handler for Connection {
         let Some(channel) = self.channels.remove(&channel_id) else {
             return session.channel_failure(channel_id);
         };
-        let jail = match self.shared.jail(&host) {
+        let Some(fds) = self.shared.fds.take(SESSION_FDS) else {
+            self.shared.refused("fds session", |more| {
+                warn!(target: "bento::sftp", host = %host, "refused an SFTP session: {}{more}", limits::Refusal::NoDescriptors.text())
+            });
+            return session.channel_failure(channel_id);
+        };
+        let jail = match self.shared.jail(&host, &hs) {
             Ok(j) => j,
             Err(e) => {
                 warn!(target: "bento::sftp", host = %host, "refused: no chroot directory for this host ({e}); deploy it first");
@@ -400,7 +544,21 @@ impl russh::server::Handler for Connection {
             }
         };
         session.channel_success(channel_id)?;
-        let sftp = SftpSession::new(host, jail);
+        self.live.fetch_add(1, Ordering::AcqRel);
+        let place = SessionPlace {
+            live: self.live.clone(),
+            _fds: fds,
+        };
+        let sftp = SftpSession::new(
+            host,
+            jail,
+            session::Bounds {
+                host: hs,
+                max_handles_per_host: self.shared.max_handles_per_host,
+                fds: self.shared.fds.clone(),
+                _place: place,
+            },
+        );
         russh_sftp::server::run(channel.into_stream(), sftp).await;
         Ok(())
     }
@@ -467,33 +625,6 @@ impl russh::server::Handler for Connection {
     }
 }
 
-struct Server {
-    shared: Arc<Shared>,
-}
-
-impl russh::server::Server for Server {
-    type Handler = Connection;
-
-    fn new_client(&mut self, peer: Option<SocketAddr>) -> Connection {
-        let n = self.shared.connections.fetch_add(1, Ordering::Relaxed) + 1;
-        let over_limit = n > self.shared.max_connections;
-        if over_limit {
-            warn!(target: "bento::sftp", peer = %self::peer(&peer), "refused: {} connections already open (max_connections)", n - 1);
-        }
-        Connection {
-            shared: self.shared.clone(),
-            peer,
-            host: None,
-            over_limit,
-            channels: HashMap::new(),
-        }
-    }
-
-    fn handle_session_error(&mut self, error: russh::Error) {
-        debug!(target: "bento::sftp", "session ended: {error}");
-    }
-}
-
 /// The server's SSH settings.
 pub fn ssh_config(host_key: PrivateKey) -> russh::server::Config {
     russh::server::Config {
@@ -509,22 +640,159 @@ pub fn ssh_config(host_key: PrivateKey) -> russh::server::Config {
     }
 }
 
-/// Serves SFTP on `listener` until `shutdown` resolves.
+/// Decides on a new connection at once: a refused one is closed before the SSH
+/// handshake, so it holds nothing.
+fn admit(shared: &Arc<Shared>, peer: SocketAddr) -> Result<(Ticket, FdPermit), limits::Refusal> {
+    if shared.failures.penalized(peer.ip()) {
+        return Err(limits::Refusal::Penalized);
+    }
+    let ticket = shared.admission.enter(peer.ip())?;
+    let fds = shared
+        .fds
+        .take(CONNECTION_FDS)
+        .ok_or(limits::Refusal::NoDescriptors)?;
+    Ok((ticket, fds))
+}
+
+/// One connection from accept to close, cut when it has not logged in within
+/// the login grace or when the server stops.
+async fn connection(
+    shared: Arc<Shared>,
+    config: Arc<russh::server::Config>,
+    socket: tokio::net::TcpStream,
+    peer: SocketAddr,
+    ticket: Ticket,
+    _fds: FdPermit,
+    mut stop: tokio::sync::watch::Receiver<bool>,
+) {
+    let _ = socket.set_nodelay(true);
+    let deadline = tokio::time::Instant::now() + shared.login_grace;
+    let switch = Arc::new(KillSwitch::default());
+    let authenticated = Arc::new(AtomicBool::new(false));
+    let handler = Connection {
+        shared: shared.clone(),
+        peer: Some(peer),
+        host: None,
+        ticket,
+        authenticated: authenticated.clone(),
+        channels: HashMap::new(),
+        live: Arc::default(),
+    };
+    let stream = Killable::new(socket, switch.clone());
+    let grace_over = |what: &str| {
+        shared.refused(&format!("grace {}", peer.ip()), |more| {
+            info!(
+                target: "bento::sftp", peer = %peer,
+                "closed: {what} within {} s (login_grace_secs){more}",
+                shared.login_grace.as_secs()
+            )
+        })
+    };
+    let session = tokio::select! {
+        r = tokio::time::timeout_at(deadline, russh::server::run_stream(config, stream, handler)) => match r {
+            Ok(Ok(s)) => s,
+            Ok(Err(e)) => {
+                debug!(target: "bento::sftp", peer = %peer, "connection setup failed: {e}");
+                return;
+            }
+            Err(_) => {
+                grace_over("no SSH handshake");
+                return;
+            }
+        },
+        _ = stop.changed() => return,
+    };
+    let handle = session.handle();
+    tokio::pin!(session);
+    let grace = tokio::time::sleep_until(deadline);
+    tokio::pin!(grace);
+    let mut graced = false;
+    loop {
+        tokio::select! {
+            r = &mut session => {
+                if let Err(e) = r {
+                    debug!(target: "bento::sftp", peer = %peer, "session ended: {e}");
+                }
+                return;
+            }
+            () = &mut grace, if !graced => {
+                graced = true;
+                if !authenticated.load(Ordering::Acquire) {
+                    grace_over("not logged in");
+                    switch.kill();
+                }
+            }
+            _ = stop.changed() => {
+                let _ = tokio::time::timeout(
+                    Duration::from_secs(1),
+                    handle.disconnect(russh::Disconnect::ByApplication, "server stopping".into(), String::new()),
+                ).await;
+                switch.kill();
+                return;
+            }
+        }
+    }
+}
+
+/// Serves SFTP on `listener` until `shutdown` resolves. Accepting never ends the
+/// server: a refused connection is closed and logged, running out of file
+/// descriptors makes it wait and try again.
 pub async fn serve(
     listener: tokio::net::TcpListener,
     shared: Arc<Shared>,
     host_key: PrivateKey,
     shutdown: impl std::future::Future<Output = ()>,
 ) -> anyhow::Result<()> {
-    use russh::server::Server as _;
     let config = Arc::new(ssh_config(host_key));
-    let mut server = Server { shared };
-    let running = server.run_on_socket(config, &listener);
-    let handle = running.handle();
-    tokio::select! {
-        r = running => r.context("the SFTP server stopped")?,
-        () = shutdown => handle.shutdown("server stopping".into()),
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    let sweeper = {
+        let failures = shared.failures.clone();
+        tokio::spawn(async move {
+            let mut t = tokio::time::interval(Duration::from_secs(10));
+            loop {
+                t.tick().await;
+                failures.sweep();
+            }
+        })
+    };
+    tokio::pin!(shutdown);
+    loop {
+        tokio::select! {
+            () = &mut shutdown => break,
+            accepted = listener.accept() => match accepted {
+                Ok((socket, peer)) => {
+                    match admit(&shared, peer) {
+                        Ok((ticket, fds)) => {
+                            tokio::spawn(connection(
+                                shared.clone(), config.clone(), socket, peer, ticket, fds, stop_rx.clone(),
+                            ));
+                        }
+                        Err(why) => {
+                            drop(socket);
+                            shared.refused(&format!("{why:?} {}", peer.ip()), |more| {
+                                warn!(target: "bento::sftp", peer = %peer, "refused a connection: {}{more}", why.text())
+                            });
+                        }
+                    }
+                }
+                Err(e) if limits::is_exhaustion(&e) => {
+                    shared.refused("accept exhausted", |more| {
+                        warn!(target: "bento::sftp", "cannot accept a connection: {e}; waiting for descriptors to free up{more}")
+                    });
+                    // The connection stays in the listen backlog meanwhile.
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                }
+                Err(e) => {
+                    shared.refused("accept error", |more| {
+                        warn!(target: "bento::sftp", "accepting a connection failed: {e}{more}")
+                    });
+                    tokio::time::sleep(Duration::from_millis(10)).await;
+                }
+            },
+        }
     }
+    sweeper.abort();
+    let _ = stop_tx.send(true);
     Ok(())
 }
 
@@ -545,9 +813,23 @@ impl Prepared {
     }
 }
 
-/// Loads the key and binds the address (`listen` overrides `[sftp] listen`).
+/// The address to listen on (`listen` overrides `[sftp] listen`).
+pub fn listen_address(bento: &BentoDir, listen: Option<&str>) -> anyhow::Result<SocketAddr> {
+    let sftp = bento.settings.sftp.clone().unwrap_or_default();
+    let listen = listen.unwrap_or(&sftp.listen);
+    listen
+        .parse()
+        .with_context(|| format!("{listen:?} is not an address to listen on (like 0.0.0.0:2222)"))
+}
+
+/// Checks the settings, loads the key and binds the address (`listen` overrides
+/// `[sftp] listen`).
 pub async fn prepare(bento: &BentoDir, listen: Option<&str>) -> anyhow::Result<Prepared> {
     let sftp = bento.settings.sftp.clone().unwrap_or_default();
+    let problems = sftp.problems();
+    if !problems.is_empty() {
+        anyhow::bail!("{}", problems.join("; "));
+    }
     for p in check_keys(&bento.settings) {
         warn!(target: "bento::sftp", "{p}: key ignored");
     }
@@ -557,10 +839,7 @@ pub async fn prepare(bento: &BentoDir, listen: Option<&str>) -> anyhow::Result<P
         bento.root.join(&sftp.host_key)
     };
     let host_key = load_or_create_host_key(&key_path)?;
-    let listen = listen.unwrap_or(&sftp.listen);
-    let addr: SocketAddr = listen.parse().with_context(|| {
-        format!("{listen:?} is not an address to listen on (like 0.0.0.0:2222)")
-    })?;
+    let addr = listen_address(bento, listen)?;
     let listener = tokio::net::TcpListener::bind(addr)
         .await
         .with_context(|| format!("cannot listen on {addr} for SFTP"))?;

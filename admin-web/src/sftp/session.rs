@@ -4,14 +4,19 @@
 use std::collections::HashMap;
 use std::fs::File;
 use std::os::unix::fs::FileExt;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
 
-use bento_core::jail::{fstat_file, FileStat, Jail, JailError, VPath, WriteMode};
+use bento_core::jail::{fstat_file, DirReader, FileStat, Jail, JailError, VPath, WriteMode};
 use bento_core::HostName;
 use russh_sftp::protocol::{
     Attrs, Data, FileAttributes, Handle, Name, OpenFlags, Packet, Status, StatusCode, Version,
 };
 use russh_sftp::server::StatusReply;
 use tracing::{debug, warn};
+
+use super::limits::{FdBudget, FdPermit};
+use super::{HostShared, SessionPlace};
 
 /// Largest read answered at once (OpenSSH clients ask for 32–256 KiB).
 const MAX_READ: u32 = 256 * 1024;
@@ -24,13 +29,40 @@ const POSIX_RENAME: &str = "posix-rename@openssh.com";
 enum Open {
     Read(File),
     Write { file: File, path: VPath },
-    Dir(std::vec::IntoIter<russh_sftp::protocol::File>),
+    Dir(DirReader),
+}
+
+/// What bounds a session beyond itself: its host's handles over all its
+/// sessions, the server's descriptors, and its place on its connection.
+pub struct Bounds {
+    pub host: Arc<HostShared>,
+    pub max_handles_per_host: usize,
+    pub fds: Arc<FdBudget>,
+    pub _place: SessionPlace,
+}
+
+/// One handle's share of the host's handles and the server's descriptors.
+struct HandlePermit {
+    host: Arc<HostShared>,
+    _fds: FdPermit,
+}
+
+impl Drop for HandlePermit {
+    fn drop(&mut self) {
+        self.host.handles.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
+struct Slot {
+    open: Open,
+    _permit: HandlePermit,
 }
 
 pub struct SftpSession {
     host: HostName,
     jail: Jail,
-    handles: HashMap<String, Open>,
+    bounds: Bounds,
+    handles: HashMap<String, Slot>,
     next_handle: u64,
     initialized: bool,
 }
@@ -105,10 +137,11 @@ fn ssh_string(data: &mut &[u8]) -> Option<String> {
 }
 
 impl SftpSession {
-    pub fn new(host: HostName, jail: Jail) -> Self {
+    pub fn new(host: HostName, jail: Jail, bounds: Bounds) -> Self {
         SftpSession {
             host,
             jail,
+            bounds,
             handles: HashMap::new(),
             next_handle: 0,
             initialized: false,
@@ -149,18 +182,60 @@ impl SftpSession {
         VPath::parse(p).map_err(|e| self.fail(op, p, e))
     }
 
-    fn add_handle(&mut self, op: &str, path: &str, h: Open) -> Result<String, StatusReply> {
+    /// A place for one more handle of `fds` descriptors, before it is opened.
+    fn handle_permit(&self, op: &str, path: &str, fds: usize) -> Result<HandlePermit, StatusReply> {
         if self.handles.len() >= MAX_HANDLES {
             return Err(self.fail(
                 op,
                 path,
-                JailError::Cap(format!("at most {MAX_HANDLES} open handles")),
+                JailError::Cap(format!("at most {MAX_HANDLES} open handles per session")),
             ));
         }
+        let host = &self.bounds.host;
+        let max = self.bounds.max_handles_per_host;
+        if host
+            .handles
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| {
+                (n < max).then_some(n + 1)
+            })
+            .is_err()
+        {
+            return Err(self.fail(
+                op,
+                path,
+                JailError::Cap(format!(
+                    "at most {max} open handles per host (max_handles_per_host)"
+                )),
+            ));
+        }
+        let permit = |fds| HandlePermit {
+            host: host.clone(),
+            _fds: fds,
+        };
+        match self.bounds.fds.take(fds) {
+            Some(f) => Ok(permit(f)),
+            None => {
+                host.handles.fetch_sub(1, Ordering::AcqRel);
+                Err(self.fail(
+                    op,
+                    path,
+                    JailError::Cap("the server has no file descriptors left; try again".into()),
+                ))
+            }
+        }
+    }
+
+    fn add_handle(&mut self, open: Open, permit: HandlePermit) -> String {
         self.next_handle += 1;
         let name = self.next_handle.to_string();
-        self.handles.insert(name.clone(), h);
-        Ok(name)
+        self.handles.insert(
+            name.clone(),
+            Slot {
+                open,
+                _permit: permit,
+            },
+        );
+        name
     }
 
     fn bad_handle() -> StatusReply {
@@ -212,6 +287,7 @@ impl russh_sftp::server::Handler for SftpSession {
         _attrs: FileAttributes,
     ) -> Result<Handle, Self::Error> {
         let p = self.path("open", &filename)?;
+        let permit = self.handle_permit("open", &filename, 1)?;
         let writing = pflags.intersects(
             OpenFlags::WRITE | OpenFlags::APPEND | OpenFlags::CREATE | OpenFlags::TRUNCATE,
         );
@@ -234,7 +310,7 @@ impl russh_sftp::server::Handler for SftpSession {
                     .map_err(|e| self.fail("read", &filename, e))?,
             )
         };
-        let handle = self.add_handle("open", &filename, open)?;
+        let handle = self.add_handle(open, permit);
         Ok(Handle { id, handle })
     }
 
@@ -252,7 +328,11 @@ impl russh_sftp::server::Handler for SftpSession {
         offset: u64,
         len: u32,
     ) -> Result<Data, Self::Error> {
-        let Some(Open::Read(f)) = self.handles.get(&handle) else {
+        let Some(Slot {
+            open: Open::Read(f),
+            ..
+        }) = self.handles.get(&handle)
+        else {
             return Err(Self::bad_handle());
         };
         let mut buf = vec![0u8; len.min(MAX_READ) as usize];
@@ -279,7 +359,11 @@ impl russh_sftp::server::Handler for SftpSession {
         offset: u64,
         data: Vec<u8>,
     ) -> Result<Status, Self::Error> {
-        let Some(Open::Write { file, path }) = self.handles.get(&handle) else {
+        let Some(Slot {
+            open: Open::Write { file, path },
+            ..
+        }) = self.handles.get(&handle)
+        else {
             return Err(Self::bad_handle());
         };
         match self.jail.write_log(file, offset, &data) {
@@ -323,7 +407,7 @@ impl russh_sftp::server::Handler for SftpSession {
     }
 
     async fn fstat(&mut self, id: u32, handle: String) -> Result<Attrs, Self::Error> {
-        let f = match self.handles.get(&handle) {
+        let f = match self.handles.get(&handle).map(|s| &s.open) {
             Some(Open::Read(f)) | Some(Open::Write { file: f, .. }) => f,
             _ => return Err(Self::bad_handle()),
         };
@@ -354,11 +438,28 @@ impl russh_sftp::server::Handler for SftpSession {
 
     async fn opendir(&mut self, id: u32, path: String) -> Result<Handle, Self::Error> {
         let p = self.path("opendir", &path)?;
-        let entries = self
+        // A listing holds the directory open (two descriptors) and reads it a
+        // batch per READDIR: its memory does not grow with the directory.
+        let permit = self.handle_permit("opendir", &path, 2)?;
+        let dir = self
             .jail
-            .read_dir(&p)
+            .open_dir(&p)
             .map_err(|e| self.fail("opendir", &path, e))?;
-        let files: Vec<_> = entries
+        let handle = self.add_handle(Open::Dir(dir), permit);
+        Ok(Handle { id, handle })
+    }
+
+    async fn readdir(&mut self, id: u32, handle: String) -> Result<Name, Self::Error> {
+        let Some(Slot {
+            open: Open::Dir(dir),
+            ..
+        }) = self.handles.get_mut(&handle)
+        else {
+            return Err(Self::bad_handle());
+        };
+        let batch = dir.next_batch(DIR_BATCH);
+        let files: Vec<_> = batch
+            .map_err(|e| self.fail("readdir", &handle, e))?
             .into_iter()
             .map(|e| russh_sftp::protocol::File {
                 longname: long_name(&e.name, &e.stat),
@@ -366,15 +467,6 @@ impl russh_sftp::server::Handler for SftpSession {
                 filename: e.name,
             })
             .collect();
-        let handle = self.add_handle("opendir", &path, Open::Dir(files.into_iter()))?;
-        Ok(Handle { id, handle })
-    }
-
-    async fn readdir(&mut self, id: u32, handle: String) -> Result<Name, Self::Error> {
-        let Some(Open::Dir(it)) = self.handles.get_mut(&handle) else {
-            return Err(Self::bad_handle());
-        };
-        let files: Vec<_> = it.by_ref().take(DIR_BATCH).collect();
         if files.is_empty() {
             return Err(StatusCode::Eof.into());
         }

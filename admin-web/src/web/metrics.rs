@@ -46,6 +46,17 @@ pub async fn metrics(State(state): State<AppState>, _user: ApiUser) -> ApiResult
              # TYPE bento_hosts_offline gauge\nbento_hosts_offline {offline}"
         );
     }
+    let failing = state
+        .builds()
+        .hosts
+        .values()
+        .filter(|b| b.failing())
+        .count();
+    let _ = writeln!(
+        out,
+        "# HELP bento_hosts_build_failing Hosts whose configuration did not build the last time it was tried.\n\
+         # TYPE bento_hosts_build_failing gauge\nbento_hosts_build_failing {failing}"
+    );
     let _ = writeln!(
         out,
         "# HELP bento_reports_ingested_total Reports read from the chroot since the panel started.\n\
@@ -53,6 +64,17 @@ pub async fn metrics(State(state): State<AppState>, _user: ApiUser) -> ApiResult
         state.fleet.reports_ingested.load(Ordering::Relaxed)
     );
 
+    if let Some(sftp) = &state.config.sftp {
+        let _ = writeln!(
+            out,
+            "# HELP bento_sftp_up Whether the embedded SFTP server is serving.\n\
+             # TYPE bento_sftp_up gauge\nbento_sftp_up {}\n\
+             # HELP bento_sftp_restarts_total Times the embedded SFTP server was started again.\n\
+             # TYPE bento_sftp_restarts_total counter\nbento_sftp_restarts_total {}",
+            u8::from(sftp.is_up()),
+            sftp.restarts()
+        );
+    }
     let by_status: Vec<(String, String, i64)> = sqlx::query_as(
         "SELECT kind, status, COUNT(*) FROM jobs GROUP BY kind, status ORDER BY kind, status",
     )
@@ -118,6 +140,14 @@ pub async fn metrics(State(state): State<AppState>, _user: ApiUser) -> ApiResult
 }
 
 pub async fn healthz(State(state): State<AppState>) -> Response {
+    if let Some(sftp) = state.config.sftp.as_ref().filter(|h| !h.is_up()) {
+        let why = sftp.last_error().unwrap_or_else(|| "starting".into());
+        return (
+            StatusCode::SERVICE_UNAVAILABLE,
+            format!("SFTP server down: {why}\n"),
+        )
+            .into_response();
+    }
     match sqlx::query_scalar::<_, i64>("SELECT 1")
         .fetch_one(&state.db)
         .await

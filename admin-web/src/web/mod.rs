@@ -12,6 +12,7 @@
 pub mod api;
 pub mod audit;
 pub mod auth;
+pub mod builds;
 pub mod db;
 pub mod error;
 pub mod fleet;
@@ -58,6 +59,9 @@ pub struct PanelConfig {
     pub watch: bool,
     /// Run queued jobs (off in benchmarks).
     pub run_jobs: bool,
+    /// The embedded SFTP server run beside the panel (`bento serve --sftp`):
+    /// `/healthz` and `/metrics` say whether it is up.
+    pub sftp: Option<crate::sftp::Health>,
 }
 
 impl PanelConfig {
@@ -70,6 +74,7 @@ impl PanelConfig {
             rescan_interval: Duration::from_secs(60),
             watch: true,
             run_jobs: true,
+            sftp: None,
         }
     }
 }
@@ -95,6 +100,8 @@ pub struct Inner {
     /// The bento directory's settings, re-read on every rescan and job.
     pub settings: RwLock<Arc<Settings>>,
     pub fleet: ingest::Fleet,
+    /// Which host configurations build (`.bento/builds.json`).
+    pub builds: builds::Builds,
     pub jobs: jobs::Jobs,
     pub changes: broadcast::Sender<Change>,
     pub limiter: auth::RateLimiter,
@@ -110,6 +117,11 @@ impl std::ops::Deref for AppState {
 }
 
 impl AppState {
+    /// The build state as it is now (re-read when the file changed).
+    pub fn builds(&self) -> Arc<bento_core::buildstate::BuildState> {
+        self.builds.get(&self.config.bento_dir)
+    }
+
     pub fn settings(&self) -> Arc<Settings> {
         self.settings.read().expect("settings lock").clone()
     }
@@ -166,6 +178,7 @@ impl Panel {
             db,
             settings: RwLock::new(Arc::new(bento.settings.clone())),
             fleet: ingest::Fleet::default(),
+            builds: builds::Builds::default(),
             jobs: jobs::Jobs::default(),
             changes,
             limiter: auth::RateLimiter::default(),
@@ -236,6 +249,10 @@ pub fn router(state: AppState) -> Router {
         .route("/healthz", get(metrics::healthz))
         .route("/static/{file}", get(static_files::serve))
         .fallback(error::not_found)
+        .layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            error::with_nav,
+        ))
         .layer(axum::middleware::from_fn_with_state(
             state.clone(),
             security::headers,

@@ -1,0 +1,585 @@
+//! Attacks on bento's own SFTP server (`bento sftp`) on loopback, each bounded in
+//! count and time. Whatever the attacker does, an honest host keeps polling
+//! during the attack, and the server's descriptors return to their idle band
+//! after it.
+//!
+//! The attacker is a small russh client (or raw TCP sockets before the SSH
+//! handshake), bound to its own loopback source address (127.0.0.x) where the
+//! attack is about source addresses; the honest host is OpenSSH's `sftp` from
+//! 127.0.0.1.
+
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::path::Path;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context, Result};
+use bento_tests::embedded::{plain_server, EmbeddedSftp};
+use bento_tests::endpoint::Endpoint;
+use bento_tests::{wait_until, TestDir};
+use russh::client;
+use russh::keys::{PrivateKey, PrivateKeyWithHashAlg};
+use tokio::io::AsyncReadExt;
+
+struct Client;
+
+impl client::Handler for Client {
+    type Error = russh::Error;
+
+    async fn check_server_key(
+        &mut self,
+        _key: &russh::keys::PublicKeyOrCertificate,
+    ) -> Result<bool, Self::Error> {
+        Ok(true)
+    }
+}
+
+fn runtime() -> Result<tokio::runtime::Runtime> {
+    Ok(tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()?)
+}
+
+fn source(last: u8) -> IpAddr {
+    IpAddr::V4(Ipv4Addr::new(127, 0, 0, last))
+}
+
+/// A TCP connection to the server from `from`.
+async fn tcp_from(from: IpAddr, port: u16) -> std::io::Result<tokio::net::TcpStream> {
+    let s = tokio::net::TcpSocket::new_v4()?;
+    s.bind(SocketAddr::new(from, 0))?;
+    s.connect(SocketAddr::from(([127, 0, 0, 1], port))).await
+}
+
+/// An SSH connection logged in as `user` with the private key at `key`, from `from`.
+async fn login(
+    port: u16,
+    from: IpAddr,
+    user: &str,
+    key: &Path,
+) -> Result<(client::Handle<Client>, bool)> {
+    let key = Arc::new(russh::keys::load_secret_key(key, None)?);
+    login_with(port, from, user, key).await
+}
+
+async fn login_with(
+    port: u16,
+    from: IpAddr,
+    user: &str,
+    key: Arc<PrivateKey>,
+) -> Result<(client::Handle<Client>, bool)> {
+    let stream = tcp_from(from, port).await?;
+    let config = Arc::new(client::Config::default());
+    let mut h = client::connect_stream(config, stream, Client).await?;
+    let ok = h
+        .authenticate_publickey(user, PrivateKeyWithHashAlg::new(key, None))
+        .await?
+        .success();
+    Ok((h, ok))
+}
+
+/// An SFTP session on a new channel of `h`; `None` when the server refuses it.
+async fn sftp_channel(h: &client::Handle<Client>) -> Option<russh_sftp::client::RawSftpSession> {
+    let ch = h.channel_open_session().await.ok()?;
+    ch.request_subsystem(true, "sftp").await.ok()?;
+    let s = russh_sftp::client::RawSftpSession::new(ch.into_stream());
+    s.set_timeout(10);
+    s.init().await.ok()?;
+    Some(s)
+}
+
+/// Polls as `host` until `deadline`, at least `min` times; every poll must work.
+fn keep_polling(
+    server: &EmbeddedSftp,
+    host: &str,
+    min: usize,
+    until: impl Fn() -> bool,
+) -> Result<usize> {
+    let mut n = 0;
+    while n < min || !until() {
+        let started = Instant::now();
+        let (ok, out) = server.poll(host)?;
+        if !ok {
+            bail!(
+                "an honest poll failed during the attack:\n{out}\n{}",
+                server.log()
+            );
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(10),
+            "an honest poll took {:?}",
+            started.elapsed()
+        );
+        n += 1;
+        if n > 200 {
+            break;
+        }
+    }
+    Ok(n)
+}
+
+/// Waits until the server's descriptors are back within `idle + 8`.
+fn assert_fds_back(server: &EmbeddedSftp, idle: usize) {
+    assert!(
+        wait_until(Duration::from_secs(15), || server.fd_count() <= idle + 8),
+        "{} descriptors open after the attack, {idle} before\n{}",
+        server.fd_count(),
+        server.log()
+    );
+}
+
+/// Idle descriptors, once a first poll has set up everything lazy.
+fn idle_fds(server: &EmbeddedSftp, host: &str) -> Result<usize> {
+    let (ok, out) = server.poll(host)?;
+    assert!(ok, "{out}");
+    let mut idle = 0;
+    wait_until(Duration::from_secs(10), || {
+        let now = server.fd_count();
+        let settled = now == idle;
+        idle = now;
+        settled
+    });
+    Ok(idle)
+}
+
+#[test]
+fn a_host_cannot_hoard_channels_or_handles() -> Result<()> {
+    let dir = TestDir::new("sftp-hoard")?;
+    let mut server = plain_server(
+        dir.path(),
+        &["evil", "good"],
+        "max_handles_per_host = 24\nmax_channels_per_connection = 4\n",
+    )?;
+    server.start()?;
+    let idle = idle_fds(&server, "good")?;
+    let port = server.port();
+    let key = server.key_path("evil");
+    let rt = runtime()?;
+
+    // Three connections, ten sftp channels asked on each, as many handles as
+    // the server gives on each channel.
+    let (conns, channels, handles) = rt.block_on(async {
+        let mut conns = Vec::new();
+        let mut channels = Vec::new();
+        let mut handles = 0usize;
+        for _ in 0..3 {
+            let (h, ok) = login(port, source(1), "evil", &key).await?;
+            anyhow::ensure!(ok, "evil did not log in");
+            let mut on_this = 0;
+            for _ in 0..10 {
+                if let Some(s) = sftp_channel(&h).await {
+                    on_this += 1;
+                    for i in 0..40 {
+                        let got = if i % 2 == 0 {
+                            s.opendir("/").await.is_ok()
+                        } else {
+                            s.open(
+                                "/last_change_date",
+                                russh_sftp::protocol::OpenFlags::READ,
+                                Default::default(),
+                            )
+                            .await
+                            .is_ok()
+                        };
+                        if !got {
+                            break;
+                        }
+                        handles += 1;
+                    }
+                    channels.push(s);
+                }
+            }
+            anyhow::ensure!(on_this <= 4, "{on_this} sftp channels on one connection");
+            conns.push(h);
+        }
+        anyhow::Ok((conns, channels, handles))
+    })?;
+    assert!(channels.len() <= 12, "{} channels", channels.len());
+    assert!(handles <= 24, "{handles} handles held by one host");
+    assert!(
+        handles >= 20,
+        "only {handles} handles: the attack did not run"
+    );
+    // The attacker holds everything it got while the honest host polls.
+    keep_polling(&server, "good", 3, || true)?;
+    let log = server.log_with(&["max_channels_per_connection", "max_handles_per_host"]);
+    assert!(log.contains("max_channels_per_connection"), "{log}");
+    assert!(log.contains("max_handles_per_host"), "{log}");
+    drop(channels);
+    drop(conns);
+    drop(rt);
+    assert_fds_back(&server, idle);
+    assert!(server.running());
+    Ok(())
+}
+
+#[test]
+fn silent_sockets_do_not_lock_hosts_out_nor_end_the_server() -> Result<()> {
+    const SOCKETS: usize = 600;
+    let dir = TestDir::new("sftp-silent")?;
+    // Under a low descriptor limit: before this was bounded, the flood alone made
+    // accept fail with EMFILE, which ended the server.
+    let mut server = plain_server(
+        dir.path(),
+        &["good"],
+        "login_grace_secs = 3\nmax_unauthenticated_per_source = 8\n",
+    )?
+    .with_nofile(512);
+    server.start()?;
+    let idle = idle_fds(&server, "good")?;
+    let port = server.port();
+    let rt = runtime()?;
+    let sockets = rt.block_on(async {
+        let mut v = Vec::new();
+        for i in 0..SOCKETS {
+            // Two attacking addresses.
+            v.push(tcp_from(source(2 + (i % 2) as u8), port).await?);
+        }
+        anyhow::Ok(v)
+    })?;
+    let started = Instant::now();
+    // Each socket: when the server closed it, after how long.
+    let closed = rt.spawn(async move {
+        let mut tasks = Vec::new();
+        for mut s in sockets {
+            tasks.push(tokio::spawn(async move {
+                let t = Instant::now();
+                let mut buf = [0u8; 256];
+                loop {
+                    match tokio::time::timeout(Duration::from_secs(20), s.read(&mut buf)).await {
+                        Ok(Ok(0)) | Ok(Err(_)) => return Some(t.elapsed()),
+                        Ok(Ok(_)) => {}
+                        Err(_) => return None,
+                    }
+                }
+            }));
+        }
+        let mut out = Vec::new();
+        for t in tasks {
+            out.push(t.await.ok().flatten());
+        }
+        out
+    });
+    keep_polling(&server, "good", 3, || true)?;
+    assert!(server.running(), "the server ended:\n{}", server.log());
+    let closed = rt.block_on(closed)?;
+    let at_once = closed
+        .iter()
+        .filter(|c| c.is_some_and(|d| d < Duration::from_secs(2)))
+        .count();
+    assert!(
+        at_once >= SOCKETS - 16,
+        "only {at_once} of {SOCKETS} sockets over the per-source limit were closed at once"
+    );
+    assert!(
+        closed.iter().all(Option::is_some),
+        "a silent socket was kept past the login grace"
+    );
+    assert!(started.elapsed() < Duration::from_secs(20));
+    let log = server.log_with(&["max_unauthenticated_per_source", "login_grace_secs"]);
+    assert!(log.contains("max_unauthenticated_per_source"), "{log}");
+    assert!(log.contains("login_grace_secs"), "{log}");
+    // One line per minute and address for all those refusals, not one each.
+    assert!(
+        log.matches("max_unauthenticated_per_source").count() <= 4,
+        "{log}"
+    );
+    assert_fds_back(&server, idle);
+    keep_polling(&server, "good", 1, || true)?;
+    Ok(())
+}
+
+#[test]
+fn connections_over_max_connections_are_closed_at_once() -> Result<()> {
+    let dir = TestDir::new("sftp-full")?;
+    let mut server = plain_server(
+        dir.path(),
+        &["evil", "good"],
+        "max_connections = 2\nmax_connections_per_host = 2\n",
+    )?;
+    server.start()?;
+    let idle = idle_fds(&server, "good")?;
+    let port = server.port();
+    let key = server.key_path("evil");
+    let rt = runtime()?;
+    let held = rt.block_on(async {
+        let mut v = Vec::new();
+        for _ in 0..2 {
+            let (h, ok) = login(port, source(4), "evil", &key).await?;
+            anyhow::ensure!(ok);
+            v.push(h);
+        }
+        anyhow::Ok(v)
+    })?;
+    // Every place is taken: a new connection is closed before the handshake,
+    // and holds nothing.
+    let times = rt.block_on(async {
+        let mut v = Vec::new();
+        for _ in 0..50 {
+            let mut s = tcp_from(source(5), port).await?;
+            let t = Instant::now();
+            let mut buf = [0u8; 64];
+            let n = tokio::time::timeout(Duration::from_secs(5), s.read(&mut buf)).await;
+            v.push((t.elapsed(), matches!(n, Ok(Ok(0)) | Ok(Err(_)))));
+        }
+        anyhow::Ok(v)
+    })?;
+    for (t, closed) in &times {
+        assert!(
+            *closed && *t < Duration::from_secs(2),
+            "a connection over max_connections was kept ({t:?})"
+        );
+    }
+    assert!(server
+        .log_with(&["(max_connections)"])
+        .contains("(max_connections)"));
+    drop(held);
+    drop(rt);
+    // The places are back for the hosts.
+    assert!(
+        wait_until(Duration::from_secs(10), || server
+            .poll("good")
+            .is_ok_and(|(ok, _)| ok)),
+        "{}",
+        server.log()
+    );
+    assert_fds_back(&server, idle);
+    Ok(())
+}
+
+#[test]
+fn directory_listings_are_streamed() -> Result<()> {
+    let dir = TestDir::new("sftp-listings")?;
+    let mut server = plain_server(dir.path(), &["evil", "good"], "max_handles_per_host = 64\n")?;
+    let logs = server.host_chroot("evil").join("logs");
+    for i in 0..2000 {
+        std::fs::write(logs.join(format!("{i:04}-{}", "x".repeat(200))), "")?;
+    }
+    server.start()?;
+    let idle = idle_fds(&server, "good")?;
+    let rss_idle = server.rss();
+    let port = server.port();
+    let key = server.key_path("evil");
+    let rt = runtime()?;
+    let held = rt.block_on(async {
+        let (h, ok) = login(port, source(6), "evil", &key).await?;
+        anyhow::ensure!(ok);
+        let s = sftp_channel(&h).await.context("no sftp channel")?;
+        let mut handles = Vec::new();
+        for _ in 0..64 {
+            let d = s.opendir("/logs").await?;
+            // One page read from each: the server must not keep the rest in memory.
+            s.readdir(d.handle.clone()).await?;
+            handles.push(d.handle);
+        }
+        anyhow::Ok((h, s, handles))
+    })?;
+    keep_polling(&server, "good", 2, || true)?;
+    let grown = server.rss().saturating_sub(rss_idle);
+    assert!(
+        grown < 24 << 20,
+        "64 open listings of a 2000-file logs/ cost {} MiB",
+        grown >> 20
+    );
+    drop(held);
+    drop(rt);
+    assert_fds_back(&server, idle);
+    Ok(())
+}
+
+#[test]
+fn the_logs_quota_counts_bytes_and_files_under_one_lock() -> Result<()> {
+    let dir = TestDir::new("sftp-quota")?;
+    let mut server = plain_server(
+        dir.path(),
+        &["evil", "good"],
+        "max_log_bytes = 40000\nmax_log_bytes_total = 100000\nmax_log_files = 5\nmax_connections_per_host = 16\n",
+    )?;
+    server.start()?;
+    let idle = idle_fds(&server, "good")?;
+    let work = dir.join("work");
+    std::fs::create_dir_all(&work)?;
+    std::fs::write(work.join("r"), vec![b'r'; 30000])?;
+    let logs = server.host_chroot("evil").join("logs");
+    // Twelve uploads at once, over twelve connections.
+    let key = server.key_path("evil");
+    std::thread::scope(|s| {
+        let handles: Vec<_> = (0..12)
+            .map(|i| {
+                let (server, key, work) = (&server, &key, &work);
+                s.spawn(move || {
+                    server.sftp_outcome(
+                        "evil",
+                        key,
+                        &format!("put {}/r /logs/r{i}\n", work.display()),
+                    )
+                })
+            })
+            .collect();
+        // The honest host polls meanwhile.
+        keep_polling(&server, "good", 2, || {
+            handles.iter().all(|h| h.is_finished())
+        })
+    })?;
+    let files: Vec<_> = std::fs::read_dir(&logs)?.flatten().collect();
+    let total: u64 = files
+        .iter()
+        .map(|e| e.metadata().map_or(0, |m| m.len()))
+        .sum();
+    assert!(files.len() <= 5, "{} files in logs/", files.len());
+    assert!(total <= 100_000, "{total} bytes in logs/");
+    assert!(
+        server
+            .log_with(&["max_log_bytes_total"])
+            .contains("max_log_bytes_total"),
+        "{}",
+        server.log()
+    );
+    assert_fds_back(&server, idle);
+    Ok(())
+}
+
+#[test]
+fn failed_logins_are_throttled_and_summed_up() -> Result<()> {
+    let dir = TestDir::new("sftp-logins")?;
+    let mut server = plain_server(dir.path(), &["good"], "max_auth_failures_per_minute = 10\n")?;
+    server.start()?;
+    let idle = idle_fds(&server, "good")?;
+    let port = server.port();
+    let stranger = dir.join("stranger");
+    bento_tests::embedded::generate_key(&stranger, "stranger")?;
+    let rt = runtime()?;
+    let key = Arc::new(russh::keys::load_secret_key(&stranger, None)?);
+    let (refused, closed) = rt.block_on(async {
+        let (mut refused, mut closed) = (0, 0);
+        for _ in 0..40 {
+            match login_with(port, source(7), "good", key.clone()).await {
+                Ok((_, false)) => refused += 1,
+                Ok((_, true)) => bail!("a stranger logged in"),
+                Err(_) => closed += 1,
+            }
+        }
+        anyhow::Ok((refused, closed))
+    })?;
+    assert!(closed >= 25, "{refused} refused, {closed} closed at once");
+    keep_polling(&server, "good", 2, || true)?;
+    let log = server.log_with(&["max_auth_failures_per_minute"]);
+    assert!(
+        log.matches("refused: unknown key").count() == 1,
+        "one line per failed login:\n{log}"
+    );
+    assert!(log.contains("max_auth_failures_per_minute"), "{log}");
+    assert_fds_back(&server, idle);
+    Ok(())
+}
+
+/// `GET path` on the panel at `addr` (`http://host:port`): status and body.
+fn http_get(addr: &str, path: &str) -> Result<(u16, String)> {
+    use std::io::{Read, Write};
+    let hostport = addr.trim_start_matches("http://").trim_end_matches('/');
+    let mut s = std::net::TcpStream::connect(hostport)?;
+    s.set_read_timeout(Some(Duration::from_secs(10)))?;
+    write!(s, "GET {path} HTTP/1.0\r\nHost: {hostport}\r\n\r\n")?;
+    let mut out = String::new();
+    s.read_to_string(&mut out)?;
+    let status = out
+        .split_whitespace()
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .context("no HTTP status")?;
+    let body = out.split("\r\n\r\n").nth(1).unwrap_or("").to_owned();
+    Ok((status, body))
+}
+
+/// Kills the child when the test ends, passed or not.
+struct Killed(std::process::Child);
+
+impl Drop for Killed {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+#[test]
+fn bento_serve_restarts_its_sftp_server_and_says_when_it_is_down() -> Result<()> {
+    use std::io::BufRead;
+    let dir = TestDir::new("sftp-supervised")?;
+    let mut sftp = plain_server(dir.path(), &["good"], "")?;
+    // Someone else holds the SFTP port: the server cannot start for now.
+    let taken = std::net::TcpListener::bind("127.0.0.1:0")?;
+    let port = taken.local_addr()?.port();
+    let db = format!("sqlite://{}", dir.join("panel.sqlite").display());
+    let mut child = std::process::Command::new(bento_tests::bins::bin("bento"))
+        .arg("-C")
+        .arg(sftp.bento_dir())
+        .args([
+            "serve",
+            "--listen",
+            "127.0.0.1:0",
+            "--database",
+            &db,
+            "--sftp",
+        ])
+        .args(["--sftp-listen", &format!("127.0.0.1:{port}")])
+        .env("BENTO_LOG", "bento=info,warn")
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()?;
+    let stderr = child.stderr.take().context("piped")?;
+    let _child = Killed(child);
+    let log = Arc::new(std::sync::Mutex::new(String::new()));
+    {
+        let log = log.clone();
+        std::thread::spawn(move || {
+            for line in std::io::BufReader::new(stderr)
+                .lines()
+                .map_while(Result::ok)
+            {
+                let mut l = log.lock().unwrap_or_else(|e| e.into_inner());
+                l.push_str(&line);
+                l.push('\n');
+            }
+        });
+    }
+    let log = move || log.lock().unwrap_or_else(|e| e.into_inner()).clone();
+    let panel = bento_tests::wait_for(Duration::from_secs(60), || {
+        log().lines().find_map(|l| {
+            l.strip_prefix("bento serve: listening on ")
+                .map(str::to_owned)
+        })
+    })
+    .with_context(|| format!("the panel did not start:\n{}", log()))?;
+    // The panel answers, and says the SFTP server is down, in /healthz and the log.
+    let down = bento_tests::wait_for(Duration::from_secs(20), || {
+        http_get(&panel, "/healthz")
+            .ok()
+            .filter(|(code, body)| *code == 503 && body.contains("SFTP server down"))
+    });
+    assert!(
+        down.is_some(),
+        "{:?}\n{}",
+        http_get(&panel, "/healthz"),
+        log()
+    );
+    assert!(
+        wait_until(Duration::from_secs(10), || log()
+            .contains("SFTP server down")),
+        "{}",
+        log()
+    );
+    // The port is free again: the server is back on its own, and hosts poll.
+    drop(taken);
+    assert!(
+        wait_until(Duration::from_secs(30), || http_get(&panel, "/healthz")
+            .is_ok_and(|(code, _)| code == 200)),
+        "{:?}\n{}",
+        http_get(&panel, "/healthz"),
+        log()
+    );
+    sftp.attach(port)?;
+    let (ok, out) = sftp.poll("good")?;
+    assert!(ok, "{out}\n{}", log());
+    Ok(())
+}
