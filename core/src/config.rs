@@ -398,6 +398,9 @@ impl Settings {
         if self.build_jobs == 0 {
             return invalid("build_jobs must be at least 1".into());
         }
+        if let Some(p) = self.sftp.as_ref().and_then(|s| s.problems().into_iter().next()) {
+            return invalid(p);
+        }
         for (name, h) in &self.hosts {
             if let Some(u) = &h.user {
                 if !valid_user_name(u) {

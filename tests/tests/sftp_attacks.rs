@@ -492,6 +492,49 @@ fn http_get(addr: &str, path: &str) -> Result<(u16, String)> {
     Ok((status, body))
 }
 
+/// A page of the panel as a logged-in user, through curl and a cookie jar.
+fn logged_in_page(
+    panel: &str,
+    jar: &std::path::Path,
+    user: &str,
+    password: &str,
+    path: &str,
+) -> Result<String> {
+    let base = panel.trim_end_matches('/');
+    let curl = |args: &[&str]| -> Result<String> {
+        let out = std::process::Command::new("curl")
+            .args(["-sS", "-c"])
+            .arg(jar)
+            .arg("-b")
+            .arg(jar)
+            .args(args)
+            .output()?;
+        anyhow::ensure!(out.status.success(), "curl {args:?}: {out:?}");
+        Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+    };
+    let form = curl(&[&format!("{base}/login")])?;
+    let csrf = form
+        .split("name=\"csrf\" value=\"")
+        .nth(1)
+        .and_then(|r| r.split('"').next())
+        .context("no csrf on the login form")?
+        .to_owned();
+    curl(&[
+        "-o",
+        "/dev/null",
+        "--data-urlencode",
+        &format!("user={user}"),
+        "--data-urlencode",
+        &format!("password={password}"),
+        "--data-urlencode",
+        &format!("csrf={csrf}"),
+        "--data-urlencode",
+        "next=/",
+        &format!("{base}/login"),
+    ])?;
+    curl(&[&format!("{base}{path}")])
+}
+
 /// Kills the child when the test ends, passed or not.
 struct Killed(std::process::Child);
 
@@ -511,6 +554,29 @@ fn bento_serve_restarts_its_sftp_server_and_says_when_it_is_down() -> Result<()>
     let taken = std::net::TcpListener::bind("127.0.0.1:0")?;
     let port = taken.local_addr()?.port();
     let db = format!("sqlite://{}", dir.join("panel.sqlite").display());
+    // An admin account, to see the banner every page shows while the server is down.
+    let mut add = std::process::Command::new(bento_tests::bins::bin("bento"))
+        .arg("-C")
+        .arg(sftp.bento_dir())
+        .args([
+            "user",
+            "add",
+            "admin",
+            "--password-stdin",
+            "--database",
+            &db,
+        ])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::null())
+        .spawn()?;
+    {
+        use std::io::Write;
+        add.stdin
+            .take()
+            .context("piped")?
+            .write_all(b"a-long-password\n")?;
+    }
+    anyhow::ensure!(add.wait()?.success(), "bento user add failed");
     let mut child = std::process::Command::new(bento_tests::bins::bin("bento"))
         .arg("-C")
         .arg(sftp.bento_dir())
@@ -568,6 +634,17 @@ fn bento_serve_restarts_its_sftp_server_and_says_when_it_is_down() -> Result<()>
             .contains("SFTP server down")),
         "{}",
         log()
+    );
+    let fleet = logged_in_page(
+        &panel,
+        &dir.join("cookies"),
+        "admin",
+        "a-long-password",
+        "/",
+    )?;
+    assert!(
+        fleet.contains("SFTP server down") && fleet.contains("No host can poll"),
+        "the fleet page has no banner: {fleet}"
     );
     // The port is free again: the server is back on its own, and hosts poll.
     drop(taken);

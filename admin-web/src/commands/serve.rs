@@ -50,6 +50,9 @@ pub fn run(dir: Option<PathBuf>, args: ServeArgs) -> anyhow::Result<ExitCode> {
     let with_sftp = args.sftp || bento.settings.sftp.as_ref().is_some_and(|s| s.enable);
     let sftp_health = with_sftp.then(crate::sftp::Health::default);
     config.sftp = sftp_health.clone();
+    if let Some(h) = &sftp_health {
+        h.publish();
+    }
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()

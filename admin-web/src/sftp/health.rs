@@ -2,7 +2,10 @@
 //! `/metrics`: the panel restarts a server that stopped, and says so meanwhile.
 
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, OnceLock};
+
+/// The health of the SFTP server `bento serve` runs, for every page's banner.
+static PANEL: OnceLock<Health> = OnceLock::new();
 
 #[derive(Default)]
 struct Inner {
@@ -25,6 +28,17 @@ impl std::fmt::Debug for Health {
 }
 
 impl Health {
+    /// Makes this the SFTP server the panel's pages report on (once per process).
+    pub fn publish(&self) {
+        let _ = PANEL.set(self.clone());
+    }
+
+    /// Why the panel's SFTP server is down, while it is down.
+    pub fn panel_down() -> Option<String> {
+        let h = PANEL.get()?;
+        (!h.is_up()).then(|| h.last_error().unwrap_or_else(|| "starting".into()))
+    }
+
     pub fn set_up(&self) {
         self.0.up.store(true, Ordering::Release);
     }

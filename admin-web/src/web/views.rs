@@ -14,6 +14,9 @@ pub struct Nav {
     pub user: Option<String>,
     pub csrf: String,
     pub active: &'static str,
+    /// Why the embedded SFTP server is down, while it is: every page of a
+    /// logged-in user says so, since no host can poll meanwhile.
+    pub sftp_down: Option<String>,
 }
 
 impl Nav {
@@ -22,6 +25,7 @@ impl Nav {
             user: Some(user.name.clone()),
             csrf: user.csrf.clone(),
             active,
+            sftp_down: crate::sftp::Health::panel_down(),
         }
     }
 
@@ -30,6 +34,7 @@ impl Nav {
             user: None,
             csrf: String::new(),
             active: "",
+            sftp_down: None,
         }
     }
 
