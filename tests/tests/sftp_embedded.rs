@@ -507,6 +507,24 @@ fn a_key_that_does_not_parse_fails_check_config() -> Result<()> {
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(!out.status.success(), "{err}");
     assert!(err.contains("also a key of host web1"), "{err}");
+    // Without [sftp] (OpenSSH mode) the settings may share a key, but `bento sftp`
+    // started on them still refuses: no host may silently win the key.
+    f.write_config(&format!(
+        "[hosts.web1]\nkeys = [\"{key} a\"]\n[hosts.web2]\nkeys = [\"{key} b\"]\n"
+    ))?;
+    let out = f.run(&["check-config"])?;
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let out = f.run(&["sftp", "--listen", "127.0.0.1:0"])?;
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "{err}");
+    assert!(
+        err.contains("hosts.web2.keys[0] is also a key of host web1"),
+        "{err}"
+    );
     f.write_config(&format!("[sftp]\n[hosts.web1]\nkeys = [\"{key} a\"]\n"))?;
     let out = f.run(&["check-config"])?;
     assert!(

@@ -96,27 +96,60 @@ impl Keys {
     fn from_settings(settings: &Settings) -> (Keys, Vec<String>) {
         let mut keys = Keys::default();
         let mut problems = Vec::new();
+        let mut shared = Vec::new();
         for (host, h) in &settings.hosts {
             for (i, line) in h.keys.iter().enumerate() {
                 match PublicKey::from_openssh(line)
                     .map_err(|e| e.to_string())
                     .and_then(|k| k.to_bytes().map_err(|e| e.to_string()))
                 {
-                    Ok(blob) => {
-                        keys.by_key.insert(blob, host.clone());
-                    }
+                    Ok(blob) => match keys.by_key.get(&blob) {
+                        Some(other) if other != host => {
+                            problems.push(shared_key_problem(host, i, other));
+                            shared.push(blob);
+                        }
+                        _ => {
+                            keys.by_key.insert(blob, host.clone());
+                        }
+                    },
                     Err(e) => problems.push(format!("hosts.{host}.keys[{i}]: {e}")),
                 }
             }
+        }
+        // The key is what tells bento sftp which host logs in: a key of two
+        // hosts lets neither in, rather than whichever was listed last.
+        for blob in shared {
+            keys.by_key.remove(&blob);
         }
         (keys, problems)
     }
 }
 
+fn shared_key_problem(host: &HostName, i: usize, other: &HostName) -> String {
+    format!(
+        "hosts.{host}.keys[{i}] is also a key of host {other}: with bento sftp the key \
+         says which host logs in, so each host needs a key of its own"
+    )
+}
+
+/// Keys listed for two hosts (fatal for `bento sftp`, harmless with sshd's
+/// per-user chroots).
+pub fn shared_keys(settings: &Settings) -> Vec<String> {
+    let (_, problems) = Keys::from_settings(settings);
+    problems
+        .into_iter()
+        .filter(|p| p.contains(" is also a key of host "))
+        .collect()
+}
+
 /// Checks every host key of bento.toml parses and the `[sftp]` limits make
-/// sense, for `bento check-config`.
+/// sense, for `bento check-config`. A key shared by two hosts is a problem only
+/// with `[sftp]`.
 pub fn check_keys(settings: &Settings) -> Vec<String> {
     let mut problems = Keys::from_settings(settings).1;
+    if settings.sftp.is_none() {
+        problems.retain(|p| !p.contains(" is also a key of host "));
+    }
     if let Some(sftp) = &settings.sftp {
         problems.extend(sftp.problems());
     }
@@ -829,6 +862,10 @@ pub async fn prepare(bento: &BentoDir, listen: Option<&str>) -> anyhow::Result<P
     let problems = sftp.problems();
     if !problems.is_empty() {
         anyhow::bail!("{}", problems.join("; "));
+    }
+    let shared = shared_keys(&bento.settings);
+    if !shared.is_empty() {
+        anyhow::bail!("{}", shared.join("; "));
     }
     for p in check_keys(&bento.settings) {
         warn!(target: "bento::sftp", "{p}: key ignored");
