@@ -296,6 +296,16 @@ in
         default = false;
         description = "Open {option}`sftp.port` in the firewall (mode `embedded`).";
       };
+      memoryMax = mkOption {
+        type = types.nullOr types.str;
+        default = "1G";
+        example = "256M";
+        description = ''
+          systemd `MemoryMax` of the `bento-sftp` service (mode `embedded`): a bound
+          on what all hosts' connections together may cost, whatever a client does.
+          `null` for no limit.
+        '';
+      };
     };
 
     settings = mkOption {
@@ -382,6 +392,15 @@ in
           Open the port of `settings.web.listen` in the firewall. The panel listens
           on loopback by default, where an open port serves no one: set
           `settings.web.listen` too, or rather put a TLS reverse proxy in front.
+        '';
+      };
+      memoryMax = mkOption {
+        type = types.nullOr types.str;
+        default = "4G";
+        description = ''
+          systemd `MemoryMax` of the `bento-panel` service. Its jobs evaluate the
+          hosts' configurations with nix, which takes most of it on a large fleet:
+          raise it (or set `null`) if jobs are killed for memory.
         '';
       };
       behindProxy = mkOption {
@@ -584,7 +603,8 @@ in
           MemoryDenyWriteExecute = true;
           ProcSubset = "pid";
           LimitNOFILE = 65536;
-        };
+        }
+        // lib.optionalAttrs (cfg.sftp.memoryMax != null) { MemoryMax = cfg.sftp.memoryMax; };
       };
 
       networking.firewall.allowedTCPPorts = optionals cfg.sftp.openFirewall [ cfg.sftp.port ];
@@ -654,7 +674,8 @@ in
           ];
           RestrictAddressFamilies = serviceBase.RestrictAddressFamilies ++ [ "AF_NETLINK" ];
           SystemCallErrorNumber = "EPERM";
-        };
+        }
+        // lib.optionalAttrs (cfg.panel.memoryMax != null) { MemoryMax = cfg.panel.memoryMax; };
       };
 
       networking.firewall.allowedTCPPorts = optionals cfg.panel.openFirewall [ listenPort ];

@@ -514,6 +514,7 @@ in
   services = lib.mapAttrs (_: s: {
     inherit (s) restartTriggers restartIfChanged;
     ExecStart = s.serviceConfig.ExecStart or null;
+    MemoryMax = s.serviceConfig.MemoryMax or null;
   }) config.systemd.services;
   userServices = lib.mapAttrs (_: s: {
     ExecStart = s.serviceConfig.ExecStart or null;

@@ -997,6 +997,9 @@ fn exec_start_is_escaped_for_systemd() -> Result<()> {
             .ends_with("\"--note\" \"100%%\""),
         "{v}"
     );
+    // Whatever clients do, the SFTP server and the panel have a memory bound.
+    assert_eq!(v["services"]["bento-sftp"]["MemoryMax"], "1G", "{v}");
+    assert_eq!(v["services"]["bento-panel"]["MemoryMax"], "4G", "{v}");
     Ok(())
 }
 
