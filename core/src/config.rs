@@ -398,7 +398,11 @@ impl Settings {
         if self.build_jobs == 0 {
             return invalid("build_jobs must be at least 1".into());
         }
-        if let Some(p) = self.sftp.as_ref().and_then(|s| s.problems().into_iter().next()) {
+        if let Some(p) = self
+            .sftp
+            .as_ref()
+            .and_then(|s| s.problems().into_iter().next())
+        {
             return invalid(p);
         }
         for (name, h) in &self.hosts {
