@@ -215,8 +215,11 @@ async fn the_host_page_shows_history_log_and_actions() -> Result<()> {
     assert!(!page.contains("decides the state"));
 
     let log = s.page(&format!("/hosts/web1/logs/{newest}")).await?;
-    assert!(log.contains(r#"<li id="L1">building</li>"#), "{log}");
-    assert!(log.contains(r#"<li id="L3">done</li>"#));
+    assert!(
+        log.contains(r#"<li id="L1" data-n="1">building</li>"#),
+        "{log}"
+    );
+    assert!(log.contains(r#"<li id="L3" data-n="3">done</li>"#));
     assert!(log.contains("3 lines"));
 
     let failing = s.page("/hosts/web2").await?;

@@ -7,7 +7,11 @@
 //!   request is redirected to `/login`. [`ApiUser`] also takes `Authorization:
 //!   Bearer` tokens (`bento token add`) and answers 401 in JSON. [`CsrfForm`] is the
 //!   only way a handler reads a posted form: it checks the session and its token.
-//! - Failed logins are limited per client address and per user name.
+//! - Failed logins slow down the (user name, client address) pair that made them:
+//!   after [`FREE_FAILURES`] a delay that doubles from 1 s up to [`MAX_DELAY`],
+//!   kept in the database (`login_failures`). The right password from another
+//!   address is never refused. One address is also capped at
+//!   [`MAX_FAILURES_PER_SOURCE`] failures per [`LOGIN_WINDOW`], whatever the names.
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::Mutex;
@@ -37,10 +41,16 @@ pub const LOGIN_COOKIE: &str = "bento_login";
 pub const SESSION_IDLE: Duration = Duration::from_secs(24 * 3600);
 /// And no session lives longer than this.
 pub const SESSION_MAX: Duration = Duration::from_secs(7 * 24 * 3600);
-/// Failed logins allowed per user name within [`LOGIN_WINDOW`].
-pub const MAX_FAILURES_PER_USER: usize = 5;
-/// Failed logins allowed per client address within [`LOGIN_WINDOW`].
-pub const MAX_FAILURES_PER_SOURCE: usize = 20;
+/// Failed logins of one (user, address) pair before each further one waits.
+pub const FREE_FAILURES: i64 = 3;
+/// The longest wait of a pair (the delay doubles from 1 s up to this).
+pub const MAX_DELAY: Duration = Duration::from_secs(15 * 60);
+/// A pair whose last failure is older than this starts again from zero.
+pub const FAILURES_FORGOTTEN: Duration = Duration::from_secs(24 * 3600);
+/// Failed logins allowed per client address within [`LOGIN_WINDOW`], all user
+/// names together: high, since without `--behind-proxy` everyone behind a reverse
+/// proxy shares one address; it only bounds guessing across many names.
+pub const MAX_FAILURES_PER_SOURCE: usize = 300;
 pub const LOGIN_WINDOW: Duration = Duration::from_secs(15 * 60);
 
 /// 32 random bytes, hex.
@@ -437,17 +447,42 @@ pub struct LoginQuery {
     next: String,
 }
 
-/// Only a path of this site (never `//host` or `https://...`).
+/// Only a path of this site: one `/` then anything but `/` or `\\`, and no control
+/// character or white space, as sent or percent-decoded. Browsers drop a TAB or a
+/// newline inside a URL and read `\\` as `/`, so `/\t/evil` would go to `//evil`.
 fn safe_next(next: &str) -> &str {
-    if next.starts_with('/')
-        && !next.starts_with("//")
-        && !next.starts_with("/\\")
-        && !next.contains(['\r', '\n'])
-    {
+    fn plain(s: &[u8]) -> bool {
+        s.first() == Some(&b'/')
+            && !matches!(s.get(1), Some(b'/' | b'\\'))
+            && !s.contains(&b'\\')
+            && !s
+                .iter()
+                .any(|&b| b.is_ascii_control() || b.is_ascii_whitespace() || b >= 0x80)
+    }
+    if plain(next.as_bytes()) && plain(&percent_decode(next.as_bytes())) {
         next
     } else {
         "/"
     }
+}
+
+/// `%XX` decoded (once, as a browser or server would); other bytes as they are.
+fn percent_decode(s: &[u8]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(s.len());
+    let mut i = 0;
+    while i < s.len() {
+        let hex = |b: u8| (b as char).to_digit(16).map(|d| d as u8);
+        if s[i] == b'%' && i + 2 < s.len() {
+            if let (Some(h), Some(l)) = (hex(s[i + 1]), hex(s[i + 2])) {
+                out.push(h << 4 | l);
+                i += 3;
+                continue;
+            }
+        }
+        out.push(s[i]);
+        i += 1;
+    }
+    out
 }
 
 fn login_form(
@@ -519,11 +554,12 @@ pub async fn login(
         );
     }
     let user = super::views::clip(form.user.trim(), 64);
-    let keys = [
-        (format!("user:{user}"), MAX_FAILURES_PER_USER),
-        (format!("source:{source}"), MAX_FAILURES_PER_SOURCE),
-    ];
-    if let Err(wait) = state.limiter.check(&keys) {
+    let source_key = [(format!("source:{source}"), MAX_FAILURES_PER_SOURCE)];
+    let blocked = match pair_blocked(&state.db, &user, &source).await {
+        Ok(b) => b,
+        Err(e) => return e.into_response(),
+    };
+    if let Some(wait) = blocked.or(state.limiter.check(&source_key).err()) {
         let _ = audit::record(
             &state.db,
             &user,
@@ -533,22 +569,26 @@ pub async fn login(
             &source,
         )
         .await;
-        let minutes = wait.as_secs().div_ceil(60).max(1);
         let mut res = login_form(
             &state,
             StatusCode::TOO_MANY_REQUESTS,
             &form.next,
             &user,
-            &format!("Too many failed logins. Try again in {minutes} minute(s)."),
+            &format!("Too many failed logins. Try again in {}.", wait_text(wait)),
         );
-        if let Ok(v) = HeaderValue::from_str(&wait.as_secs().max(1).to_string()) {
-            res.headers_mut().insert(header::RETRY_AFTER, v);
-        }
+        set_retry_after(&mut res, wait);
         return res;
     }
     match try_login(&state, &user, form.password, &source, &headers).await {
         Ok(Some(token)) => {
-            state.limiter.clear(&keys[0].0);
+            if let Err(e) = sqlx::query("DELETE FROM login_failures WHERE user = ? AND source = ?")
+                .bind(&user)
+                .bind(&source)
+                .execute(&state.db)
+                .await
+            {
+                tracing::warn!("cannot clear the failed logins of {user} from {source}: {e}");
+            }
             let _ = audit::record(&state.db, &user, "login", "", "", &source).await;
             let mut res = Redirect::to(safe_next(&form.next)).into_response();
             let h = res.headers_mut();
@@ -569,7 +609,11 @@ pub async fn login(
             res
         }
         Ok(None) => {
-            state.limiter.fail(&keys);
+            state.limiter.fail(&source_key);
+            let delay = match record_failure(&state.db, &user, &source).await {
+                Ok(d) => d,
+                Err(e) => return e.into_response(),
+            };
             let _ = audit::record(
                 &state.db,
                 &user,
@@ -579,16 +623,106 @@ pub async fn login(
                 &source,
             )
             .await;
-            login_form(
+            let mut res = login_form(
                 &state,
                 StatusCode::UNAUTHORIZED,
                 &form.next,
                 &user,
-                "Wrong user name or password.",
-            )
+                &match delay {
+                    Some(d) => format!(
+                        "Wrong user name or password. Too many failed logins: try again in {}.",
+                        wait_text(d)
+                    ),
+                    None => "Wrong user name or password.".to_owned(),
+                },
+            );
+            if let Some(d) = delay {
+                set_retry_after(&mut res, d);
+            }
+            res
         }
         Err(e) => e.into_response(),
     }
+}
+
+fn set_retry_after(res: &mut Response, wait: Duration) {
+    let secs = wait.as_millis().div_ceil(1000).max(1);
+    if let Ok(v) = HeaderValue::from_str(&secs.to_string()) {
+        res.headers_mut().insert(header::RETRY_AFTER, v);
+    }
+}
+
+/// "1 second", "40 seconds", "1 minute", "15 minutes".
+fn wait_text(wait: Duration) -> String {
+    let secs = wait.as_millis().div_ceil(1000).max(1) as u64;
+    let (n, unit) = if secs < 60 {
+        (secs, "second")
+    } else {
+        (secs.div_ceil(60), "minute")
+    };
+    if n == 1 {
+        format!("1 {unit}")
+    } else {
+        format!("{n} {unit}s")
+    }
+}
+
+/// The wait after the `failures`-th failure of a pair, if any.
+fn backoff(failures: i64) -> Option<Duration> {
+    let over = failures - FREE_FAILURES;
+    if over < 0 {
+        return None;
+    }
+    let secs = 1u64 << over.min(20);
+    Some(Duration::from_secs(secs).min(MAX_DELAY))
+}
+
+/// How long this pair must still wait, if it must.
+async fn pair_blocked(
+    db: &sqlx::SqlitePool,
+    user: &str,
+    source: &str,
+) -> WebResult<Option<Duration>> {
+    let until: Option<i64> = sqlx::query_scalar(
+        "SELECT blocked_until FROM login_failures WHERE user = ? AND source = ?",
+    )
+    .bind(user)
+    .bind(source)
+    .fetch_optional(db)
+    .await?;
+    let now = now_ms();
+    Ok(until
+        .filter(|u| *u > now)
+        .map(|u| Duration::from_millis((u - now) as u64)))
+}
+
+/// Counts a failure of the pair; returns the wait it now has, if any.
+async fn record_failure(
+    db: &sqlx::SqlitePool,
+    user: &str,
+    source: &str,
+) -> WebResult<Option<Duration>> {
+    let now = now_ms();
+    let forgotten = now - FAILURES_FORGOTTEN.as_millis() as i64;
+    let failures: i64 = sqlx::query_scalar(
+        "INSERT INTO login_failures (user, source, failures, last_failure, blocked_until)          VALUES (?1, ?2, 1, ?3, 0)          ON CONFLICT (user, source) DO UPDATE SET            failures = CASE WHEN last_failure < ?4 THEN 1 ELSE failures + 1 END,            last_failure = ?3          RETURNING failures",
+    )
+    .bind(user)
+    .bind(source)
+    .bind(now)
+    .bind(forgotten)
+    .fetch_one(db)
+    .await?;
+    let delay = backoff(failures);
+    if let Some(d) = delay {
+        sqlx::query("UPDATE login_failures SET blocked_until = ? WHERE user = ? AND source = ?")
+            .bind(now + d.as_millis() as i64)
+            .bind(user)
+            .bind(source)
+            .execute(db)
+            .await?;
+    }
+    Ok(delay)
 }
 
 /// Checks the password; on success creates a session and returns its cookie value.
@@ -665,6 +799,13 @@ pub async fn expire_sessions(state: AppState) {
         if let Err(e) = r {
             tracing::warn!("cannot expire sessions: {e}");
         }
+        let r = sqlx::query("DELETE FROM login_failures WHERE last_failure < ?")
+            .bind(now - FAILURES_FORGOTTEN.as_millis() as i64)
+            .execute(&state.db)
+            .await;
+        if let Err(e) = r {
+            tracing::warn!("cannot forget old failed logins: {e}");
+        }
         tokio::select! {
             _ = tokio::time::sleep(Duration::from_secs(3600)) => {}
             _ = shutdown.changed() => return,
@@ -726,13 +867,35 @@ mod tests {
 
     #[test]
     fn next_stays_on_this_site() {
-        for ok in ["/", "/jobs/3", "/?state=failing&q=web"] {
+        for ok in [
+            "/",
+            "/jobs/3",
+            "/?state=failing&q=web",
+            "/hosts/web01/logs/x.log.gz",
+        ] {
             assert_eq!(safe_next(ok), ok);
         }
         for bad in [
             "//evil.example/",
             "/\\evil.example",
+            "\\\\evil.example",
+            "/\t/evil.example/phish",
+            "/%09/evil.example/phish",
+            "\t//evil.example",
+            "/ /evil.example",
+            "/\u{a0}/evil.example",
+            "/%2F/evil.example",
+            "/%2f/evil.example",
+            "%2F%2Fevil.example",
+            "/%5Cevil.example",
+            "/%5cevil.example",
+            "/x\\..\\..\\evil",
+            "/%0d%0aSet-Cookie:%20a=b",
             "https://evil.example/",
+            "http:evil.example",
+            "javascript:alert(1)",
+            "/x\0",
+            "/x\x7f",
             "",
             "jobs",
             "/x\r\nSet-Cookie: a=b",
@@ -742,21 +905,35 @@ mod tests {
     }
 
     #[test]
-    fn the_limiter_counts_failures_per_key() {
+    fn the_source_limiter_counts_failures_per_key() {
         let l = RateLimiter::default();
-        let keys = [("user:a".to_owned(), 2), ("source:x".to_owned(), 3)];
+        let keys = [("source:x".to_owned(), 2)];
         assert!(l.check(&keys).is_ok());
         l.fail(&keys);
         assert!(l.check(&keys).is_ok());
         l.fail(&keys);
         let wait = l.check(&keys).unwrap_err();
         assert!(wait > Duration::from_secs(14 * 60) && wait <= LOGIN_WINDOW);
-        // Another user from the same address is still below that address's limit.
-        assert!(l
-            .check(&[("user:b".to_owned(), 2), ("source:x".to_owned(), 3)])
-            .is_ok());
-        l.clear("user:a");
-        assert!(l.check(&keys).is_ok());
+        assert!(l.check(&[("source:y".to_owned(), 2)]).is_ok());
+    }
+
+    #[test]
+    fn the_backoff_doubles_up_to_its_cap() {
+        assert_eq!(backoff(1), None);
+        assert_eq!(backoff(FREE_FAILURES - 1), None);
+        assert_eq!(backoff(FREE_FAILURES), Some(Duration::from_secs(1)));
+        assert_eq!(backoff(FREE_FAILURES + 1), Some(Duration::from_secs(2)));
+        assert_eq!(backoff(FREE_FAILURES + 3), Some(Duration::from_secs(8)));
+        assert_eq!(backoff(FREE_FAILURES + 40), Some(MAX_DELAY));
+    }
+
+    #[test]
+    fn waits_are_worded_in_the_singular_and_plural() {
+        assert_eq!(wait_text(Duration::from_millis(300)), "1 second");
+        assert_eq!(wait_text(Duration::from_secs(2)), "2 seconds");
+        assert_eq!(wait_text(Duration::from_secs(60)), "1 minute");
+        assert_eq!(wait_text(Duration::from_secs(61)), "2 minutes");
+        assert_eq!(wait_text(MAX_DELAY), "15 minutes");
     }
 
     #[test]

@@ -11,7 +11,8 @@ use std::time::{Duration, SystemTime};
 
 use askama::Template;
 use axum::extract::{Path, Query, State};
-use axum::response::Html;
+use axum::http::{header, HeaderValue};
+use axum::response::{Html, IntoResponse, Response};
 use bento_core::buildstate::HostBuild;
 use bento_core::chroot::Chroot;
 use bento_core::nix::Nix;
@@ -29,8 +30,15 @@ use super::jobs::{Job, JobView};
 use super::views::{self, Nav};
 use super::AppState;
 
-/// Decompressed bytes of a log shown at most (a gzip bomb costs no more).
-pub const LOG_CAP: usize = 2 * 1024 * 1024;
+/// Decompressed bytes of a log read at most: a gzip bomb costs no more memory or
+/// time than this (past it, the raw download has the rest).
+pub const LOG_CAP: usize = 16 * 1024 * 1024;
+/// Lines of a log on one page.
+pub const LOG_PAGE_LINES: usize = 5000;
+/// Bytes of log text on one page at most (fewer lines when they are long).
+pub const LOG_PAGE_BYTES: usize = 1024 * 1024;
+/// A longer line is shown cut to this.
+const LOG_LINE_BYTES: usize = 16 * 1024;
 /// Closure diff output kept at most.
 const DIFF_CAP: usize = 256 * 1024;
 const REPORTS_PER_PAGE: i64 = 50;
@@ -432,47 +440,165 @@ fn server_build_fact(
     }
 }
 
-/// A log, decompressed up to `cap` bytes. What could be read before an error (a
-/// corrupt or truncated upload) is kept, with the error.
+/// One page of a log: lines `first..first + lines.len()` (1-based), read from a
+/// decompressed stream of at most `cap` bytes. What could be read before an error
+/// (a corrupt or truncated upload) is kept, with the error.
 pub struct LogText {
-    pub text: String,
+    pub lines: Vec<String>,
+    /// Number of the first line of `lines`.
+    pub first: usize,
+    /// Lines in the log (in its first `cap` bytes).
+    pub total: usize,
+    /// The log is longer than `cap` once decompressed.
     pub truncated: bool,
+    /// Some lines were longer than [`LOG_LINE_BYTES`] and are cut.
+    pub cut_lines: bool,
     pub error: Option<String>,
     pub compressed: u64,
 }
 
-pub fn read_log(path: &std::path::Path, cap: usize) -> std::io::Result<LogText> {
+/// The page of lines from `from` (1-based), or the last page when `None`.
+pub fn read_log(
+    path: &std::path::Path,
+    cap: usize,
+    from: Option<usize>,
+) -> std::io::Result<LogText> {
     let f = open_host_file(path)?;
     let compressed = f.metadata().map(|m| m.len()).unwrap_or(0);
     let mut dec = flate2::read::MultiGzDecoder::new(std::io::BufReader::new(f));
-    let mut buf = Vec::with_capacity(cap.min(256 * 1024));
-    let mut chunk = [0u8; 64 * 1024];
+    let mut page = PageLines::new(from);
+    let mut line: Vec<u8> = Vec::new();
+    let mut line_len = 0usize;
+    let mut read = 0usize;
+    let mut chunk = vec![0u8; 64 * 1024];
     let mut error = None;
     let mut truncated = false;
     loop {
-        if buf.len() >= cap {
+        if read >= cap {
             truncated = matches!(dec.read(&mut chunk[..1]), Ok(n) if n > 0);
             break;
         }
-        let want = chunk.len().min(cap - buf.len());
-        match dec.read(&mut chunk[..want]) {
+        let want = chunk.len().min(cap - read);
+        let n = match dec.read(&mut chunk[..want]) {
             Ok(0) => break,
-            Ok(n) => buf.extend_from_slice(&chunk[..n]),
-            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+            Ok(n) => n,
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
             Err(e) => {
                 error = Some(format!(
                     "the log is not a valid gzip file past this point ({e})"
                 ));
                 break;
             }
+        };
+        read += n;
+        let mut rest = &chunk[..n];
+        while !rest.is_empty() {
+            let (part, done) = match rest.iter().position(|&b| b == b'\n') {
+                Some(i) => (&rest[..i], Some(i + 1)),
+                None => (rest, None),
+            };
+            // Only a line of the page is kept; the others are only counted.
+            if page.wants_next() {
+                let room = LOG_LINE_BYTES.saturating_sub(line.len());
+                line.extend_from_slice(&part[..part.len().min(room)]);
+            }
+            line_len += part.len();
+            match done {
+                Some(i) => {
+                    page.push(&mut line, line_len);
+                    line_len = 0;
+                    rest = &rest[i..];
+                }
+                None => rest = &[],
+            }
         }
     }
-    Ok(LogText {
-        text: String::from_utf8_lossy(&buf).into_owned(),
-        truncated,
-        error,
-        compressed,
-    })
+    if line_len > 0 {
+        page.push(&mut line, line_len);
+    }
+    Ok(page.finish(truncated, error, compressed))
+}
+
+/// The lines kept while a log streams by.
+struct PageLines {
+    from: Option<usize>,
+    lines: std::collections::VecDeque<String>,
+    bytes: usize,
+    first: usize,
+    seen: usize,
+    cut_lines: bool,
+    full: bool,
+}
+
+impl PageLines {
+    fn new(from: Option<usize>) -> Self {
+        let from = from.map(|f| f.max(1));
+        PageLines {
+            from,
+            lines: Default::default(),
+            bytes: 0,
+            first: from.unwrap_or(1),
+            seen: 0,
+            cut_lines: false,
+            full: false,
+        }
+    }
+
+    /// Whether the line being read now belongs on the page.
+    fn wants_next(&self) -> bool {
+        match self.from {
+            Some(f) => self.seen + 1 >= f && !self.full,
+            None => true,
+        }
+    }
+
+    fn push(&mut self, line: &mut Vec<u8>, len: usize) {
+        let keep = self.wants_next();
+        self.seen += 1;
+        if !keep {
+            line.clear();
+            return;
+        }
+        let mut text = String::from_utf8_lossy(line).into_owned();
+        line.clear();
+        if len > LOG_LINE_BYTES {
+            self.cut_lines = true;
+            text.push_str(" …");
+        }
+        self.bytes += text.len();
+        self.lines.push_back(text);
+        match self.from {
+            Some(_) => {
+                self.full = self.lines.len() >= LOG_PAGE_LINES || self.bytes >= LOG_PAGE_BYTES;
+            }
+            // The last page: the oldest lines make room for new ones.
+            None => {
+                while self.lines.len() > LOG_PAGE_LINES
+                    || (self.bytes > LOG_PAGE_BYTES && self.lines.len() > 1)
+                {
+                    let old = self.lines.pop_front().unwrap_or_default();
+                    self.bytes -= old.len();
+                }
+                self.first = self.seen + 1 - self.lines.len();
+            }
+        }
+    }
+
+    fn finish(self, truncated: bool, error: Option<String>, compressed: u64) -> LogText {
+        LogText {
+            first: if self.lines.is_empty() {
+                self.seen + 1
+            } else {
+                self.first
+            },
+            lines: self.lines.into(),
+            total: self.seen,
+            truncated,
+            cut_lines: self.cut_lines,
+            error,
+            compressed,
+        }
+    }
 }
 
 #[derive(Template)]
@@ -482,7 +608,16 @@ struct LogPage {
     host: String,
     file: String,
     lines: Vec<String>,
+    first: usize,
+    total: usize,
+    /// Links to other pages (empty when there is none).
+    earlier: String,
+    later: String,
+    oldest: String,
+    newest: String,
+    raw: String,
     truncated: bool,
+    cut_lines: bool,
     cap_mib: usize,
     error: String,
     missing: String,
@@ -490,11 +625,79 @@ struct LogPage {
     meta: Vec<Fact>,
 }
 
+#[derive(Deserialize, Default)]
+pub struct LogQuery {
+    /// First line of the page; the last page without it.
+    #[serde(default)]
+    from: Option<usize>,
+    /// `?raw=1`: the file as uploaded.
+    #[serde(default)]
+    raw: Option<String>,
+}
+
+/// The report file as it is in the chroot, as a download.
+async fn raw_log(path: PathBuf, file: &str) -> WebResult<Response> {
+    let opened = tokio::task::spawn_blocking(move || open_host_file(&path)).await?;
+    let f = match opened {
+        Ok(f) => f,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            return Err(WebError::NotFound(format!(
+                "The log {file} is not in the host's logs/."
+            )))
+        }
+        Err(e) if e.raw_os_error() == Some(libc::ELOOP) => {
+            return Err(WebError::BadRequest(
+                "The log is a symbolic link: not followed.".into(),
+            ))
+        }
+        Err(e) => return Err(WebError::internal(e)),
+    };
+    let len = f.metadata().map(|m| m.len()).ok();
+    let stream = tokio_util_free_stream(f);
+    let mut res = Response::new(axum::body::Body::from_stream(stream));
+    let h = res.headers_mut();
+    h.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/gzip"),
+    );
+    if let Some(len) = len {
+        h.insert(header::CONTENT_LENGTH, HeaderValue::from(len));
+    }
+    // The name is a checked report name (letters, digits, `-_.+`): no quoting issue.
+    if let Ok(v) = HeaderValue::from_str(&format!("attachment; filename=\"{file}\"")) {
+        h.insert(header::CONTENT_DISPOSITION, v);
+    }
+    Ok(res)
+}
+
+/// The file in 64 KiB chunks, read on the blocking pool.
+fn tokio_util_free_stream(
+    f: std::fs::File,
+) -> impl futures_util::Stream<Item = std::io::Result<Vec<u8>>> + Send {
+    futures_util::stream::unfold(Some(f), |f| async move {
+        let mut f = f?;
+        let r = tokio::task::spawn_blocking(move || {
+            let mut buf = vec![0u8; 64 * 1024];
+            let n = f.read(&mut buf)?;
+            buf.truncate(n);
+            Ok::<_, std::io::Error>((buf, f))
+        })
+        .await
+        .map_err(std::io::Error::other);
+        match r {
+            Ok(Ok((buf, _))) if buf.is_empty() => None,
+            Ok(Ok((buf, f))) => Some((Ok(buf), Some(f))),
+            Ok(Err(e)) | Err(e) => Some((Err(e), None)),
+        }
+    })
+}
+
 pub async fn log(
     State(state): State<AppState>,
     user: SessionUser,
     Path((name, file)): Path<(String, String)>,
-) -> WebResult<Html<String>> {
+    Query(q): Query<LogQuery>,
+) -> WebResult<Response> {
     let h = host_name(&name)?;
     if file.starts_with('.') || file.contains('/') || ReportName::parse(&file).is_err() {
         return Err(WebError::BadRequest(format!(
@@ -505,7 +708,11 @@ pub async fn log(
     let path: PathBuf = Chroot::new(&state.settings().chroot_dir)
         .logs_dir(&h)
         .join(&file);
-    let read = tokio::task::spawn_blocking(move || read_log(&path, LOG_CAP)).await?;
+    if q.raw.is_some() {
+        return raw_log(path, &file).await;
+    }
+    let from = q.from;
+    let read = tokio::task::spawn_blocking(move || read_log(&path, LOG_CAP, from)).await?;
     let row: Option<ReportRow> = sqlx::query_as(
         "SELECT file, client_time, status, system, received, has_sidecar, sidecar_error, revision, \
                 started, finished, error, agent_version, reboot_required \
@@ -515,42 +722,29 @@ pub async fn log(
     .bind(&file)
     .fetch_optional(&state.db)
     .await?;
-    let (text, truncated, error, missing, compressed) = match read {
-        Ok(l) => (
-            l.text,
-            l.truncated,
-            l.error.unwrap_or_default(),
-            String::new(),
-            format_size(l.compressed),
-        ),
+    let (log, error, missing) = match read {
+        Ok(mut l) => {
+            let error = l.error.take().unwrap_or_default();
+            (Some(l), error, String::new())
+        }
         Err(e) if e.kind() == std::io::ErrorKind::NotFound && row.is_none() => {
             return Err(WebError::NotFound(format!(
                 "Host {h} has no report {file}."
             )))
         }
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => (
-            String::new(),
-            false,
+            None,
             String::new(),
             "The log is no longer in the chroot (removed from the host's logs/).".into(),
-            String::new(),
         ),
         Err(e) if e.raw_os_error() == Some(libc::ELOOP) => (
-            String::new(),
-            false,
+            None,
             "The log is a symbolic link: not followed.".into(),
-            String::new(),
             String::new(),
         ),
         Err(e) => {
             tracing::warn!("{h}: cannot read the log {file}: {e}");
-            (
-                String::new(),
-                false,
-                format!("The log cannot be read: {e}."),
-                String::new(),
-                String::new(),
-            )
+            (None, format!("The log cannot be read: {e}."), String::new())
         }
     };
     let mut meta = Vec::new();
@@ -585,23 +779,46 @@ pub async fn log(
             },
         ));
     }
-    let p = LogPage {
+    let base = format!("/hosts/{h}/logs/{}", views::segment(&file));
+    let link = |from: usize| format!("{base}?from={from}");
+    let mut p = LogPage {
         nav: Nav::new(&user, "fleet"),
         host: h.to_string(),
-        lines: if text.is_empty() {
-            Vec::new()
-        } else {
-            text.lines().map(str::to_owned).collect()
-        },
+        raw: format!("{base}?raw=1"),
         file,
-        truncated,
+        lines: Vec::new(),
+        first: 1,
+        total: 0,
+        earlier: String::new(),
+        later: String::new(),
+        oldest: String::new(),
+        newest: String::new(),
+        truncated: false,
+        cut_lines: false,
         cap_mib: LOG_CAP / (1024 * 1024),
         error,
         missing,
-        compressed,
+        compressed: String::new(),
         meta,
     };
-    Ok(Html(p.render().map_err(WebError::internal)?))
+    if let Some(l) = log {
+        let end = l.first + l.lines.len();
+        if l.first > 1 {
+            p.earlier = link(l.first.saturating_sub(LOG_PAGE_LINES).max(1));
+            p.oldest = link(1);
+        }
+        if end <= l.total {
+            p.later = link(end);
+            p.newest = base.clone();
+        }
+        p.lines = l.lines;
+        p.first = l.first;
+        p.total = l.total;
+        p.truncated = l.truncated;
+        p.cut_lines = l.cut_lines;
+        p.compressed = format_size(l.compressed);
+    }
+    Ok(Html(p.render().map_err(WebError::internal)?).into_response())
 }
 
 fn format_size(b: u64) -> String {

@@ -562,3 +562,115 @@ pub async fn read_job_log(
         }
     }
 }
+
+/// Like [`client`], with connections made from `ip` (any 127.0.0.x on loopback),
+/// so that the panel sees another client address.
+pub fn client_from(ip: &str) -> reqwest::Client {
+    reqwest::Client::builder()
+        .redirect(Policy::none())
+        .timeout(Duration::from_secs(60))
+        .local_address(ip.parse::<std::net::IpAddr>().expect("an IP address"))
+        .build()
+        .expect("http client")
+}
+
+/// Headless Chromium through chromedriver (on a port it picks itself), with its own
+/// profile; on drop it stops with every process of that profile.
+pub struct ChromeDriver {
+    child: Child,
+    port: u16,
+    profile: tempfile::TempDir,
+}
+
+pub const CHROMEDRIVER: &str = "/usr/bin/chromedriver";
+pub const CHROMIUM: &str = "/usr/bin/chromium";
+
+impl ChromeDriver {
+    /// `None` (said loudly) when Chromium is not installed.
+    pub fn start() -> Result<Option<ChromeDriver>> {
+        if !Path::new(CHROMEDRIVER).exists() || !Path::new(CHROMIUM).exists() {
+            eprintln!("\n!!!!!!!!!! SKIPPED: {CHROMEDRIVER} or {CHROMIUM} is missing (apt-get install chromium chromium-driver) !!!!!!!!!!\n");
+            return Ok(None);
+        }
+        let profile = tempfile::Builder::new()
+            .prefix("bento-chromium-")
+            .tempdir()?;
+        let mut child = std::process::Command::new(CHROMEDRIVER)
+            .arg("--port=0")
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .context("starting chromedriver")?;
+        let stdout = child.stdout.take().unwrap();
+        let (tx, rx) = mpsc::channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+                if let Some(port) = line
+                    .split("started successfully on port ")
+                    .nth(1)
+                    .and_then(|p| p.trim_end_matches('.').trim().parse::<u16>().ok())
+                {
+                    let _ = tx.send(port);
+                }
+            }
+        });
+        let port = match rx.recv_timeout(Duration::from_secs(30)) {
+            Ok(p) => p,
+            Err(_) => {
+                let _ = child.kill();
+                bail!("chromedriver did not say which port it listens on");
+            }
+        };
+        Ok(Some(ChromeDriver {
+            child,
+            port,
+            profile,
+        }))
+    }
+
+    pub async fn browser(&self) -> Result<fantoccini::Client> {
+        let mut caps = serde_json::Map::new();
+        caps.insert("browserName".into(), "chrome".into());
+        caps.insert(
+            "goog:chromeOptions".into(),
+            serde_json::json!({
+                "binary": CHROMIUM,
+                "args": [
+                    "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+                    "--disable-background-networking", "--disable-component-update", "--disable-sync",
+                    "--disable-dev-shm-usage", "--window-size=1200,900",
+                    format!("--user-data-dir={}", self.profile.path().display()),
+                ],
+            }),
+        );
+        let connector = hyper_util::client::legacy::connect::HttpConnector::new();
+        fantoccini::ClientBuilder::new(connector)
+            .capabilities(caps)
+            .connect(&format!("http://127.0.0.1:{}", self.port))
+            .await
+            .context("starting Chromium through chromedriver")
+    }
+}
+
+impl Drop for ChromeDriver {
+    fn drop(&mut self) {
+        let marker = format!("--user-data-dir={}", self.profile.path().display());
+        if let Ok(rd) = fs::read_dir("/proc") {
+            for ent in rd.flatten() {
+                let Ok(pid) = ent.file_name().to_string_lossy().parse::<i32>() else {
+                    continue;
+                };
+                let cmdline = fs::read(ent.path().join("cmdline")).unwrap_or_default();
+                if String::from_utf8_lossy(&cmdline).contains(&marker) {
+                    let _ = std::process::Command::new("kill")
+                        .arg("-9")
+                        .arg(pid.to_string())
+                        .status();
+                }
+            }
+        }
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
