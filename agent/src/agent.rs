@@ -1151,6 +1151,14 @@ fn verify_release(
         log.warn("the release has no manifest (a chroot of the original bento tool): accepted without verification");
         return Ok(None);
     }
+    // Parsed in memory: bounded like every other part of a release download.
+    let manifest_len = std::fs::metadata(dir.join(MANIFEST_FILE)).map_or(0, |m| m.len());
+    if manifest_len > crate::remote::MAX_MANIFEST_BYTES {
+        return Err(format!(
+            "release {revision} refused: its manifest is larger than {} bytes",
+            crate::remote::MAX_MANIFEST_BYTES
+        ));
+    }
     let m = Manifest::read_from(dir).map_err(|e| format!("release {revision} refused: {e}"))?;
     if !legacy && m.revision != revision {
         return Err(format!(

@@ -1,7 +1,8 @@
 //! `bento-agent`: keeps a NixOS host on the release its admin published.
 //!
 //! - [`agent`]: one poll (fetch, verify, build, activate, health, roll back, report);
-//! - [`remote`]: the server over the system OpenSSH client speaking SFTP;
+//! - [`remote`]: the server over the system OpenSSH client speaking SFTP, with
+//!   [`wire`] checking every packet it sends;
 //! - [`report`]: report logs, sidecars and the outbox;
 //! - [`state`]: what the agent remembers between polls;
 //! - [`status`]: the local status (`status.json`) and events;
@@ -17,3 +18,4 @@ pub mod report;
 pub mod settings;
 pub mod state;
 pub mod status;
+pub mod wire;

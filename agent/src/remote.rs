@@ -2,24 +2,51 @@
 //! `~/.ssh/config`, `ProxyCommand`, `known_hosts`, VPNs and Tor all work. No shell
 //! command ever runs on the server (it has none: `ForceCommand internal-sftp`).
 
+use std::collections::HashSet;
 use std::ffi::OsString;
 use std::future::Future;
+use std::io::Write;
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use bytes::BytesMut;
+use futures_util::stream::{FuturesOrdered, StreamExt};
 use openssh_sftp_client::error::SftpErrorKind;
+use openssh_sftp_client::file::File as SftpFile;
 use openssh_sftp_client::{Error as SftpError, Sftp, SftpOptions};
-use tokio::io::AsyncReadExt;
+use tokio::io::{AsyncReadExt, AsyncSeekExt};
 use tokio::process::{Child, Command};
 
 use crate::settings::Config;
+use crate::wire::{Guarded, Violation};
 
-/// Largest release the agent downloads (a compromised server could send anything).
+/// Largest release the agent downloads, counted in bytes actually received (a
+/// compromised server could send anything, whatever its listing or `fstat` says).
 pub const MAX_RELEASE_BYTES: u64 = 2 << 30;
-pub const MAX_RELEASE_ENTRIES: usize = 200_000;
+/// Files and directories in one release. Every entry costs memory while listing and
+/// verifying: this keeps the agent's RSS small for any release.
+pub const MAX_RELEASE_ENTRIES: usize = 20_000;
+/// Directory levels below a release's root: a server nesting directories forever is
+/// refused at once, before local paths get too long.
+pub const MAX_RELEASE_DEPTH: usize = 32;
+/// A relative path inside a release, in bytes (Linux's `PATH_MAX` is 4096, with the
+/// state directory in front).
+pub const MAX_RELEASE_PATH: usize = 1024;
+/// The release's manifest is parsed in memory: 8 MiB lists far more than
+/// [`MAX_RELEASE_ENTRIES`] files.
+pub const MAX_MANIFEST_BYTES: u64 = 8 << 20;
+/// Largest SFTP packet accepted from the server, as OpenSSH's own client
+/// (`SFTP_MAX_MSG_LENGTH`): the SFTP library trusts packet lengths and element
+/// counts, so they are checked on the wire before it reads them.
+pub const MAX_PACKET: u32 = 256 * 1024;
+/// One READ request.
+const CHUNK: u32 = 64 * 1024;
+/// READ requests in flight per file: a 1 MiB window keeps long links busy while
+/// memory stays bounded.
+const IN_FLIGHT: usize = 16;
 
 #[derive(Debug, thiserror::Error)]
 pub enum RemoteError {
@@ -65,6 +92,7 @@ pub struct Remote {
     sftp: Option<Sftp>,
     child: Child,
     timeout: Duration,
+    violation: Violation,
 }
 
 /// What a recursive download fetched.
@@ -157,6 +185,8 @@ impl Remote {
             }
         });
         let options = SftpOptions::new().flush_interval(Duration::ZERO);
+        let violation = Violation::default();
+        let stdout = Guarded::new(stdout, MAX_PACKET, violation.clone());
         // The handshake may take ConnectTimeout plus authentication.
         let limit = cfg.timeout * 2 + Duration::from_secs(5);
         let sftp = match tokio::time::timeout(limit, Sftp::new(stdin, stdout, options)).await {
@@ -178,11 +208,27 @@ impl Remote {
             sftp: Some(sftp),
             child,
             timeout: cfg.timeout,
+            violation,
         })
     }
 
     fn sftp(&self) -> &Sftp {
         self.sftp.as_ref().expect("open until close")
+    }
+
+    /// An SFTP failure; when the wire guard ended the session, what the server did.
+    fn err(&self, what: &'static str, path: &str, e: SftpError) -> RemoteError {
+        match self.violation.get() {
+            Some(v) => RemoteError::Refused(format!("{what} {path}: {v}")),
+            None => RemoteError::sftp(what, path, e),
+        }
+    }
+
+    fn timeout_err(&self, what: String) -> RemoteError {
+        RemoteError::Timeout {
+            what,
+            secs: self.timeout.as_secs(),
+        }
     }
 
     async fn timed<T>(
@@ -219,28 +265,35 @@ impl Remote {
         cap: u64,
     ) -> Result<Option<(Vec<u8>, u64)>, RemoteError> {
         let mut fs = self.sftp().fs();
-        self.timed(&format!("read {path}"), async {
-            let md = match fs.metadata(path).await {
-                Ok(m) => m,
-                Err(e) if not_found(&e) => return Ok(None),
-                Err(e) => return Err(RemoteError::sftp("stat", path, e)),
-            };
-            if md.len().unwrap_or(0) > cap {
-                return Err(RemoteError::Refused(format!(
-                    "{path} is larger than {cap} bytes"
-                )));
-            }
-            let mtime = md
-                .modified()
-                .map(|t| t.as_duration().as_secs())
-                .unwrap_or(0);
-            let data = fs
-                .read(path)
-                .await
-                .map_err(|e| RemoteError::sftp("read", path, e))?;
-            Ok(Some((data.to_vec(), mtime)))
+        let mtime = self
+            .timed(&format!("stat {path}"), async {
+                let md = match fs.metadata(path).await {
+                    Ok(m) => m,
+                    Err(e) if not_found(&e) => return Ok(None),
+                    Err(e) => return Err(RemoteError::sftp("stat", path, e)),
+                };
+                if md.len().unwrap_or(0) > cap {
+                    return Err(RemoteError::Refused(format!(
+                        "{path} is larger than {cap} bytes"
+                    )));
+                }
+                Ok(Some(
+                    md.modified()
+                        .map(|t| t.as_duration().as_secs())
+                        .unwrap_or(0),
+                ))
+            })
+            .await?;
+        let Some(mtime) = mtime else {
+            return Ok(None);
+        };
+        let mut data = Vec::new();
+        self.stream_file(path, None, cap, |chunk| {
+            data.extend_from_slice(chunk);
+            Ok(())
         })
-        .await
+        .await?;
+        Ok(Some((data, mtime)))
     }
 
     /// Whether `path` is a directory (`None`: it does not exist).
@@ -258,40 +311,84 @@ impl Remote {
 
     /// Downloads the directory `remote` into `local` (which must not exist), keeping
     /// the executable bit. Symlinks and special files are refused: releases have none.
+    ///
+    /// Every file is streamed to disk ([`Remote::fetch_file`]); the bytes actually
+    /// received count against [`MAX_RELEASE_BYTES`], whatever sizes the server lists.
+    /// Entries, depth and path lengths are capped, so memory and time stay bounded
+    /// for any release. Partial files live in a sibling `.<name>.incoming/`, so a
+    /// release's own names can never collide with them.
     pub async fn download_dir(&self, remote: &str, local: &Path) -> Result<Fetched, RemoteError> {
-        let local_err = |p: &Path| {
-            let p = p.to_owned();
-            move |source| RemoteError::Local { path: p, source }
-        };
+        let incoming = local.with_file_name(format!(
+            ".{}.incoming",
+            local.file_name().unwrap_or_default().to_string_lossy()
+        ));
+        let _ = std::fs::remove_dir_all(&incoming);
+        std::fs::create_dir_all(&incoming).map_err(local_err(&incoming))?;
+        let r = self.download_tree(remote, local, &incoming).await;
+        let _ = std::fs::remove_dir_all(&incoming);
+        r
+    }
+
+    async fn download_tree(
+        &self,
+        remote: &str,
+        local: &Path,
+        incoming: &Path,
+    ) -> Result<Fetched, RemoteError> {
         let mut fetched = Fetched::default();
         let mut entries = 0usize;
-        let mut stack: Vec<(String, PathBuf)> = vec![(remote.to_owned(), local.to_owned())];
-        while let Some((rdir, ldir)) = stack.pop() {
+        // (remote dir, local dir, path relative to the release, depth)
+        let mut stack: Vec<(String, PathBuf, String, usize)> =
+            vec![(remote.to_owned(), local.to_owned(), String::new(), 0)];
+        while let Some((rdir, ldir, rel, depth)) = stack.pop() {
             std::fs::create_dir(&ldir).map_err(local_err(&ldir))?;
-            let list = self.list_dir(&rdir).await?;
+            let list = self.list_dir(&rdir, MAX_RELEASE_ENTRIES - entries).await?;
+            entries += list.len();
             for (name, kind, size, exec) in list {
-                entries += 1;
-                if entries > MAX_RELEASE_ENTRIES {
-                    return Err(RemoteError::Refused(format!(
-                        "{remote} has more than {MAX_RELEASE_ENTRIES} entries"
-                    )));
-                }
                 let rpath = format!("{rdir}/{name}");
                 let lpath = ldir.join(&name);
+                let relpath = if rel.is_empty() {
+                    name.clone()
+                } else {
+                    format!("{rel}/{name}")
+                };
+                if relpath.len() > MAX_RELEASE_PATH {
+                    return Err(RemoteError::Refused(format!(
+                        "{remote} holds a path longer than {MAX_RELEASE_PATH} bytes ({}…)",
+                        &relpath[..relpath.floor_char_boundary(80)]
+                    )));
+                }
                 match kind {
-                    EntryKind::Dir => stack.push((rpath, lpath)),
-                    EntryKind::File => {
-                        fetched.bytes += size;
-                        if fetched.bytes > MAX_RELEASE_BYTES {
+                    EntryKind::Dir => {
+                        if depth + 1 > MAX_RELEASE_DEPTH {
                             return Err(RemoteError::Refused(format!(
-                                "{remote} is larger than {MAX_RELEASE_BYTES} bytes"
+                                "{remote} is nested more than {MAX_RELEASE_DEPTH} directories deep ({}…)",
+                                &relpath[..relpath.floor_char_boundary(80)]
                             )));
                         }
-                        let data = self.read_file(&rpath).await?;
-                        std::fs::write(&lpath, &data).map_err(local_err(&lpath))?;
-                        let mode = if exec { 0o755 } else { 0o644 };
-                        std::fs::set_permissions(&lpath, std::fs::Permissions::from_mode(mode))
-                            .map_err(local_err(&lpath))?;
+                        stack.push((rpath, lpath, relpath, depth + 1))
+                    }
+                    EntryKind::File => {
+                        let budget = MAX_RELEASE_BYTES - fetched.bytes;
+                        if size.is_some_and(|s| s > budget) {
+                            return Err(RemoteError::Refused(format!(
+                                "{remote} is larger than {MAX_RELEASE_BYTES} bytes ({rpath} is listed as {} bytes)",
+                                size.unwrap_or(0)
+                            )));
+                        }
+                        let part = incoming.join(fetched.files.to_string());
+                        let got = self
+                            .fetch_file(&rpath, &part, &lpath, size, budget, exec)
+                            .await
+                            .map_err(|e| match e {
+                                RemoteError::Refused(m) if m.starts_with(OVER_BUDGET) => {
+                                    RemoteError::Refused(format!(
+                                        "{remote} is larger than {MAX_RELEASE_BYTES} bytes (received while reading {rpath})"
+                                    ))
+                                }
+                                e => e,
+                            })?;
+                        fetched.bytes += got;
                         fetched.files += 1;
                     }
                     EntryKind::Other => {
@@ -301,59 +398,238 @@ impl Remote {
                     }
                 }
             }
+            // The renames into this directory survive a crash once it is synced.
+            sync_dir(&ldir).await?;
         }
         Ok(fetched)
     }
 
-    async fn read_file(&self, path: &str) -> Result<Vec<u8>, RemoteError> {
-        let mut fs = self.sftp().fs();
-        // Large files take longer than one request's timeout: allow a generous rate.
-        match fs.read(path).await {
-            Ok(d) => Ok(d.to_vec()),
-            Err(e) => Err(RemoteError::sftp("read", path, e)),
-        }
+    /// Downloads one file to `dest`: streamed into `part`, synced, then renamed, so
+    /// `dest` is either absent or complete. At most `max` bytes are accepted, and
+    /// never more than `listed` (what the directory listing said) when it is known.
+    /// Returns the bytes received.
+    ///
+    /// Resuming (for large downloads) fits here: keep `part` instead of truncating it,
+    /// start the reads at its length, and let the caller verify the whole file.
+    pub async fn fetch_file(
+        &self,
+        rpath: &str,
+        part: &Path,
+        dest: &Path,
+        listed: Option<u64>,
+        max: u64,
+        executable: bool,
+    ) -> Result<u64, RemoteError> {
+        use std::os::unix::fs::OpenOptionsExt;
+        let mode = if executable { 0o755 } else { 0o644 };
+        let mut f = std::fs::OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .mode(mode)
+            .open(part)
+            .map_err(local_err(part))?;
+        let got = self
+            .stream_file(rpath, listed, max, |chunk| f.write_all(chunk))
+            .await;
+        let got = match got {
+            Ok(n) => n,
+            Err(RemoteError::Local { source, .. }) => {
+                return Err(RemoteError::Local {
+                    path: part.to_owned(),
+                    source,
+                })
+            }
+            Err(e) => return Err(e),
+        };
+        let (p, d) = (part.to_owned(), dest.to_owned());
+        tokio::task::spawn_blocking(move || {
+            // The umask may have narrowed the mode given at creation.
+            f.set_permissions(std::fs::Permissions::from_mode(mode))?;
+            f.sync_all()?;
+            drop(f);
+            std::fs::rename(&p, &d)
+        })
+        .await
+        .map_err(|e| std::io::Error::other(e.to_string()))
+        .and_then(|r| r)
+        .map_err(local_err(dest))?;
+        Ok(got)
     }
 
+    /// Reads `rpath` to its end, `CHUNK` bytes per request with up to `IN_FLIGHT`
+    /// requests pending, handing each chunk to `sink` in order. Each request gets the
+    /// session's timeout. Fails (refused) once more than `max` bytes (or more than
+    /// `listed`) arrive, or when the server answers a request with more than it asked.
+    async fn stream_file(
+        &self,
+        rpath: &str,
+        listed: Option<u64>,
+        max: u64,
+        mut sink: impl FnMut(&[u8]) -> std::io::Result<()>,
+    ) -> Result<u64, RemoteError> {
+        let file = self
+            .timed(&format!("open {rpath}"), async {
+                self.sftp()
+                    .options()
+                    .read(true)
+                    .open(rpath)
+                    .await
+                    .map_err(|e| self.err("open", rpath, e))
+            })
+            .await?;
+        // Never ask for more than the cap allows, plus one chunk to see the end.
+        let limit = listed.map_or(max, |l| l.min(max));
+        // The library silently shortens reads to the server's limit (20 KiB for a
+        // server without `limits@openssh.com`), and consecutive requests need the
+        // real size: the first answer, alone in flight, tells it.
+        let mut chunk_len = CHUNK;
+        let mut probed = false;
+        let mut next: u64 = 0;
+        let mut pending = FuturesOrdered::new();
+        let mut received: u64 = 0;
+        let issue = |offset: u64, len: u32| {
+            let mut f: SftpFile = file.clone();
+            async move {
+                let r = match f.seek(std::io::SeekFrom::Start(offset)).await {
+                    Ok(_) => f.read(len, BytesMut::with_capacity(len as usize)).await,
+                    Err(e) => Err(SftpError::IOError(e)),
+                };
+                (offset, len, r)
+            }
+        };
+        loop {
+            let window = if probed { IN_FLIGHT } else { 1 };
+            while pending.len() < window && next <= limit {
+                pending.push_back(issue(next, chunk_len));
+                next += u64::from(chunk_len);
+            }
+            // The oldest request was sent first: its answer is due within the timeout.
+            let (offset, asked, answer) =
+                match tokio::time::timeout(self.timeout, pending.next()).await {
+                    Ok(Some(r)) => r,
+                    Ok(None) => break,
+                    Err(_) => {
+                        return Err(self.timeout_err(format!(
+                            "read {rpath} at offset {}",
+                            next - pending.len() as u64 * u64::from(chunk_len)
+                        )))
+                    }
+                };
+            let chunk = match answer {
+                Ok(Some(c)) => c,
+                // The end of the file: later requests can only say the same.
+                Ok(None) => break,
+                Err(e) => return Err(self.err("read", rpath, e)),
+            };
+            if chunk.len() > asked as usize {
+                return Err(RemoteError::Refused(format!(
+                    "the server answered a read of {asked} bytes of {rpath} with {} bytes",
+                    chunk.len()
+                )));
+            }
+            if chunk.is_empty() {
+                return Err(RemoteError::Refused(format!(
+                    "the server answered a read of {rpath} with no data"
+                )));
+            }
+            received += chunk.len() as u64;
+            if received > max {
+                return Err(RemoteError::Refused(format!(
+                    "{OVER_BUDGET}: {rpath} sent more than {max} bytes"
+                )));
+            }
+            if let Some(l) = listed.filter(|l| received > *l) {
+                return Err(RemoteError::Refused(format!(
+                    "the server sent more of {rpath} than the {l} bytes it listed"
+                )));
+            }
+            sink(&chunk).map_err(|source| RemoteError::Local {
+                path: PathBuf::from(rpath),
+                source,
+            })?;
+            let end = offset + chunk.len() as u64;
+            if !probed {
+                probed = true;
+                chunk_len = chunk.len() as u32;
+                next = end;
+            } else if chunk.len() < chunk_len as usize {
+                // A short read before the end: ask again for the rest, in order.
+                pending = FuturesOrdered::new();
+                next = end;
+            }
+        }
+        drop(pending);
+        // The handle's close is sent when its last clone goes; its answer is not
+        // waited for: the data is complete.
+        drop(file);
+        Ok(received)
+    }
+    /// One directory's entries (at most `room`), checked: names are plain UTF-8
+    /// path components, each listed once. Each page of the listing gets the
+    /// session's timeout.
     async fn list_dir(
         &self,
         path: &str,
-    ) -> Result<Vec<(String, EntryKind, u64, bool)>, RemoteError> {
-        let mut fs = self.sftp().fs();
-        self.timed(&format!("list {path}"), async {
-            let dir = fs
-                .open_dir(path)
-                .await
-                .map_err(|e| RemoteError::sftp("opendir", path, e))?;
-            let mut stream = std::pin::pin!(dir.read_dir());
-            let mut out = Vec::new();
-            while let Some(ent) =
-                std::future::poll_fn(|cx| futures_core::Stream::poll_next(stream.as_mut(), cx))
+        room: usize,
+    ) -> Result<Vec<(String, EntryKind, Option<u64>, bool)>, RemoteError> {
+        let dir = self
+            .timed(&format!("opendir {path}"), async {
+                self.sftp()
+                    .fs()
+                    .open_dir(path)
                     .await
-            {
-                let ent = ent.map_err(|e| RemoteError::sftp("readdir", path, e))?;
-                let name = ent.filename().to_string_lossy().into_owned();
-                if name == "." || name == ".." {
-                    continue;
-                }
-                if name.contains('/') || name.is_empty() {
-                    return Err(RemoteError::Refused(format!(
-                        "{path}: malformed entry name {name:?}"
-                    )));
-                }
-                let md = ent.metadata();
-                let kind = match md.file_type() {
-                    Some(t) if t.is_dir() => EntryKind::Dir,
-                    Some(t) if t.is_file() => EntryKind::File,
-                    _ => EntryKind::Other,
-                };
-                let exec = md.permissions().is_some_and(|p| {
-                    p.execute_by_owner() || p.execute_by_group() || p.execute_by_other()
-                });
-                out.push((name, kind, md.len().unwrap_or(0), exec));
+                    .map_err(|e| self.err("opendir", path, e))
+            })
+            .await?;
+        let mut stream = std::pin::pin!(dir.read_dir());
+        let mut out = Vec::new();
+        let mut seen = HashSet::new();
+        loop {
+            let next =
+                std::future::poll_fn(|cx| futures_core::Stream::poll_next(stream.as_mut(), cx));
+            let ent = match tokio::time::timeout(self.timeout, next).await {
+                Ok(Some(ent)) => ent.map_err(|e| self.err("readdir", path, e))?,
+                Ok(None) => break,
+                Err(_) => return Err(self.timeout_err(format!("list {path}"))),
+            };
+            let Some(name) = ent.filename().to_str().map(str::to_owned) else {
+                return Err(RemoteError::Refused(format!(
+                    "{path}: entry name {:?} is not UTF-8",
+                    ent.filename()
+                )));
+            };
+            if name == "." || name == ".." {
+                continue;
             }
-            Ok(out)
-        })
-        .await
+            if name.is_empty() || name.contains(['/', '\0']) || name.len() > 255 {
+                return Err(RemoteError::Refused(format!(
+                    "{path}: malformed entry name {:?}",
+                    &name[..name.floor_char_boundary(80)]
+                )));
+            }
+            if out.len() >= room {
+                return Err(RemoteError::Refused(format!(
+                    "the release has more than {MAX_RELEASE_ENTRIES} entries (listing {path})"
+                )));
+            }
+            if !seen.insert(name.clone()) {
+                return Err(RemoteError::Refused(format!(
+                    "{path}: the server listed {name:?} twice"
+                )));
+            }
+            let md = ent.metadata();
+            let kind = match md.file_type() {
+                Some(t) if t.is_dir() => EntryKind::Dir,
+                Some(t) if t.is_file() => EntryKind::File,
+                _ => EntryKind::Other,
+            };
+            let exec = md.permissions().is_some_and(|p| {
+                p.execute_by_owner() || p.execute_by_group() || p.execute_by_other()
+            });
+            out.push((name, kind, md.len(), exec));
+        }
+        Ok(out)
     }
 
     /// Writes `data` to `dir/name` under a temporary name the server's readers skip
@@ -403,6 +679,23 @@ enum EntryKind {
     Dir,
     File,
     Other,
+}
+
+/// How a refusal for too many bytes starts, so the caller can name the whole release.
+const OVER_BUDGET: &str = "over the byte budget";
+
+fn local_err(p: &Path) -> impl FnOnce(std::io::Error) -> RemoteError {
+    let p = p.to_owned();
+    move |source| RemoteError::Local { path: p, source }
+}
+
+async fn sync_dir(dir: &Path) -> Result<(), RemoteError> {
+    let d = dir.to_owned();
+    tokio::task::spawn_blocking(move || std::fs::File::open(&d)?.sync_all())
+        .await
+        .map_err(|e| std::io::Error::other(e.to_string()))
+        .and_then(|r| r)
+        .map_err(local_err(dir))
 }
 
 fn last_line(s: &str) -> Option<String> {
