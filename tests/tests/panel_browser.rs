@@ -7,112 +7,16 @@
 mod panel_common;
 
 use std::fs;
-use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use anyhow::{bail, Context, Result};
+use anyhow::{bail, Result};
 use bento_core::bentodir::BentoDir;
 use bento_core::buildstate::BuildState;
 use bento_core::report::ReportStatus;
 use bento_tests::sshd::unique_prefix;
-use fantoccini::{Client, ClientBuilder, Locator};
-use panel_common::{eventually, system, PanelServer, ADMIN, PASSWORD};
-
-const CHROMEDRIVER: &str = "/usr/bin/chromedriver";
-const CHROMIUM: &str = "/usr/bin/chromium";
-
-/// chromedriver on a port it picks itself, with its own Chromium profile. On drop it
-/// stops, with every process it started for this profile.
-struct Driver {
-    child: Child,
-    port: u16,
-    profile: tempfile::TempDir,
-}
-
-impl Driver {
-    fn start() -> Result<Driver> {
-        let profile = tempfile::Builder::new()
-            .prefix("bento-chromium-")
-            .tempdir()?;
-        let mut child = Command::new(CHROMEDRIVER)
-            .arg("--port=0")
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::null())
-            .spawn()
-            .context("starting chromedriver")?;
-        let stdout = child.stdout.take().unwrap();
-        let (tx, rx) = std::sync::mpsc::channel();
-        std::thread::spawn(move || {
-            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
-                if let Some(port) = line
-                    .split("started successfully on port ")
-                    .nth(1)
-                    .and_then(|p| p.trim_end_matches('.').trim().parse::<u16>().ok())
-                {
-                    let _ = tx.send(port);
-                }
-            }
-        });
-        let port = match rx.recv_timeout(Duration::from_secs(30)) {
-            Ok(p) => p,
-            Err(_) => {
-                let _ = child.kill();
-                bail!("chromedriver did not say which port it listens on");
-            }
-        };
-        Ok(Driver {
-            child,
-            port,
-            profile,
-        })
-    }
-
-    async fn browser(&self) -> Result<Client> {
-        let mut caps = serde_json::Map::new();
-        caps.insert("browserName".into(), "chrome".into());
-        caps.insert(
-            "goog:chromeOptions".into(),
-            serde_json::json!({
-                "binary": CHROMIUM,
-                "args": [
-                    "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-                    "--disable-background-networking", "--disable-component-update", "--disable-sync",
-                    "--disable-dev-shm-usage", "--hide-scrollbars", "--window-size=1400,1000",
-                    format!("--user-data-dir={}", self.profile.path().display()),
-                ],
-            }),
-        );
-        let connector = hyper_util::client::legacy::connect::HttpConnector::new();
-        ClientBuilder::new(connector)
-            .capabilities(caps)
-            .connect(&format!("http://127.0.0.1:{}", self.port))
-            .await
-            .context("starting Chromium through chromedriver")
-    }
-}
-
-impl Drop for Driver {
-    fn drop(&mut self) {
-        // Chromium processes of this profile (left behind if the test failed midway).
-        let marker = format!("--user-data-dir={}", self.profile.path().display());
-        if let Ok(rd) = fs::read_dir("/proc") {
-            for ent in rd.flatten() {
-                let Ok(pid) = ent.file_name().to_string_lossy().parse::<i32>() else {
-                    continue;
-                };
-                let cmdline = fs::read(ent.path().join("cmdline")).unwrap_or_default();
-                if String::from_utf8_lossy(&cmdline).contains(&marker) {
-                    let _ = Command::new("kill").arg("-9").arg(pid.to_string()).status();
-                }
-            }
-        }
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
+use fantoccini::{Client, Locator};
+use panel_common::{eventually, system, ChromeDriver, PanelServer, ADMIN, PASSWORD};
 
 fn screenshots_dir() -> Result<PathBuf> {
     let dir = match std::env::var_os("BENTO_SCREENSHOTS") {
@@ -207,20 +111,8 @@ fn fleet(p: &PanelServer) -> Result<Vec<String>> {
     Ok(hosts)
 }
 
-/// Whether Chromium is here; says so loudly when not.
-fn chromium_missing() -> bool {
-    let missing = !Path::new(CHROMEDRIVER).exists() || !Path::new(CHROMIUM).exists();
-    if missing {
-        eprintln!("\n!!!!!!!!!! SKIPPED panel_browser: {CHROMEDRIVER} or {CHROMIUM} is missing (apt-get install chromium chromium-driver) !!!!!!!!!!\n");
-    }
-    missing
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_panel_in_a_real_browser() -> Result<()> {
-    if chromium_missing() {
-        return Ok(());
-    }
     let shots = screenshots_dir()?;
     eprintln!("panel screenshots: {}", shots.display());
     let tags = "[hosts.web01]\ntags = [\"web\", \"eu\"]\n[hosts.web02]\ntags = [\"web\", \"us\"]\n[hosts.db04]\ntags = [\"db\"]\n";
@@ -230,7 +122,7 @@ async fn the_panel_in_a_real_browser() -> Result<()> {
     p.fx.fleet.flake_host(&toy, &[&toy])?;
     p.add_host(&toy, None, Duration::from_secs(7200))?;
 
-    let driver = Driver::start()?;
+    let driver = ChromeDriver::start()?;
     let c = driver.browser().await?;
     let result = drive(&c, &p, &hosts, &toy, &shots).await;
     if result.is_err() {
@@ -509,9 +401,6 @@ async fn last_log_line_hidden(c: &Client) -> Result<serde_json::Value> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_panel_fits_a_laptop_and_a_phone() -> Result<()> {
-    if chromium_missing() {
-        return Ok(());
-    }
     let shots = screenshots_dir()?;
     eprintln!("panel screenshots: {}", shots.display());
     let p = PanelServer::start("panel-screens")?;
@@ -556,7 +445,7 @@ async fn the_panel_fits_a_laptop_and_a_phone() -> Result<()> {
     );
     builds.save(&p.fx.bento_dir())?;
 
-    let driver = Driver::start()?;
+    let driver = ChromeDriver::start()?;
     let c = driver.browser().await?;
     let result = fits(&c, &p, &file, long, &summary, &shots).await;
     if result.is_err() {

@@ -208,15 +208,15 @@ async fn start_xvfb() -> (Child, String) {
     (x, format!(":{}", n.trim()))
 }
 
-/// Whether the programs the screenshots need are here; says which is not.
-fn can_take_screenshots() -> bool {
+/// The programs the screenshots need, installed by scripts/setup-debian.sh
+/// --tests: a missing one fails the test rather than skipping it.
+fn need_screenshot_tools() {
     for p in ["Xvfb", "xfce4-panel", "import", "convert", "xwininfo"] {
-        if !have(p) {
-            eprintln!("SKIPPED: {p} is missing (scripts/setup-debian.sh --tests installs it)");
-            return false;
-        }
+        assert!(
+            have(p),
+            "{p} is missing: run scripts/setup-debian.sh --tests"
+        );
     }
-    true
 }
 
 /// Xvfb, a session bus and xfce4-panel (whose systray is the tray host) with
@@ -274,9 +274,7 @@ impl Session {
 /// both backgrounds.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_state_icon_in_a_light_and_a_dark_panel() {
-    if !can_take_screenshots() {
-        return;
-    }
+    need_screenshot_tools();
     let shots = shots_dir();
     let mut printed = Vec::new();
     for (theme, grey) in [("light", LIGHT), ("dark", DARK)] {
@@ -372,9 +370,7 @@ async fn every_state_icon_in_a_light_and_a_dark_panel() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn screenshots_of_the_icon_and_the_details_window() {
-    if !can_take_screenshots() {
-        return;
-    }
+    need_screenshot_tools();
     let dir = tempfile::tempdir().unwrap();
     let (mut session, bus) = start_session(dir.path(), LIGHT).await;
     let conn = bus.connect().await;
