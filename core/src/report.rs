@@ -246,7 +246,13 @@ impl LogsScan {
     /// Reports ordered oldest → newest by their name (the client's clock), then
     /// by server time for reports in the same minute.
     pub fn sorted(&mut self) {
-        self.reports.sort_by_key(|r| (r.name.time, r.mtime));
+        // The file name last, so that reports the clock cannot tell apart come in
+        // the same order on every run and every copy of the chroot.
+        self.reports.sort_by(|a, b| {
+            (a.name.time, a.mtime)
+                .cmp(&(b.name.time, b.mtime))
+                .then_with(|| a.file_name.cmp(&b.file_name))
+        });
     }
 }
 

@@ -27,8 +27,14 @@ fn diff_shows_the_closure_change_between_running_and_expected() -> Result<()> {
     )?;
     // The host still runs version 1.
     let running = v1.file_name().unwrap().to_string_lossy().into_owned();
-    Report::legacy(&host, &running, ReportStatus::Success)
-        .write(&f.host_chroot(&host).join("logs"))?;
+    let logs = f.host_chroot(&host).join("logs");
+    let first = Report::legacy(&host, &running, ReportStatus::Success).write(&logs)?;
+    // Received half a minute after the publication: the next report, written
+    // now, is the newer one whatever the clock's resolution.
+    set_mtime(
+        &logs.join(first),
+        SystemTime::now() - Duration::from_secs(30),
+    )?;
 
     let out = f.ok(&["diff"])?;
     let text = stdout(&out);
