@@ -402,6 +402,32 @@ pub fn received_time(md: &fs::Metadata) -> SystemTime {
     whole_seconds(mtime.min(ctime(md)))
 }
 
+/// [`received_time`] at the file system's full precision, for
+/// [`received_after`].
+pub fn received_precise(md: &fs::Metadata) -> SystemTime {
+    let mtime = md.modified().unwrap_or(SystemTime::UNIX_EPOCH);
+    mtime.min(ctime(md))
+}
+
+/// Whether a report received at `report` came after a publication at
+/// `published` (the server's file times at full precision). A copy that keeps
+/// only whole seconds (GNU tar's default format) leaves no fraction: then the
+/// seconds decide, and a report of the same second counts after, since an agent
+/// with nothing to build reports within the second it sees a release, while a
+/// report landing in the same second just before a publication is rare.
+pub fn received_after(report: SystemTime, published: SystemTime) -> bool {
+    let fraction = |t: SystemTime| {
+        t.duration_since(SystemTime::UNIX_EPOCH)
+            .map(|d| d.subsec_nanos())
+            .unwrap_or(0)
+    };
+    if fraction(report) != 0 && fraction(published) != 0 {
+        report > published
+    } else {
+        whole_seconds(report) >= whole_seconds(published)
+    }
+}
+
 /// `t` without its fraction of a second.
 pub fn whole_seconds(t: SystemTime) -> SystemTime {
     match t.duration_since(SystemTime::UNIX_EPOCH) {
@@ -425,6 +451,19 @@ pub(crate) fn ctime(md: &fs::Metadata) -> SystemTime {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_report_of_the_publication_second_is_after_it_unless_it_is_earlier_to_the_nanosecond() {
+        let t = |s: u64, ns: u32| SystemTime::UNIX_EPOCH + std::time::Duration::new(s, ns);
+        // Full precision: the order of the two writes decides.
+        assert!(received_after(t(100, 600), t(100, 500)));
+        assert!(!received_after(t(100, 400), t(100, 500)));
+        assert!(!received_after(t(99, 900), t(100, 500)));
+        // A copy that kept whole seconds: the same second counts after.
+        assert!(received_after(t(100, 0), t(100, 0)));
+        assert!(!received_after(t(99, 0), t(100, 0)));
+        assert!(received_after(t(101, 0), t(100, 0)));
+    }
 
     #[test]
     fn parses_every_original_status() {

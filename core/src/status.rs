@@ -5,8 +5,8 @@
 //! published revision can make a host "up to date". Reports of the original shell
 //! clients have no sidecar: whether they came after a publication is decided with
 //! the server's own file times, never with the client's clock in the name: a report
-//! counts after a publication when it was received ([`report::received_time`]) in a
-//! later second than `last_change_date` was last written. Both are modification
+//! counts after a publication when it was received ([`report::received_time`])
+//! after `last_change_date` was last written ([`report::received_after`]). Both are modification
 //! times, which `cp -a`, `rsync -a` and a `tar` backup keep (the original tool's
 //! `find -cnewer` compared change times, which every copy renews).
 //!
@@ -209,6 +209,8 @@ struct Candidate {
     name: ReportName,
     /// Read only for the reports the status needs.
     received: SystemTime,
+    /// The same at the file system's precision: orders reports of one second.
+    received_precise: SystemTime,
 }
 
 /// The reports of an original shell client since a publication, fed newest first.
@@ -259,10 +261,10 @@ pub fn host_status(
     let logs = chroot.logs_dir(host);
     let mut warnings = Vec::new();
     // Written only by the server (`bento deploy`): its own time, no cap needed.
-    let published_at = fs::metadata(chroot.last_change_path(host))
+    let published_precise = fs::metadata(chroot.last_change_path(host))
         .and_then(|m| m.modified())
-        .ok()
-        .map(report::whole_seconds);
+        .ok();
+    let published_at = published_precise.map(report::whole_seconds);
     let revision = chroot.current_revision(host).or_else(|| {
         fs::read_to_string(chroot.last_change_path(host))
             .ok()
@@ -307,6 +309,7 @@ pub fn host_status(
                     file: name,
                     name: parsed,
                     received: SystemTime::UNIX_EPOCH,
+                    received_precise: SystemTime::UNIX_EPOCH,
                 }),
                 Err(e) => warnings.push(format!("{name}: skipped: {e}")),
             }
@@ -320,17 +323,18 @@ pub fn host_status(
         for c in candidates.iter_mut().filter(|c| c.name.time == newest_time) {
             if let Ok(md) = fs::metadata(logs.join(&c.file)) {
                 c.received = report::received_time(&md);
+                c.received_precise = report::received_precise(&md);
             }
         }
     }
     candidates.sort_by(|a, b| {
-        (b.name.time, b.received, &b.file).cmp(&(a.name.time, a.received, &a.file))
+        (b.name.time, b.received_precise, &b.file).cmp(&(a.name.time, a.received_precise, &a.file))
     });
 
-    // Whole seconds on both sides, so a copy that keeps no more decides the same. A
-    // report of the same second counts before: no host applies a release within the
-    // second it is published.
-    let published = published_at.unwrap_or(SystemTime::UNIX_EPOCH);
+    // Full precision where the file system has it; whole seconds (and a report
+    // of the same second after) where a copy kept no more: see
+    // [`report::received_after`].
+    let published = published_precise.unwrap_or(SystemTime::UNIX_EPOCH);
     let mut since_publication = 0u32;
     let mut legacy_story = LegacyStory::default();
     let mut deciding: Option<(Candidate, Option<ReportMeta>)> = None;
@@ -341,7 +345,8 @@ pub fn host_status(
             Err(_) => continue,
         };
         c.received = report::received_time(&md);
-        let after_publication = c.received > published;
+        c.received_precise = report::received_precise(&md);
+        let after_publication = report::received_after(c.received_precise, published);
         let has_sidecar = sidecars.contains(&c.name.sidecar_file_name());
         if after_publication {
             since_publication += 1;
@@ -370,6 +375,7 @@ pub fn host_status(
                     file: c.file.clone(),
                     name: c.name.clone(),
                     received: c.received,
+                    received_precise: c.received_precise,
                 },
                 meta.clone(),
             ));
