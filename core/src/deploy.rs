@@ -152,8 +152,10 @@ pub fn admin_paths(message: &str, staged: &Path, dir_name: &str) -> String {
             let is_source =
                 name.len() > 33 && name.as_bytes()[32] == b'-' && name.ends_with("-source");
             let same = is_source
-                && fs::read(staged.join(rel)).ok().is_some()
-                && fs::read(staged.join(rel)).ok() == fs::read(path).ok();
+                && matches!(
+                    (fs::read(staged.join(rel)), fs::read(path)),
+                    (Ok(a), Ok(b)) if a == b
+                );
             same.then(|| format!("{ours}/{rel}"))
         });
         match mapped {

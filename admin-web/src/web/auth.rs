@@ -425,10 +425,6 @@ impl RateLimiter {
             map.entry(key.clone()).or_default().push_back(now);
         }
     }
-
-    pub fn clear(&self, key: &str) {
-        self.failures.lock().expect("limiter").remove(key);
-    }
 }
 
 #[derive(Template)]
