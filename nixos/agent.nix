@@ -39,6 +39,10 @@ let
     nix_args = cfg.extraNixArgs;
     health_checks = cfg.healthChecks;
     socket_group = cfg.socketGroup;
+    secrets_dir = cfg.secretsDir;
+    secret_identity = cfg.secretIdentity;
+    trusted_public_keys = cfg.trustedPublicKeys;
+    inherit (cfg) build;
   };
 
   settingsFile = settingsFormat.generate "agent.toml" (generated // cfg.settings);
@@ -272,6 +276,59 @@ in
         to check now and to postpone a scheduled reboot: the desktop users,
         through the tray. Everyone may read the status. The group is created if
         it does not exist.
+      '';
+    };
+
+    trustedPublicKeys = mkOption {
+      type = types.listOf types.str;
+      default = lib.optional (cfg.binaryCache.publicKey != null) cfg.binaryCache.publicKey;
+      defaultText = lib.literalExpression "lib.optional (binaryCache.publicKey != null) binaryCache.publicKey";
+      example = [ "bento-server-1:AbC...=" ];
+      description = ''
+        The fleet's public signing key(s), as `bento check-config` prints them
+        (`signing-key.pub` in the bento directory). With a key pinned, the agent
+        refuses a release whose manifest is unsigned, signed by another key or
+        older than the one applied, and fetches the server's signed closure
+        instead of building (nix checks every signature with `require-sigs`).
+      '';
+    };
+
+    build = mkOption {
+      type = types.enum [
+        "fallback"
+        "never"
+        "always"
+      ];
+      default = "fallback";
+      description = ''
+        How the system is obtained: `fallback` fetches the server's closure when
+        the release has one and builds locally otherwise; `never` refuses a
+        release without a closure (a small device that must never evaluate);
+        `always` builds locally as before.
+      '';
+    };
+
+    secretsDir = mkOption {
+      type = types.str;
+      default = "/run/bento/secrets";
+      description = ''
+        Where the agent installs the host's secrets (`bento secret set`) by
+        default, as `<secretsDir>/<NAME>`: a symlink to the current generation
+        under `<secretsDir>.d/`. A service can depend on a secret through its
+        path (`unitConfig.ConditionPathExists`, or
+        `systemd.services.<name>.unitConfig.RequiresMountsFor`).
+      '';
+    };
+
+    secretIdentity = mkOption {
+      type = types.nullOr types.str;
+      default = null;
+      example = "/etc/ssh/ssh_host_ed25519_key";
+      description = ''
+        Private key that decrypts the host's secrets (an unencrypted OpenSSH
+        ssh-ed25519 or ssh-rsa key, or an age identity file). Default: the key
+        the agent logs in with (`keyFile`). Its public half must be in the
+        host's `[hosts.<name>] keys` of bento.toml.
       '';
     };
 

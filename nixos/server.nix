@@ -39,6 +39,14 @@ let
 
   dataDir = "/var/lib/bento-server";
   chrootDir = lib.removeSuffix "/" cfg.settings.chroot_dir;
+  # The fleet's Nix signing key (bento.toml `signing_key`), made once by
+  # bento-signing-key.service, outside the store; its public half beside it.
+  signingKeySetting = cfg.settings.signing_key or "signing-key.sec";
+  signingKey =
+    if lib.hasPrefix "/" signingKeySetting then
+      signingKeySetting
+    else
+      "${cfg.directory}/${signingKeySetting}";
 
   hostSettings =
     name: host:
@@ -573,6 +581,28 @@ in
         host_key = "${dataDir}/sftp_host_ed25519_key";
       };
 
+      # bento deploy signs every manifest and closure with this key; agents pin
+      # its public half (services.bento.agent.trustedPublicKeys).
+      systemd.services.bento-signing-key = {
+        description = "bento: the fleet's Nix signing key";
+        wantedBy = [ "multi-user.target" ];
+        after = [ "systemd-tmpfiles-setup.service" ];
+        unitConfig.ConditionPathExists = "!${signingKey}";
+        path = [ config.nix.package ];
+        serviceConfig = {
+          Type = "oneshot";
+          User = cfg.user;
+          Group = cfg.group;
+          UMask = "0077";
+          ExecStart = utils.escapeSystemdExecArgs [
+            "${cfg.package}/bin/bento"
+            "--dir"
+            cfg.directory
+            "signing-key"
+          ];
+        };
+      };
+
       systemd.services.bento-sftp = {
         description = "bento SFTP server for the hosts' chroots";
         wantedBy = [ "multi-user.target" ];
@@ -626,8 +656,12 @@ in
           "network-online.target"
           "nix-daemon.socket"
           "systemd-tmpfiles-setup.service"
+          "bento-signing-key.service"
         ];
-        requires = [ "nix-daemon.socket" ];
+        requires = [
+          "nix-daemon.socket"
+          "bento-signing-key.service"
+        ];
         restartTriggers = [ checkedSettings ];
 
         # The panel's jobs run nix (build, deploy, flake update, diff).

@@ -71,6 +71,15 @@ pub enum Command {
         /// checking sizes, modes and times) and republish a damaged one.
         #[arg(long)]
         verify: bool,
+        /// Follow the rollout: publish wave by wave ([rollout] in bento.toml), print
+        /// each host's outcome, exit 1 when any host failed, rolled back or gave no
+        /// answer. Implied when [rollout] has more than one wave.
+        #[arg(long)]
+        wait: bool,
+        /// With --wait: give up on hosts that have not concluded after SECS seconds
+        /// (they count as "no answer").
+        #[arg(long, value_name = "SECS", requires = "wait")]
+        timeout: Option<u64>,
     },
     /// Show the fleet: what each host runs and its state.
     Status {
@@ -100,6 +109,9 @@ pub enum Command {
         #[arg(long)]
         chroot: bool,
     },
+    /// Print the fleet's public signing key (agents pin it), making the key pair
+    /// first when there is none (`signing_key` in bento.toml).
+    SigningKey,
     /// Serve the web panel (fleet, hosts, jobs, audit log, JSON API, metrics).
     Serve(crate::commands::serve::ServeArgs),
     /// Serve every host its chroot over SFTP, without sshd or system users.
@@ -108,6 +120,11 @@ pub enum Command {
     User {
         #[command(subcommand)]
         action: crate::commands::user::UserAction,
+    },
+    /// Secrets encrypted to each host's SSH keys, installed by its agent.
+    Secret {
+        #[command(subcommand)]
+        action: crate::commands::secret::SecretAction,
     },
     /// Bearer tokens for the panel's API and /metrics.
     Token {

@@ -59,7 +59,17 @@ pub fn render(rows: &[HostStatus], now: SystemTime) -> String {
         }
         let mut times = Vec::new();
         if let Some(b) = since(now, h.last_report.as_ref().map(|r| r.received)) {
-            times.push(format!("(build {b})"));
+            // A host that fetched the server's closure built nothing itself.
+            let fetched = h.last_report.as_ref().is_some_and(|r| {
+                matches!(
+                    r.obtained,
+                    Some(bento_core::report::Obtained::Fetched { .. })
+                )
+            });
+            times.push(format!(
+                "({} {b})",
+                if fetched { "fetched" } else { "build" }
+            ));
         }
         if let Some(c) = since(now, h.published_at) {
             times.push(format!("(new config {c})"));

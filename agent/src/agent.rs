@@ -9,17 +9,19 @@ use bento_core::agent_proto::{Activity, Event, UpdateRecord};
 use bento_core::chroot::{
     copy_tree, CONFIG_LINK, CURRENT_LINK, LAST_CHANGE_FILE, LOGS_DIR, RELEASES_DIR,
 };
+use bento_core::closure::Closure;
 use bento_core::nix::{store_basename, BuildMode, Nix};
 use bento_core::release::{Manifest, MANIFEST_FILE};
 use bento_core::report::{
-    AgentState, Heartbeat, ReportMeta, ReportName, ReportStatus, HEARTBEAT_FILE,
+    AgentState, Heartbeat, Obtained, ReportMeta, ReportName, ReportStatus, HEARTBEAT_FILE,
 };
+use bento_core::signing::{self, SIGNATURE_FILE};
 use time::OffsetDateTime;
 
 use crate::reboot::REBOOT_FILE;
 use crate::remote::{Remote, RemoteError};
 use crate::report::{now_local, Outbox, UpdateLog};
-use crate::settings::Config;
+use crate::settings::{BuildPolicy, Config};
 use crate::state::{self, Applied, PersistedState, Refused, StateDir};
 use crate::status::{StatusHandle, AGENT_VERSION};
 
@@ -80,6 +82,17 @@ pub struct Agent {
     pub cfg: Config,
     pub state: StateDir,
     pub status: StatusHandle,
+    /// What the update under way learnt for its report.
+    facts: std::sync::Mutex<UpdateFacts>,
+}
+
+/// Facts of one update, for its report and the agent state.
+#[derive(Debug, Default)]
+struct UpdateFacts {
+    /// When the applied manifest was made (newer manifests only, from then on).
+    created: Option<OffsetDateTime>,
+    obtained: Option<Obtained>,
+    exact: Option<bool>,
 }
 
 impl Agent {
@@ -98,7 +111,12 @@ impl Agent {
         initial.last_update = initial.history.first().cloned();
         initial.log_tail = state.log_tail();
         let status = StatusHandle::new(initial, Some(&cfg.runtime_dir));
-        let agent = Agent { cfg, state, status };
+        let agent = Agent {
+            cfg,
+            state,
+            status,
+            facts: Default::default(),
+        };
         let reboot = agent.reboot_required();
         agent.status.update(|s| s.reboot_required = reboot);
         Ok(agent)
@@ -266,6 +284,14 @@ impl Agent {
 
     /// The revision `.releases/current` points to; for the original tool's chroots
     /// (plain `config/`), one derived from `last_change_date`.
+    /// The revision published now, for the daemon's watch between polls (`watch`).
+    pub(crate) async fn published_revision(
+        &self,
+        r: &Remote,
+    ) -> Result<Option<String>, RemoteError> {
+        Ok(self.published(r).await?.map(|p| p.revision))
+    }
+
     async fn published(&self, r: &Remote) -> Result<Option<Published>, RemoteError> {
         if let Some(target) = r
             .read_link(&format!("{RELEASES_DIR}/{CURRENT_LINK}"))
@@ -402,15 +428,19 @@ impl Agent {
             format!("{RELEASES_DIR}/{rev}")
         };
         let fetched = remote.download_dir(&remote_dir, &dl).await;
-        remote.close().await;
-        match fetched {
-            Ok(f) => log.info(format!("downloaded {} files ({} bytes)", f.files, f.bytes)),
+        let remote = match fetched {
+            Ok(f) => {
+                log.info(format!("downloaded {} files ({} bytes)", f.files, f.bytes));
+                remote
+            }
             Err(RemoteError::Refused(reason)) => {
+                remote.close().await;
                 let msg = format!("release {rev} refused: {reason}");
                 log.error(&msg);
                 return self.fail(&rev, started, previous, log, msg, st).await;
             }
             Err(e) => {
+                remote.close().await;
                 // The server went away: nothing is wrong with the release; retry later.
                 let _ = state::remove_tree(&staging);
                 let msg = format!("download of release {rev} interrupted: {e}");
@@ -431,7 +461,7 @@ impl Agent {
                 });
                 return PollResult::Unreachable(msg);
             }
-        }
+        };
 
         // Verify before anything of it is used.
         let host = self.cfg.host.to_string();
@@ -440,14 +470,68 @@ impl Agent {
             tokio::task::spawn_blocking(move || verify_release(&vdir, &host, &vrev, legacy, &vlog))
                 .await
                 .unwrap_or_else(|e| Err(e.to_string()));
-        let manifest = match verified {
-            Ok(m) => m,
+        // Signed as pinned, and the closure to fetch (the `build` setting decides).
+        let planned = verified
+            .and_then(|m| self.check_signed(&dl, &rev, m, st, &log))
+            .and_then(|m| {
+                let c = self.closure_to_fetch(m.as_ref(), &log)?;
+                Ok((m, c))
+            });
+        let (manifest, closure) = match planned {
+            Ok(mc) => mc,
             Err(msg) => {
+                remote.close().await;
                 log.error(&msg);
                 let _ = state::remove_tree(&staging);
                 return self.fail(&rev, started, previous, log, msg, st).await;
             }
         };
+        *self.facts.lock().expect("facts") = UpdateFacts {
+            created: manifest.as_ref().map(|m| m.created),
+            ..UpdateFacts::default()
+        };
+        let obtain_started = std::time::Instant::now();
+        let mut fetched_paths = None;
+        if let Some(c) = &closure {
+            self.status.set_activity(Activity::Downloading);
+            match self.fetch_closure(&remote, c, &log).await {
+                Ok(f) => fetched_paths = Some(f),
+                Err(crate::fetch::FetchError::Refused(reason)) => {
+                    remote.close().await;
+                    crate::fetch::clear(&self.cfg.nar_cache_dir);
+                    let msg = format!("release {rev} refused: {reason}");
+                    log.error(&msg);
+                    let _ = state::remove_tree(&staging);
+                    return self.fail(&rev, started, previous, log, msg, st).await;
+                }
+                Err(crate::fetch::FetchError::Interrupted(reason)) => {
+                    remote.close().await;
+                    let _ = state::remove_tree(&staging);
+                    let msg = format!(
+                        "download of the closure of release {rev} interrupted (kept to resume): {reason}"
+                    );
+                    tracing::warn!("{msg}; resuming at the next poll");
+                    self.status.emit(
+                        Event::UpdateFailed {
+                            record: UpdateRecord {
+                                time: OffsetDateTime::now_utc(),
+                                status: ReportStatus::Failure,
+                                revision: Some(rev.clone()),
+                                system: previous.as_deref().map(store_basename),
+                                error: Some(msg.clone()),
+                                changed_packages: None,
+                            },
+                        },
+                        |s| {
+                            s.activity = Activity::Idle;
+                            s.server_reachable = Some(false);
+                        },
+                    );
+                    return PollResult::Unreachable(msg);
+                }
+            }
+        }
+        remote.close().await;
         let release = self.state.release(&rev);
         let placed = state::remove_tree(&release).and_then(|_| std::fs::rename(&dl, &release));
         if let Err(e) = placed {
@@ -464,10 +548,35 @@ impl Agent {
         .collect();
         self.state.prune_releases(&keep);
 
-        // Build.
-        self.status.set_activity(Activity::Building);
-        let system = match self.build(&release, &log).await {
+        // Secrets: out of the release (never into the store), decrypted in memory.
+        let secrets = match crate::secrets::prepare(&self.cfg, &release, published.legacy) {
             Ok(s) => s,
+            Err(msg) => {
+                log.error(&msg);
+                return self.fail(&rev, started, previous, log, msg, st).await;
+            }
+        };
+
+        // Import the server's closure, or build.
+        self.status.set_activity(Activity::Building);
+        let obtained = match (&closure, fetched_paths) {
+            (Some(c), Some(f)) => self.import_closure(c, f, obtain_started, &log).await,
+            _ => self.build(&release, &log).await.map(|system| {
+                let millis = obtain_started.elapsed().as_millis() as u64;
+                (system, Obtained::Built { millis })
+            }),
+        };
+        let system = match obtained {
+            Ok((system, how)) => {
+                let exact = manifest
+                    .as_ref()
+                    .and_then(|m| m.expected_system.as_deref())
+                    .map(|e| Path::new(e) == system);
+                let mut facts = self.facts.lock().expect("facts");
+                facts.obtained = Some(how);
+                facts.exact = exact;
+                system
+            }
             Err(msg) => {
                 log.error(&msg);
                 return self.fail(&rev, started, previous, log, msg, st).await;
@@ -481,6 +590,12 @@ impl Agent {
                 ));
             }
         }
+        // Secrets are in place before anything is activated.
+        if let Some(Err(msg)) = secrets.as_ref().map(|s| s.install(&self.cfg, &log)) {
+            log.error(&msg);
+            return self.fail(&rev, started, previous, log, msg, st).await;
+        }
+        drop(secrets);
         // The profile already names this system because a killed run set it: activate
         // (and check) again, with the generation from before as the one to go back to.
         let interrupted = st
@@ -630,6 +745,155 @@ impl Agent {
                 Err((ReportStatus::Failure, error))
             }
         }
+    }
+
+    /// With pinned keys: the manifest must be signed by one of them, and not older
+    /// than the one applied (no swapped release, no downgrade). Without: a warning.
+    fn check_signed(
+        &self,
+        dir: &Path,
+        rev: &str,
+        manifest: Option<Manifest>,
+        st: &PersistedState,
+        log: &UpdateLog,
+    ) -> Result<Option<Manifest>, String> {
+        if self.cfg.trusted_public_keys.is_empty() {
+            log.warn("no trusted_public_keys pinned: the release's signature is not checked and its closure is not used (pin the key `bento check-config` prints)");
+            return Ok(manifest);
+        }
+        let Some(m) = manifest else {
+            return Err(format!(
+                "release {rev} refused: it has no manifest, so no signature (an original tool's chroot cannot be used with trusted_public_keys)"
+            ));
+        };
+        let bytes = std::fs::read(dir.join(MANIFEST_FILE))
+            .map_err(|e| format!("release {rev} refused: {e}"))?;
+        let sig = std::fs::read_to_string(dir.join(SIGNATURE_FILE)).ok();
+        let key = signing::verify_manifest(&self.cfg.trusted_public_keys, &bytes, sig.as_deref())
+            .map_err(|e| format!("release {rev} refused: {e}"))?;
+        if let Some(applied) = st.applied.as_ref().and_then(|a| a.created.map(|c| (a, c))) {
+            let (a, created) = applied;
+            if m.created < created || (m.created == created && a.revision != m.revision) {
+                return Err(format!(
+                    "release {rev} refused: its manifest was made {}, before the release applied ({}, made {}): a downgrade; an admin's rollback publishes a new manifest",
+                    m.created, a.revision, created
+                ));
+            }
+        }
+        log.info(format!("release {rev}: manifest signed by {key}"));
+        Ok(Some(m))
+    }
+
+    /// The closure to fetch instead of building, as the `build` setting says.
+    fn closure_to_fetch(
+        &self,
+        manifest: Option<&Manifest>,
+        log: &UpdateLog,
+    ) -> Result<Option<Closure>, String> {
+        let closure = manifest.and_then(|m| m.closure.as_ref());
+        match (self.cfg.build, closure) {
+            (BuildPolicy::Always, _) => Ok(None),
+            (BuildPolicy::Never, None) => Err(
+                "the release has no closure from the server and this host never builds (build = \"never\"): deploy with a server that builds (local_build = true, export_closures = true)".into(),
+            ),
+            (BuildPolicy::Fallback, None) => {
+                log.info("the release has no closure from the server: building here");
+                Ok(None)
+            }
+            (policy, Some(c)) => {
+                if self.cfg.trusted_public_keys.is_empty() {
+                    if policy == BuildPolicy::Never {
+                        return Err("build = \"never\" needs trusted_public_keys: the server's closure cannot be checked without the fleet's key".into());
+                    }
+                    return Ok(None);
+                }
+                c.check().map_err(|e| format!("the release's closure is malformed: {e}"))?;
+                let m = manifest.expect("closure of a manifest");
+                if m.expected_system.as_deref() != Some(c.toplevel.as_str()) {
+                    return Err(format!(
+                        "the release's closure is of {}, its manifest expects {}",
+                        c.toplevel,
+                        m.expected_system.as_deref().unwrap_or("nothing")
+                    ));
+                }
+                Ok(Some(c.clone()))
+            }
+        }
+    }
+
+    /// Downloads what the store lacks of `c` into the local NAR cache.
+    async fn fetch_closure(
+        &self,
+        remote: &Remote,
+        c: &Closure,
+        log: &UpdateLog,
+    ) -> Result<crate::fetch::Fetched, crate::fetch::FetchError> {
+        use crate::fetch::{self, FetchError};
+        let cc = c.clone();
+        let missing = tokio::task::spawn_blocking(move || fetch::missing_paths(&cc))
+            .await
+            .unwrap_or_else(|e| Err(e.to_string()))
+            .map_err(|e| FetchError::Interrupted(format!("cannot ask the store: {e}")))?;
+        if missing.is_empty() {
+            log.info(format!(
+                "the store has all {} paths of {} already",
+                c.paths.len(),
+                c.toplevel
+            ));
+            return Ok(fetch::Fetched::default());
+        }
+        let l = log.clone();
+        fetch::download(
+            remote,
+            c,
+            &missing,
+            &self.cfg.nar_cache_dir,
+            &self.cfg.trusted_public_keys,
+            &move |m| l.info(m),
+        )
+        .await
+    }
+
+    /// Imports `c` from the local NAR cache (nix checks every signature and hash).
+    async fn import_closure(
+        &self,
+        c: &Closure,
+        f: crate::fetch::Fetched,
+        started: std::time::Instant,
+        log: &UpdateLog,
+    ) -> Result<(PathBuf, Obtained), String> {
+        let (missing, cache, keys, args, l) = (
+            f.missing.clone(),
+            self.cfg.nar_cache_dir.clone(),
+            self.cfg.trusted_public_keys.clone(),
+            self.cfg.nix_args.clone(),
+            log.clone(),
+        );
+        if f.paths > 0 {
+            log.info(format!("importing {} paths with nix copy", f.paths));
+            let r = tokio::task::spawn_blocking(move || {
+                crate::fetch::import(&missing, &cache, &keys, &args, |line| l.output(line))
+            })
+            .await
+            .unwrap_or_else(|e| Err(e.to_string()));
+            // Imported or refused: the downloads are done with either way.
+            crate::fetch::clear(&self.cfg.nar_cache_dir);
+            r?;
+        }
+        let system = PathBuf::from(&c.toplevel);
+        if !system.join("bin/switch-to-configuration").exists() {
+            return Err(format!(
+                "{} is not a NixOS system after the import (no bin/switch-to-configuration)",
+                system.display()
+            ));
+        }
+        let how = Obtained::Fetched {
+            paths: f.paths,
+            bytes: f.bytes,
+            millis: started.elapsed().as_millis() as u64,
+        };
+        log.info(format!("system {}: {}", system.display(), how.summary()));
+        Ok((system, how))
     }
 
     async fn build(&self, release: &Path, log: &UpdateLog) -> Result<PathBuf, String> {
@@ -938,6 +1202,7 @@ impl Agent {
             .map(activate::boot_files)
             .unwrap_or_default();
         let reboot_required = booted.is_some() && current.is_some() && booted_files != built_files;
+        let facts = std::mem::take(&mut *self.facts.lock().expect("facts"));
         let (status, error, changes) = match &result {
             Ok((s, c)) => (*s, None, c.clone()),
             Err((s, e)) => (*s, Some(one_line(e)), Vec::new()),
@@ -960,6 +1225,8 @@ impl Agent {
             agent_version: AGENT_VERSION.to_owned(),
             error: error.clone(),
             changed_packages: (!changes.is_empty()).then_some(changes.len() as u32),
+            obtained: facts.obtained.clone(),
+            exact: facts.exact,
         };
         let name = ReportName::new(
             now_local(),
@@ -980,6 +1247,7 @@ impl Agent {
                     revision: rev.to_owned(),
                     system: system_name.clone(),
                     time: OffsetDateTime::now_utc(),
+                    created: facts.created,
                 });
                 st.refused = None;
             }

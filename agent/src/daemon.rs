@@ -53,8 +53,9 @@ pub async fn run(agent: Arc<Agent>) -> anyhow::Result<()> {
         }
         schedule_reboot(&agent, &ctl);
         let wait = jittered(agent.cfg.interval, agent.cfg.jitter);
+        let next_poll = tokio::time::Instant::now() + wait;
         tokio::select! {
-            _ = tokio::time::sleep(wait) => {}
+            _ = crate::watch::until_new_release(&agent, next_poll) => {}
             _ = ctl.check_now.notified() => tracing::info!("check requested over the socket"),
             _ = term.recv() => break,
             _ = int.recv() => break,

@@ -12,10 +12,13 @@
 pub mod agent;
 pub mod cli;
 pub mod daemon;
+pub mod fetch;
 pub mod reboot;
 pub mod remote;
 pub mod report;
+pub mod secrets;
 pub mod settings;
 pub mod state;
 pub mod status;
+pub mod watch;
 pub mod wire;

@@ -23,21 +23,12 @@ use tokio::process::{Child, Command};
 use crate::settings::Config;
 use crate::wire::{Guarded, Violation};
 
-/// Largest release the agent downloads, counted in bytes actually received (a
-/// compromised server could send anything, whatever its listing or `fstat` says).
-pub const MAX_RELEASE_BYTES: u64 = 2 << 30;
-/// Files and directories in one release. Every entry costs memory while listing and
-/// verifying: this keeps the agent's RSS small for any release.
-pub const MAX_RELEASE_ENTRIES: usize = 20_000;
-/// Directory levels below a release's root: a server nesting directories forever is
-/// refused at once, before local paths get too long.
-pub const MAX_RELEASE_DEPTH: usize = 32;
-/// A relative path inside a release, in bytes (Linux's `PATH_MAX` is 4096, with the
-/// state directory in front).
-pub const MAX_RELEASE_PATH: usize = 1024;
-/// The release's manifest is parsed in memory: 8 MiB lists far more than
-/// [`MAX_RELEASE_ENTRIES`] files.
-pub const MAX_MANIFEST_BYTES: u64 = 8 << 20;
+/// The release bounds, shared with `bento deploy` (which refuses to publish past
+/// them): bytes count as actually received, whatever the server's listing or
+/// `fstat` says.
+pub use bento_core::limits::{
+    MAX_MANIFEST_BYTES, MAX_RELEASE_BYTES, MAX_RELEASE_DEPTH, MAX_RELEASE_ENTRIES, MAX_RELEASE_PATH,
+};
 /// Largest SFTP packet accepted from the server, as OpenSSH's own client
 /// (`SFTP_MAX_MSG_LENGTH`): the SFTP library trusts packet lengths and element
 /// counts, so they are checked on the wire before it reads them.
@@ -288,7 +279,7 @@ impl Remote {
             return Ok(None);
         };
         let mut data = Vec::new();
-        self.stream_file(path, None, cap, |chunk| {
+        self.stream_file(path, 0, None, cap, |chunk| {
             data.extend_from_slice(chunk);
             Ok(())
         })
@@ -430,7 +421,7 @@ impl Remote {
             .open(part)
             .map_err(local_err(part))?;
         let got = self
-            .stream_file(rpath, listed, max, |chunk| f.write_all(chunk))
+            .stream_file(rpath, 0, listed, max, |chunk| f.write_all(chunk))
             .await;
         let got = match got {
             Ok(n) => n,
@@ -442,18 +433,61 @@ impl Remote {
             }
             Err(e) => return Err(e),
         };
-        let (p, d) = (part.to_owned(), dest.to_owned());
-        tokio::task::spawn_blocking(move || {
-            // The umask may have narrowed the mode given at creation.
-            f.set_permissions(std::fs::Permissions::from_mode(mode))?;
-            f.sync_all()?;
-            drop(f);
-            std::fs::rename(&p, &d)
-        })
-        .await
-        .map_err(|e| std::io::Error::other(e.to_string()))
-        .and_then(|r| r)
-        .map_err(local_err(dest))?;
+        // The umask may have narrowed the mode given at creation.
+        finish_download(f, part, dest, Some(mode)).await?;
+        Ok(got)
+    }
+
+    /// Downloads `rpath`, exactly `size` bytes, to `dest`, resuming from what an
+    /// interrupted download left in `part`: the reads start at its length. `dest`
+    /// is either absent or complete (synced, then renamed). Returns the bytes
+    /// received now (not counting what `part` already held).
+    pub async fn fetch_resumable(
+        &self,
+        rpath: &str,
+        part: &Path,
+        dest: &Path,
+        size: u64,
+    ) -> Result<u64, RemoteError> {
+        let mut f = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(part)
+            .map_err(local_err(part))?;
+        let mut have = f.metadata().map_err(local_err(part))?.len();
+        if have > size {
+            // Not a prefix of this file: start again.
+            f.set_len(0).map_err(local_err(part))?;
+            have = 0;
+        }
+        let got = if have < size {
+            let r = self
+                .stream_file(rpath, have, Some(size - have), size - have, |chunk| {
+                    f.write_all(chunk)
+                })
+                .await;
+            // Whatever arrived stays in `part` for the next attempt.
+            let _ = f.sync_data();
+            match r {
+                Ok(n) => n,
+                Err(RemoteError::Local { source, .. }) => {
+                    return Err(RemoteError::Local {
+                        path: part.to_owned(),
+                        source,
+                    })
+                }
+                Err(e) => return Err(e),
+            }
+        } else {
+            0
+        };
+        if have + got != size {
+            return Err(RemoteError::Refused(format!(
+                "{rpath} ended after {} bytes, the signed manifest says {size}",
+                have + got
+            )));
+        }
+        finish_download(f, part, dest, None).await?;
         Ok(got)
     }
 
@@ -464,6 +498,7 @@ impl Remote {
     async fn stream_file(
         &self,
         rpath: &str,
+        start: u64,
         listed: Option<u64>,
         max: u64,
         mut sink: impl FnMut(&[u8]) -> std::io::Result<()>,
@@ -485,7 +520,8 @@ impl Remote {
         // real size: the first answer, alone in flight, tells it.
         let mut chunk_len = CHUNK;
         let mut probed = false;
-        let mut next: u64 = 0;
+        let mut next: u64 = start;
+        let limit = limit.saturating_add(start);
         let mut pending = FuturesOrdered::new();
         let mut received: u64 = 0;
         let issue = |offset: u64, len: u32| {
@@ -683,6 +719,28 @@ enum EntryKind {
 
 /// How a refusal for too many bytes starts, so the caller can name the whole release.
 const OVER_BUDGET: &str = "over the byte budget";
+
+/// Syncs a complete download (with `mode`, when given) and renames it into place.
+async fn finish_download(
+    f: std::fs::File,
+    part: &Path,
+    dest: &Path,
+    mode: Option<u32>,
+) -> Result<(), RemoteError> {
+    let (p, d) = (part.to_owned(), dest.to_owned());
+    tokio::task::spawn_blocking(move || {
+        if let Some(m) = mode {
+            f.set_permissions(std::fs::Permissions::from_mode(m))?;
+        }
+        f.sync_all()?;
+        drop(f);
+        std::fs::rename(&p, &d)
+    })
+    .await
+    .map_err(|e| std::io::Error::other(e.to_string()))
+    .and_then(|r| r)
+    .map_err(local_err(dest))
+}
 
 fn local_err(p: &Path) -> impl FnOnce(std::io::Error) -> RemoteError {
     let p = p.to_owned();

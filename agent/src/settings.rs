@@ -60,6 +60,10 @@ pub struct SettingsFile {
     /// Up to this many random seconds added to each interval (default 30).
     #[arg(long, global = true)]
     pub jitter: Option<u64>,
+    /// Daemon: between polls, keep the SFTP session open and look at the published
+    /// revision every this many seconds (default 5; 0 = only poll on `interval`).
+    #[arg(long, global = true)]
+    pub watch_interval: Option<u64>,
     #[arg(long, global = true)]
     pub state_dir: Option<PathBuf>,
     #[arg(long, global = true)]
@@ -114,6 +118,52 @@ pub struct SettingsFile {
     /// Group whose members (besides root) may ask for `check-now` and `postpone-reboot`.
     #[arg(long, global = true)]
     pub socket_group: Option<String>,
+    /// Where secrets go by default (`<secrets_dir>/<NAME>`; default /run/bento/secrets).
+    #[arg(long, global = true)]
+    pub secrets_dir: Option<PathBuf>,
+    /// Private key that decrypts the host's secrets (default: `identity_file`), e.g.
+    /// /etc/ssh/ssh_host_ed25519_key.
+    #[arg(long, global = true)]
+    pub secret_identity: Option<PathBuf>,
+    /// Command that restarts a unit after its secret changed; the unit is appended
+    /// (file: a list; flag: words separated by spaces; default `systemctl restart`).
+    #[arg(skip)]
+    pub restart_command: Option<Vec<String>>,
+    #[arg(long = "restart-command", global = true)]
+    #[serde(skip)]
+    pub restart_command_flag: Option<String>,
+    /// The fleet's public signing keys (`name:base64`, as `bento check-config` prints):
+    /// manifests and closures must be signed by one of them.
+    #[arg(long = "trusted-public-key", global = true)]
+    #[serde(default)]
+    pub trusted_public_keys: Vec<String>,
+    /// How the system is obtained: "fallback" (fetch the server's closure when the
+    /// release has one, else build), "never" (never build: a release without a
+    /// closure is refused) or "always" (always build locally).
+    #[arg(long, global = true, value_parser = parse_build)]
+    pub build: Option<BuildPolicy>,
+    /// Where downloaded NARs wait for their import (default `<state_dir>/nar-cache`).
+    #[arg(long, global = true)]
+    pub nar_cache_dir: Option<PathBuf>,
+}
+
+/// The `build` setting.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum BuildPolicy {
+    #[default]
+    Fallback,
+    Never,
+    Always,
+}
+
+fn parse_build(s: &str) -> Result<BuildPolicy, String> {
+    match s {
+        "fallback" => Ok(BuildPolicy::Fallback),
+        "never" => Ok(BuildPolicy::Never),
+        "always" => Ok(BuildPolicy::Always),
+        _ => Err(format!("{s:?}: expected fallback, never or always")),
+    }
 }
 
 fn parse_mode(s: &str) -> Result<RebootMode, String> {
@@ -137,6 +187,8 @@ pub struct Config {
     pub timeout: Duration,
     pub interval: Duration,
     pub jitter: Duration,
+    /// Zero: no watching between polls.
+    pub watch_interval: Duration,
     pub state_dir: PathBuf,
     pub runtime_dir: PathBuf,
     pub system_profile: PathBuf,
@@ -151,6 +203,13 @@ pub struct Config {
     pub health_checks: Vec<Vec<String>>,
     pub health_check_timeout: Duration,
     pub socket_group: Option<String>,
+    pub secrets_dir: PathBuf,
+    /// Decrypts the secrets: `secret_identity`, else `identity_file`.
+    pub secret_identity: Option<PathBuf>,
+    pub restart_command: Vec<String>,
+    pub trusted_public_keys: Vec<bento_core::signing::PublicKey>,
+    pub build: BuildPolicy,
+    pub nar_cache_dir: PathBuf,
 }
 
 impl SettingsFile {
@@ -185,6 +244,7 @@ impl SettingsFile {
             timeout,
             interval,
             jitter,
+            watch_interval,
             state_dir,
             runtime_dir,
             system_profile,
@@ -193,12 +253,19 @@ impl SettingsFile {
             self_update,
             self_update_interval,
             health_check_timeout,
-            socket_group
+            socket_group,
+            secrets_dir,
+            secret_identity,
+            build,
+            nar_cache_dir
         );
         macro_rules! take_list {
             ($($field:ident),*) => { $( if !f.$field.is_empty() { self.$field = f.$field; } )* };
         }
-        take_list!(ssh_options, nix_args, nix_path);
+        take_list!(ssh_options, nix_args, nix_path, trusted_public_keys);
+        if let Some(c) = f.restart_command_flag {
+            self.restart_command = Some(words(&c));
+        }
         if let Some(c) = f.reboot_command_flag {
             self.reboot_command = Some(words(&c));
         }
@@ -268,6 +335,12 @@ impl SettingsFile {
         if reboot_command.is_empty() || reboot_command[0].is_empty() {
             return Err(invalid("reboot_command must not be empty".into()));
         }
+        let restart_command = self
+            .restart_command
+            .unwrap_or_else(|| vec!["systemctl".into(), "restart".into()]);
+        if restart_command.is_empty() || restart_command[0].is_empty() {
+            return Err(invalid("restart_command must not be empty".into()));
+        }
         let health_checks = self.health_checks.unwrap_or_default();
         if health_checks
             .iter()
@@ -298,20 +371,36 @@ impl SettingsFile {
                 return Err(invalid(format!("socket_group {g:?} is not a group name")));
             }
         }
+        let trusted_public_keys = self
+            .trusted_public_keys
+            .iter()
+            .map(|k| {
+                bento_core::signing::PublicKey::parse(k)
+                    .map_err(|e| invalid(format!("trusted_public_keys: {e}")))
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+        let state_dir = abs(
+            "state_dir",
+            self.state_dir.unwrap_or_else(|| DEFAULT_STATE_DIR.into()),
+        )?;
+        let nar_cache_dir = abs(
+            "nar_cache_dir",
+            self.nar_cache_dir
+                .unwrap_or_else(|| state_dir.join("nar-cache")),
+        )?;
         Ok(Config {
             server,
             port: self.port,
             user,
             host,
+            secret_identity: self.secret_identity.or_else(|| self.identity_file.clone()),
             identity_file: self.identity_file,
             ssh_options: self.ssh_options,
             timeout: secs(timeout),
             interval: secs(interval),
             jitter: secs(self.jitter.unwrap_or(30)),
-            state_dir: abs(
-                "state_dir",
-                self.state_dir.unwrap_or_else(|| DEFAULT_STATE_DIR.into()),
-            )?,
+            watch_interval: secs(self.watch_interval.unwrap_or(5)),
+            state_dir,
             runtime_dir: abs(
                 "runtime_dir",
                 self.runtime_dir
@@ -335,6 +424,15 @@ impl SettingsFile {
             health_checks,
             health_check_timeout: secs(self.health_check_timeout.unwrap_or(60)),
             socket_group: self.socket_group,
+            secrets_dir: abs(
+                "secrets_dir",
+                self.secrets_dir
+                    .unwrap_or_else(|| crate::secrets::DEFAULT_SECRETS_DIR.into()),
+            )?,
+            restart_command,
+            trusted_public_keys,
+            build: self.build.unwrap_or_default(),
+            nar_cache_dir,
         })
     }
 }

@@ -34,6 +34,9 @@ pub struct Applied {
     pub system: Option<String>,
     #[serde(with = "time::serde::rfc3339")]
     pub time: OffsetDateTime,
+    /// When the applied release's manifest was made: older ones are refused.
+    #[serde(default, with = "time::serde::rfc3339::option")]
+    pub created: Option<OffsetDateTime>,
 }
 
 /// A release that failed or rolled back: not retried until another is published.

@@ -86,6 +86,11 @@ impl BentoDir {
         })
     }
 
+    /// The fleet's signing key (secret half), `signing_key` in `bento.toml`.
+    pub fn signing_key_path(&self) -> PathBuf {
+        self.root.join(&self.settings.signing_key)
+    }
+
     pub fn hosts_dir(&self) -> PathBuf {
         self.root.join("hosts")
     }

@@ -8,6 +8,8 @@
 //!     .releases/current -> <revision>  swapped atomically
 //!     config -> .releases/current
 //!     logs/                            owned by the host's user
+//!     cache/                           the host's own signed binary cache (hard
+//!                                      links into <chroot_dir>/.nar-store)
 //! ```
 //!
 //! Adding a host needs root once ([`Chroot::ensure_host`]); publishing works as the
@@ -20,7 +22,9 @@ use std::os::unix::fs::{symlink, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::time::SystemTime;
 
+use crate::closure::{NarStore, CACHE_DIR, NAR_STORE_DIR};
 use crate::release::{Damage, Manifest, MANIFEST_FILE};
+use crate::signing::{SigningKey, SIGNATURE_FILE};
 use crate::HostName;
 
 pub const STATES_FILE: &str = "states.txt";
@@ -38,6 +42,8 @@ pub enum ChrootError {
     NoSuchUser { user: String, host: String },
     #[error("{path}: {source}")]
     Io { path: PathBuf, source: io::Error },
+    #[error("closure: {0}")]
+    Closure(String),
 }
 
 fn io_err(path: &Path) -> impl FnOnce(io::Error) -> ChrootError + '_ {
@@ -107,11 +113,104 @@ impl Published {
 #[derive(Debug, Clone)]
 pub struct Chroot {
     root: PathBuf,
+    /// Signs every manifest written (`.bento-release.sig`).
+    signer: Option<std::sync::Arc<SigningKey>>,
 }
 
 impl Chroot {
     pub fn new(root: impl Into<PathBuf>) -> Self {
-        Chroot { root: root.into() }
+        Chroot {
+            root: root.into(),
+            signer: None,
+        }
+    }
+
+    /// This chroot, signing every manifest it writes with `key`.
+    pub fn with_signer(mut self, key: std::sync::Arc<SigningKey>) -> Self {
+        self.signer = Some(key);
+        self
+    }
+
+    /// A host's own binary cache.
+    pub fn cache_dir(&self, h: &HostName) -> PathBuf {
+        self.host_dir(h).join(CACHE_DIR)
+    }
+
+    /// The binary cache shared by every host, under the chroot directory.
+    pub fn nar_store(&self) -> NarStore {
+        NarStore::new(&self.root)
+    }
+
+    /// Writes `m` into the release directory `dir`, and its signature when this
+    /// chroot signs (else removes a stale one).
+    fn write_manifest(&self, m: &Manifest, dir: &Path) -> Result<(), ChrootError> {
+        m.write_to(dir).map_err(io_err(dir))?;
+        let sig = dir.join(SIGNATURE_FILE);
+        match &self.signer {
+            Some(key) => {
+                let bytes = fs::read(dir.join(MANIFEST_FILE)).map_err(io_err(dir))?;
+                let tmp = dir.join(format!(".sig-{}", std::process::id()));
+                let mut f = fs::File::create(&tmp).map_err(io_err(&tmp))?;
+                f.write_all(key.sign_manifest(&bytes).as_bytes())
+                    .map_err(io_err(&tmp))?;
+                f.sync_all().map_err(io_err(&tmp))?;
+                fs::set_permissions(&tmp, fs::Permissions::from_mode(0o644))
+                    .map_err(io_err(&tmp))?;
+                fs::rename(&tmp, &sig).map_err(io_err(&sig))
+            }
+            None => match fs::remove_file(&sig) {
+                Err(e) if e.kind() != io::ErrorKind::NotFound => Err(io_err(&sig)(e)),
+                _ => Ok(()),
+            },
+        }
+    }
+
+    /// Whether the live release in `dir` is signed as this chroot would sign it.
+    fn signature_damage(&self, dir: &Path) -> Option<Damage> {
+        let key = self.signer.as_ref()?;
+        let bytes = fs::read(dir.join(MANIFEST_FILE)).ok()?;
+        let sig = fs::read_to_string(dir.join(SIGNATURE_FILE)).ok();
+        crate::signing::verify_manifest(&[key.public()], &bytes, sig.as_deref())
+            .err()
+            .map(|e| Damage::Manifest(e.to_string()))
+    }
+
+    /// `manifest`, created strictly after the host's current release, so an agent
+    /// that refuses older manifests takes it (a clock set back, two deploys within
+    /// the clock's resolution).
+    fn after_current(&self, h: &HostName, manifest: &Manifest) -> Manifest {
+        let mut m = manifest.clone();
+        if let Some(cur) = self.current_revision(h) {
+            if let Ok(prev) = Manifest::read_from(&self.releases_dir(h).join(cur)) {
+                if m.created <= prev.created {
+                    m.created = prev.created + time::Duration::microseconds(1);
+                }
+            }
+        }
+        m
+    }
+
+    /// Links the closure of `manifest` into the host's cache, before the release
+    /// that names it becomes current.
+    fn link_closure(&self, h: &HostName, manifest: &Manifest) -> Result<(), ChrootError> {
+        if let Some(c) = &manifest.closure {
+            self.nar_store()
+                .link_into(&self.host_dir(h), c)
+                .map_err(|e| ChrootError::Closure(e.to_string()))?;
+        }
+        Ok(())
+    }
+
+    /// Drops from the host's cache what no kept release needs, then what no host
+    /// needs from the shared store.
+    fn prune_closures(&self, h: &HostName) -> Result<(), ChrootError> {
+        let store = self.nar_store();
+        let keep = crate::closure::kept_closures(&self.releases_dir(h));
+        store
+            .prune_host(&self.host_dir(h), &keep)
+            .and_then(|_| store.collect())
+            .map(|_| ())
+            .map_err(|e| ChrootError::Closure(e.to_string()))
     }
 
     pub fn root(&self) -> &Path {
@@ -160,6 +259,9 @@ impl Chroot {
         owned_dir(&hd, owners.dirs)?;
         owned_dir(&self.releases_dir(h), owners.publisher)?;
         owned_dir(&self.logs_dir(h), owners.logs)?;
+        owned_dir(&self.cache_dir(h), owners.publisher)?;
+        owned_dir(&self.cache_dir(h).join("nar"), owners.publisher)?;
+        owned_dir(&self.root.join(NAR_STORE_DIR), owners.publisher)?;
         let owned_file = |p: &Path, (uid, gid): (u32, u32)| -> Result<(), ChrootError> {
             fs::OpenOptions::new()
                 .create(true)
@@ -262,10 +364,15 @@ impl Chroot {
                 Ok(live) if live.expected_system != manifest.expected_system => Some(
                     Damage::Manifest("names another expected system than the build".into()),
                 ),
-                Ok(_) => None,
+                Ok(live) if live.closure != manifest.closure => Some(Damage::Manifest(
+                    "names another closure than the build".into(),
+                )),
+                Ok(_) => self.signature_damage(&final_dir),
             };
             if let Some(damage) = damage {
                 self.remove_leftovers(&rel)?;
+                let manifest = &self.after_current(h, manifest);
+                self.link_closure(h, manifest)?;
                 self.replace_release(&rel, staged, manifest, &final_dir)?;
                 self.write_last_change(h, &revision)?;
                 self.prune(h, keep)?;
@@ -282,9 +389,12 @@ impl Chroot {
             {
                 self.write_last_change(h, &revision)?;
             }
+            self.link_closure(h, manifest)?;
             return Ok(Published::Unchanged { revision });
         }
         self.remove_leftovers(&rel)?;
+        let manifest = &self.after_current(h, manifest);
+        self.link_closure(h, manifest)?;
         if final_dir.exists() {
             // An older release with the same content is still kept: reuse it if intact.
             let intact = Manifest::read_from(&final_dir)
@@ -293,11 +403,10 @@ impl Chroot {
             if intact {
                 // Its manifest records when it was first made; refresh it so pruning
                 // keeps it and the agent sees the new expected system.
-                manifest
+                let stamped = manifest
                     .stamped(&final_dir)
-                    .map_err(|e| io_err(&final_dir)(io::Error::other(e.to_string())))?
-                    .write_to(&final_dir)
-                    .map_err(io_err(&final_dir))?;
+                    .map_err(|e| io_err(&final_dir)(io::Error::other(e.to_string())))?;
+                self.write_manifest(&stamped, &final_dir)?;
             } else {
                 fs::remove_dir_all(&final_dir).map_err(io_err(&final_dir))?;
             }
@@ -331,11 +440,10 @@ impl Chroot {
     ) -> Result<PathBuf, ChrootError> {
         let tmp = rel.join(format!(".tmp-{}-{}", manifest.revision, std::process::id()));
         copy_tree(staged, &tmp).map_err(io_err(&tmp))?;
-        manifest
+        let stamped = manifest
             .stamped(&tmp)
-            .map_err(|e| io_err(&tmp)(io::Error::other(e.to_string())))?
-            .write_to(&tmp)
-            .map_err(io_err(&tmp))?;
+            .map_err(|e| io_err(&tmp)(io::Error::other(e.to_string())))?;
+        self.write_manifest(&stamped, &tmp)?;
         sync_dir(&tmp);
         Ok(tmp)
     }
@@ -435,7 +543,7 @@ impl Chroot {
                 fs::remove_dir_all(&path).map_err(io_err(&path))?;
             }
         }
-        Ok(())
+        self.prune_closures(h)
     }
 
     /// Reads `states.txt`: host → expected system basename.

@@ -167,6 +167,12 @@ pub struct SftpSettings {
     /// Open files and directories of one host at once, over all its connections.
     #[serde(default = "default_max_handles_per_host")]
     pub max_handles_per_host: usize,
+    /// Reports (log and sidecar) kept per host: past this many, the oldest are
+    /// removed when a new one arrives, so a host never fills its `logs/` caps.
+    /// The newest report and every one since the current publication are kept.
+    /// At most half of `max_log_files` (a report is a log and a sidecar).
+    #[serde(default = "default_keep_reports")]
+    pub keep_reports: usize,
 }
 
 impl SftpSettings {
@@ -197,6 +203,7 @@ impl SftpSettings {
                 self.max_channels_per_connection as u64,
             ),
             ("max_handles_per_host", self.max_handles_per_host as u64),
+            ("keep_reports", self.keep_reports as u64),
         ] {
             if v == 0 {
                 out.push(format!("sftp.{name} must be at least 1"));
@@ -212,6 +219,9 @@ impl SftpSettings {
     }
 }
 
+fn default_keep_reports() -> usize {
+    200
+}
 fn default_sftp_listen() -> String {
     "0.0.0.0:2222".into()
 }
@@ -269,8 +279,19 @@ impl Default for SftpSettings {
             max_auth_failures_per_minute: default_max_auth_failures_per_minute(),
             max_channels_per_connection: default_max_channels_per_connection(),
             max_handles_per_host: default_max_handles_per_host(),
+            keep_reports: default_keep_reports(),
         }
     }
+}
+
+/// `[secrets]` (see `secrets`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub struct SecretsSettings {
+    /// Admin recipients (`age1…` or `ssh-ed25519 …` lines), so admins can decrypt
+    /// (and `bento secret rekey`) every secret.
+    #[serde(default)]
+    pub recipients: Vec<String>,
 }
 
 /// `bento.toml`.
@@ -320,6 +341,24 @@ pub struct Settings {
     pub sftp: Option<SftpSettings>,
     #[serde(default)]
     pub hosts: BTreeMap<HostName, HostSettings>,
+    /// `[secrets]`: admin recipients every secret is also encrypted to.
+    #[serde(default)]
+    pub secrets: SecretsSettings,
+    /// The fleet's Nix signing key (secret half; the public half beside it as
+    /// `<name>.pub`), relative to the bento directory. Made on first use.
+    #[serde(default = "default_signing_key")]
+    pub signing_key: PathBuf,
+    /// Export every built system's closure into its host's chroot as a signed
+    /// binary cache, so agents fetch it instead of building.
+    #[serde(default = "default_true")]
+    pub export_closures: bool,
+    /// `[rollout]`: waves and their gates (see `rollout`); without it, one wave.
+    #[serde(default)]
+    pub rollout: crate::rollout::RolloutSettings,
+}
+
+fn default_signing_key() -> PathBuf {
+    PathBuf::from(crate::signing::DEFAULT_SECRET_FILE)
 }
 
 fn default_remote() -> String {
@@ -366,6 +405,10 @@ impl Settings {
             web: WebSettings::default(),
             sftp: None,
             hosts: BTreeMap::new(),
+            secrets: SecretsSettings::default(),
+            signing_key: default_signing_key(),
+            export_closures: true,
+            rollout: Default::default(),
         }
     }
 
@@ -398,6 +441,9 @@ impl Settings {
         if self.build_jobs == 0 {
             return invalid("build_jobs must be at least 1".into());
         }
+        if self.rollout.wave_timeout == Some(0) {
+            return invalid("rollout.wave_timeout must be at least 1 second".into());
+        }
         if let Some(p) = self
             .sftp
             .as_ref()
@@ -425,6 +471,11 @@ impl Settings {
                         ))
                     }
                 }
+            }
+        }
+        for (i, r) in self.secrets.recipients.iter().enumerate() {
+            if let Err(e) = crate::secrets::parse_recipient(r) {
+                return invalid(format!("secrets.recipients[{i}]: {e}"));
             }
         }
         let mut seen_keys: BTreeMap<&str, &HostName> = BTreeMap::new();

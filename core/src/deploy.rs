@@ -367,7 +367,8 @@ pub fn run_verifying(
     built.sort_by_key(|o| jobs.iter().position(|j| j.host == o.host));
 
     if opts.publish {
-        publish_all(bento, &jobs, &mut built, verify, on_event);
+        let export = mode == BuildMode::Build && settings.export_closures;
+        publish_all(bento, &jobs, &mut built, verify, export, on_event);
     }
     outcomes.extend(built);
     record(&mut state, &outcomes, mode);
@@ -514,10 +515,47 @@ fn publish_all(
     jobs: &[Job],
     built: &mut [HostOutcome],
     verify: bool,
+    export: bool,
     on_event: &(dyn Fn(Event) + Sync),
 ) {
     let settings = &bento.settings;
-    let chroot = Chroot::new(&settings.chroot_dir);
+    let mut chroot = Chroot::new(&settings.chroot_dir);
+    // The fleet key signs every manifest and every exported closure; made on first
+    // use. Without it nothing is published: agents that pin the key would refuse.
+    let key = if built.iter().any(|o| o.ok()) {
+        match crate::signing::ensure_key(
+            &bento.signing_key_path(),
+            &crate::signing::default_key_name(),
+        ) {
+            Ok((key, origin)) => {
+                if origin == crate::signing::KeyOrigin::Created {
+                    on_event(Event::Warning {
+                        message: format!(
+                            "made the fleet's signing key {} (public key {}): pin it on the agents (trusted_public_keys)",
+                            bento.signing_key_path().display(),
+                            key.public()
+                        ),
+                    });
+                }
+                let key = std::sync::Arc::new(key);
+                chroot = chroot.with_signer(key.clone());
+                Some(key)
+            }
+            Err(e) => {
+                let msg = format!("signing key: {e}");
+                for o in built.iter_mut().filter(|o| o.ok()) {
+                    on_event(Event::Failed {
+                        host: o.host.clone(),
+                        error: msg.clone(),
+                    });
+                    o.error = Some(msg.clone());
+                }
+                return;
+            }
+        }
+    } else {
+        None
+    };
     let root = chroot::is_root();
     let publisher = settings
         .publish_user
@@ -565,21 +603,51 @@ fn publish_all(
                     )
                     .map_err(|e| e.to_string())?;
             }
-            let listing = TreeListing::read(&job.staged).map_err(|e| e.to_string())?;
+            // Each host's own secrets, in its release only.
+            let with_secrets = crate::secrets::release_tree(
+                &bento.root,
+                &host,
+                &job.staged,
+                settings.sftp.is_some(),
+            )
+            .map_err(|e| e.to_string())?;
+            let tree = with_secrets.as_deref().unwrap_or(&job.staged);
+            let listing = TreeListing::read(tree).map_err(|e| e.to_string())?;
             let expected = match job.kind {
                 HostKind::Flake => o.system.as_ref().map(|p| p.display().to_string()),
                 HostKind::NonFlake => None,
             };
-            let manifest =
+            let mut manifest =
                 Manifest::for_tree(&listing, host.as_str(), OffsetDateTime::now_utc(), expected);
+            if let (true, Some(key), HostKind::Flake, Some(system)) =
+                (export, &key, job.kind, o.system.as_deref())
+            {
+                let started = Instant::now();
+                // Root exports for the publisher, who links and prunes later.
+                let owner = match (&publisher, root) {
+                    (Some(Ok(ids)), true) => Some(*ids),
+                    _ => None,
+                };
+                let ex = chroot
+                    .nar_store()
+                    .export(system, key, &[], owner)
+                    .map_err(|e| {
+                        format!("cannot export the closure of {}: {e}", system.display())
+                    })?;
+                on_event(Event::Line {
+                    host: o.host.clone(),
+                    line: format!(
+                        "closure: {} paths, {} new in the cache, {} bytes compressed ({:.1} s)",
+                        ex.closure.paths.len(),
+                        ex.new_paths,
+                        ex.closure.file_bytes(),
+                        started.elapsed().as_secs_f64()
+                    ),
+                });
+                manifest.closure = Some(ex.closure);
+            }
             chroot
-                .publish_checked(
-                    &host,
-                    &job.staged,
-                    &manifest,
-                    settings.keep_releases,
-                    verify,
-                )
+                .publish_checked(&host, tree, &manifest, settings.keep_releases, verify)
                 .map_err(|e| e.to_string())
         })();
         match result {

@@ -16,7 +16,12 @@ pub const MANIFEST_FILE: &str = ".bento-release.json";
 
 /// Names never copied into a release: build results and VCS metadata. `result` is
 /// what `nixos-rebuild build` leaves behind, a symlink into the store.
-const SKIPPED_NAMES: &[&str] = &[".git", "result", MANIFEST_FILE];
+const SKIPPED_NAMES: &[&str] = &[
+    ".git",
+    "result",
+    MANIFEST_FILE,
+    crate::signing::SIGNATURE_FILE,
+];
 
 #[derive(Debug, thiserror::Error)]
 pub enum ReleaseError {
@@ -38,6 +43,8 @@ pub enum ReleaseError {
     NonUtf8 { path: PathBuf },
     #[error("{path}: {source}")]
     Io { path: PathBuf, source: io::Error },
+    #[error(transparent)]
+    Limit(#[from] crate::limits::LimitError),
 }
 
 fn io_err(path: &Path) -> impl FnOnce(io::Error) -> ReleaseError + '_ {
@@ -55,7 +62,10 @@ pub fn stage_tree(src: &Path, dst: &Path, root: &Path) -> Result<(), ReleaseErro
     let canon_src = fs::canonicalize(src).map_err(io_err(src))?;
     let mut ancestors = vec![canon_src.clone()];
     fs::create_dir(dst).map_err(io_err(dst))?;
-    copy_dir(src, dst, &root, &mut ancestors)
+    // The agent's bounds are checked while copying: a tree it would refuse is
+    // never published, nor copied whole first.
+    let mut budget = crate::limits::TreeBudget::new();
+    copy_dir(src, dst, &root, &mut ancestors, &mut budget, "")
 }
 
 fn copy_dir(
@@ -63,6 +73,8 @@ fn copy_dir(
     dst: &Path,
     root: &Path,
     ancestors: &mut Vec<PathBuf>,
+    budget: &mut crate::limits::TreeBudget,
+    prefix: &str,
 ) -> Result<(), ReleaseError> {
     let mut entries: Vec<_> = fs::read_dir(src)
         .map_err(io_err(src))?
@@ -103,6 +115,12 @@ fn copy_dir(
         };
         let md = fs::metadata(&real).map_err(io_err(&path))?;
         let out = dst.join(&name);
+        let rel = if prefix.is_empty() {
+            name_str.to_owned()
+        } else {
+            format!("{prefix}/{name_str}")
+        };
+        budget.entry(&rel, md.is_dir(), if md.is_file() { md.len() } else { 0 })?;
         if md.is_dir() {
             let canon = fs::canonicalize(&real).map_err(io_err(&path))?;
             if ancestors.contains(&canon) {
@@ -110,7 +128,7 @@ fn copy_dir(
             }
             fs::create_dir(&out).map_err(io_err(&out))?;
             ancestors.push(canon);
-            copy_dir(&real, &out, root, ancestors)?;
+            copy_dir(&real, &out, root, ancestors, budget, &rel)?;
             ancestors.pop();
         } else if md.is_file() {
             fs::copy(&real, &out).map_err(io_err(&out))?;
@@ -156,6 +174,10 @@ pub struct Manifest {
     /// agents ignore it.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub stamps: BTreeMap<String, Stamp>,
+    /// The system's closure, exported as the host's own signed binary cache: the
+    /// agent fetches it instead of building (see `closure`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub closure: Option<crate::closure::Closure>,
 }
 
 /// A published file's modification and change times, in nanoseconds. The change
@@ -246,7 +268,7 @@ fn walk(
         } else {
             format!("{prefix}/{name}")
         };
-        if rel == MANIFEST_FILE {
+        if rel == MANIFEST_FILE || rel == crate::signing::SIGNATURE_FILE {
             continue;
         }
         let path = ent.path();
@@ -349,6 +371,7 @@ impl Manifest {
             files: listing.files.clone(),
             dirs: listing.dirs.clone(),
             stamps: BTreeMap::new(),
+            closure: None,
         }
     }
 
@@ -405,7 +428,9 @@ impl Manifest {
             // Publication writes exactly these modes; the agent (another user)
             // must be able to read every file.
             let mode = md.permissions().mode() & 0o7777;
-            if mode != if want.executable { 0o755 } else { 0o644 } {
+            if mode != if want.executable { 0o755 } else { 0o644 }
+                && !crate::secrets::published_mode_ok(p, mode)
+            {
                 return Err(Damage::Mode(p.clone()));
             }
             let moved = !m.stamps.is_empty() && m.stamps.get(p) != stamps.get(p);
@@ -421,8 +446,11 @@ impl Manifest {
 
     pub fn write_to(&self, dir: &Path) -> io::Result<()> {
         let path = dir.join(MANIFEST_FILE);
+        let bytes = serde_json::to_vec_pretty(self).expect("manifest serializes");
+        crate::limits::check_manifest(bytes.len())
+            .map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e))?;
         let mut f = fs::File::create(&path)?;
-        f.write_all(&serde_json::to_vec_pretty(self).expect("manifest serializes"))?;
+        f.write_all(&bytes)?;
         f.sync_all()
     }
 

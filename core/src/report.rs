@@ -185,6 +185,60 @@ pub struct ReportMeta {
     /// Number of store paths that changed, when the agent computed it.
     #[serde(default)]
     pub changed_packages: Option<u32>,
+    /// How the system was obtained: the server's closure fetched, or built here.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub obtained: Option<Obtained>,
+    /// Whether the running system is exactly the one the server built (`None` when
+    /// the release names none).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub exact: Option<bool>,
+}
+
+/// How an agent got the system it activated.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "kebab-case")]
+pub enum Obtained {
+    /// The server's closure, from the host's cache: `paths` store paths were
+    /// missing and fetched (`bytes` on the wire, in `millis` with the import).
+    Fetched { paths: u64, bytes: u64, millis: u64 },
+    /// Evaluated and built on the host.
+    Built { millis: u64 },
+}
+
+impl Obtained {
+    /// One line for tables and logs: "fetched 3 paths (1.2 MiB, 0.4 s)", "built here (12 s)".
+    pub fn summary(&self) -> String {
+        match self {
+            Obtained::Fetched {
+                paths,
+                bytes,
+                millis,
+            } => format!(
+                "fetched {paths} path{} ({}, {:.1} s)",
+                if *paths == 1 { "" } else { "s" },
+                human_bytes(*bytes),
+                *millis as f64 / 1000.0
+            ),
+            Obtained::Built { millis } => {
+                format!("built on the host ({:.1} s)", *millis as f64 / 1000.0)
+            }
+        }
+    }
+}
+
+/// Bytes for people: 512 B, 1.5 KiB, 3.2 MiB, 1.1 GiB.
+pub fn human_bytes(b: u64) -> String {
+    const UNITS: [&str; 4] = ["KiB", "MiB", "GiB", "TiB"];
+    if b < 1024 {
+        return format!("{b} B");
+    }
+    let mut v = b as f64 / 1024.0;
+    let mut u = 0;
+    while v >= 1024.0 && u < UNITS.len() - 1 {
+        v /= 1024.0;
+        u += 1;
+    }
+    format!("{v:.1} {}", UNITS[u])
 }
 
 impl ReportMeta {

@@ -123,6 +123,12 @@ pub struct LastReport {
     pub error: Option<String>,
     /// Whether a sidecar came with it (false for the original shell clients).
     pub has_sidecar: bool,
+    /// How the host got the system: the server's closure fetched, or built there.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub obtained: Option<report::Obtained>,
+    /// Whether the host runs exactly the system the server built.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub exact: Option<bool>,
 }
 
 /// One host's status, as `bento status --json` and `/api/v1/hosts` print it.
@@ -499,6 +505,8 @@ pub fn host_status(
             system: c.name.system.clone(),
             error: meta.as_ref().and_then(|m| m.error.clone()),
             has_sidecar: meta.is_some(),
+            obtained: meta.as_ref().and_then(|m| m.obtained.clone()),
+            exact: meta.as_ref().and_then(|m| m.exact),
             file: c.file,
         }),
         reports_since_publication: since_publication,

@@ -73,6 +73,8 @@ impl<'a> Report<'a> {
                 agent_version: "test".into(),
                 error: self.error.map(str::to_owned),
                 changed_packages: None,
+                obtained: None,
+                exact: None,
             };
             fs::write(
                 logs_dir.join(name.sidecar_file_name()),

@@ -69,6 +69,8 @@ let
     else default;
   version = setting "system-version" "1";
   kernelVersion = setting "kernel-version" "6.1.0";
+  # Bytes of incompressible data in a package of its own (0: none), for downloads.
+  payloadSize = setting "payload-size" "0";
   # Builders get no PATH without a sandbox's stdenv.
   PATH = "/usr/bin:/bin";
   marker = "${markerDir}/${hostName}.switch";
@@ -84,6 +86,13 @@ let
       echo "toy initrd $kernelVersion" > "$out/initrd"
       echo "$kernelVersion" > "$out/lib/modules/$kernelVersion/modules.dep"
     '' ];
+  };
+
+  payload = derivation {
+    name = "toy-payload-${hostName}-${payloadSize}";
+    inherit system payloadSize PATH;
+    builder = "/bin/sh";
+    args = [ "-c" "head -c $payloadSize /dev/urandom > $out" ];
   };
 
   switchScript = ''
@@ -120,6 +129,7 @@ derivation {
     echo "$version" > "$out/nixos-version"
     echo "$system" > "$out/system"
     echo "loglevel=4" > "$out/kernel-params"
+    ${if payloadSize == "0" then "" else "ln -s ${payload} $out/payload"}
   '' ];
 }
 "#;
@@ -347,6 +357,15 @@ in
 }}
 "#,
             markers = nix_str(&self.markers_dir().to_string_lossy()),
+        )
+    }
+
+    /// Gives every system of a host directory a package of `bytes` random bytes
+    /// (0: none): a large, incompressible NAR to download.
+    pub fn set_payload(&self, dir: &str, bytes: u64) -> Result<()> {
+        write(
+            &self.host_dir(dir).join("payload-size"),
+            &format!("{bytes}\n"),
         )
     }
 

@@ -160,6 +160,14 @@ fn deploy_verify_hashes_a_release_without_stamps() -> Result<()> {
     );
     m.stamps.clear();
     m.write_to(&dir)?;
+    // Signed as such a release was by the fleet key (an edited manifest is damage).
+    let key = bento_core::signing::SigningKey::read(
+        &f.bento_dir().join(bento_core::signing::DEFAULT_SECRET_FILE),
+    )?;
+    fs::write(
+        dir.join(bento_core::signing::SIGNATURE_FILE),
+        key.sign_manifest(&fs::read(dir.join(bento_core::release::MANIFEST_FILE))?),
+    )?;
     fs::write(dir.join("motd.txt"), "HELLO, WORLD\n")?;
 
     let out = f.ok(&["deploy"])?;

@@ -77,5 +77,7 @@ pub fn report_meta(
         agent_version: "bench".into(),
         error: None,
         changed_packages: None,
+        obtained: None,
+        exact: None,
     }
 }

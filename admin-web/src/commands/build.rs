@@ -115,7 +115,7 @@ impl Progress {
     }
 }
 
-fn run_with_progress(
+pub(crate) fn run_with_progress(
     bento: &BentoDir,
     opts: &RunOptions,
     verify: bool,
@@ -206,7 +206,7 @@ fn secs(d: Duration) -> String {
 
 /// Prints the result on stdout (progress went to stderr): a line per host, the
 /// counts, then each failure's whole message. Returns how many failed.
-fn summarize(outcomes: &[HostOutcome], deploying: bool, dry: bool) -> usize {
+pub(crate) fn summarize(outcomes: &[HostOutcome], deploying: bool, dry: bool) -> usize {
     let mut out = std::io::stdout().lock();
     let _ = write!(out, "{}", summary_text(outcomes, deploying, dry));
     let _ = out.flush();

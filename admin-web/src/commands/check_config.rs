@@ -19,6 +19,11 @@ pub fn run(b: &BentoDir, chroot: bool) -> anyhow::Result<ExitCode> {
         eprintln!("warning: {w}");
     }
     errors.extend(findings.errors);
+    errors.extend(
+        b.settings
+            .rollout
+            .problems(&crate::commands::rollout::tagged_hosts(b)),
+    );
     if !errors.is_empty() {
         for e in &errors {
             eprintln!("error: {e}");
@@ -37,9 +42,36 @@ pub fn run(b: &BentoDir, chroot: bool) -> anyhow::Result<ExitCode> {
         findings.hosts,
         if b.legacy { "config.sh" } else { "bento.toml" }
     );
+    let key = b.signing_key_path();
+    if key.exists() {
+        match bento_core::signing::SigningKey::read(&key) {
+            Ok(k) => println!(
+                "signing key: {} (agents pin it: trusted_public_keys)",
+                k.public()
+            ),
+            Err(e) => anyhow::bail!("signing key: {e}"),
+        }
+    } else {
+        println!(
+            "signing key: none yet ({} is made by `bento init` or the first deploy)",
+            key.display()
+        );
+    }
     if chroot {
         return check_releases(&Chroot::new(&b.settings.chroot_dir));
     }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// `bento signing-key`: the public key, the pair made first when missing.
+pub fn signing_key(b: &BentoDir) -> anyhow::Result<ExitCode> {
+    let path = b.signing_key_path();
+    let (key, origin) =
+        bento_core::signing::ensure_key(&path, &bento_core::signing::default_key_name())?;
+    if origin == bento_core::signing::KeyOrigin::Created {
+        eprintln!("made the signing key {}", path.display());
+    }
+    println!("{}", key.public());
     Ok(ExitCode::SUCCESS)
 }
 

@@ -53,6 +53,7 @@ const GITIGNORE: &str = r#"# Written by bento on the server: state, locks, the p
 /.bento.lock
 /bento.sqlite*
 /sftp_host_ed25519_key*
+/signing-key.sec
 "#;
 
 pub fn run(path: &Path) -> anyhow::Result<ExitCode> {
@@ -78,9 +79,22 @@ pub fn run(path: &Path) -> anyhow::Result<ExitCode> {
     if !link.exists() {
         symlink("../../utils", &link)?;
     }
+    let key = path.join(bento_core::signing::DEFAULT_SECRET_FILE);
+    let public =
+        match bento_core::signing::ensure_key(&key, &bento_core::signing::default_key_name()) {
+            Ok((k, _)) => Some(k.public()),
+            // Made at the first deploy instead: init works without nix.
+            Err(e) => {
+                eprintln!("warning: no signing key yet ({e}); the first `bento deploy` makes it");
+                None
+            }
+        };
     println!(
         "Created a bento directory in {}: edit bento.toml, then add hosts under hosts/.",
         path.display()
     );
+    if let Some(p) = public {
+        println!("Fleet signing key: {p} (pin it on the agents: trusted_public_keys)");
+    }
     Ok(ExitCode::SUCCESS)
 }

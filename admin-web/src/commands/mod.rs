@@ -5,6 +5,8 @@ pub mod check_config;
 pub mod diff;
 pub mod flake_update;
 pub mod init;
+pub mod rollout;
+pub mod secret;
 pub mod serve;
 pub mod sftp;
 pub mod status;
@@ -29,7 +31,19 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             yes,
             profile,
         } => build::build(&open(dir)?, action, &filter, yes, &profile),
-        Command::Deploy { filter, verify } => build::deploy(&open(dir)?, &filter, verify),
+        Command::Deploy {
+            filter,
+            verify,
+            wait,
+            timeout,
+        } => {
+            let b = open(dir)?;
+            if rollout::wanted(&b, wait) {
+                rollout::deploy_wait(&b, &filter, verify, timeout)
+            } else {
+                build::deploy(&b, &filter, verify)
+            }
+        }
         Command::Status { json, once, filter } => status::run(&open(dir)?, json, once, &filter),
         Command::Diff { filter } => diff::run(&open(dir)?, &filter),
         Command::FlakeUpdate { input } => flake_update::run(&open(dir)?, input.as_deref()),
@@ -37,7 +51,9 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Sftp(args) => sftp::run(dir, args),
         Command::User { action } => user::run(dir, action),
         Command::Token { action } => token::run(dir, action),
+        Command::Secret { action } => secret::run(&open(dir)?, action),
         Command::CheckConfig { chroot } => check_config::run(&open(dir)?, chroot),
+        Command::SigningKey => check_config::signing_key(&open(dir)?),
     }
 }
 

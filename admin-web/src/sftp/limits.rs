@@ -103,6 +103,10 @@ pub fn is_exhaustion(e: &io::Error) -> bool {
 #[derive(Default)]
 struct Counts {
     unauthenticated: usize,
+    /// Those of addresses a host logged in from lately (their own budget).
+    unauthenticated_known: usize,
+    /// Addresses a host logged in from, and when it last did.
+    known: HashMap<IpAddr, Instant>,
     by_source: HashMap<IpAddr, usize>,
     authenticated: usize,
 }
@@ -122,6 +126,9 @@ pub enum Refusal {
     Full,
     /// `max_unauthenticated` connections are logging in.
     TooManyUnauthenticated,
+    /// Over half of `max_unauthenticated` are logging in: dropped at random,
+    /// more often the fuller it gets.
+    EarlyDrop,
     /// `max_unauthenticated_per_source` connections of this address are.
     TooManyFromSource,
     /// The address failed to log in too often this minute.
@@ -136,6 +143,9 @@ impl Refusal {
             Refusal::Full => "the hosts' connections are all taken (max_connections)",
             Refusal::TooManyUnauthenticated => {
                 "too many connections are logging in (max_unauthenticated)"
+            }
+            Refusal::EarlyDrop => {
+                "many connections are logging in: dropped at random (over half of max_unauthenticated)"
             }
             Refusal::TooManyFromSource => {
                 "too many connections of this address are logging in (max_unauthenticated_per_source)"
@@ -153,7 +163,12 @@ pub struct Ticket {
     admission: Arc<Admission>,
     source: IpAddr,
     authenticated: bool,
+    /// Counted in the budget of known addresses.
+    known: bool,
 }
+
+/// How long an address a host logged in from keeps its own budget.
+const KNOWN_FOR: Duration = Duration::from_secs(3600);
 
 impl Admission {
     pub fn new(
@@ -179,26 +194,65 @@ impl Admission {
         if c.authenticated >= self.max_connections {
             return Err(Refusal::Full);
         }
-        if c.unauthenticated >= self.max_unauthenticated {
-            return Err(Refusal::TooManyUnauthenticated);
-        }
-        let n = c.by_source.entry(source).or_insert(0);
-        if *n >= self.max_per_source {
+        if c.by_source.get(&source).copied().unwrap_or(0) >= self.max_per_source {
             return Err(Refusal::TooManyFromSource);
         }
-        *n += 1;
-        c.unauthenticated += 1;
+        // An address a host logged in from lately has a budget of its own: a
+        // flood from other addresses cannot lock the fleet's hosts out.
+        let known = c
+            .known
+            .get(&source)
+            .is_some_and(|t| t.elapsed() < KNOWN_FOR);
+        if known {
+            if c.unauthenticated_known >= self.max_unauthenticated {
+                return Err(Refusal::TooManyUnauthenticated);
+            }
+            c.unauthenticated_known += 1;
+        } else {
+            if c.unauthenticated >= self.max_unauthenticated {
+                return Err(Refusal::TooManyUnauthenticated);
+            }
+            if early_drop(
+                c.unauthenticated,
+                self.max_unauthenticated,
+                rand::random::<f64>(),
+            ) {
+                return Err(Refusal::EarlyDrop);
+            }
+            c.unauthenticated += 1;
+        }
+        *c.by_source.entry(source).or_insert(0) += 1;
         Ok(Ticket {
             admission: self.clone(),
             source,
             authenticated: false,
+            known,
         })
     }
 }
 
+/// Random early drop, as OpenSSH's `MaxStartups start:rate:full` with start at
+/// half the budget: from there a new connection is dropped with a probability
+/// rising linearly to 1 at `full`. A flood from many addresses then keeps the
+/// budget short of full, so an honest host's connection still finds a place
+/// most of the time, and it retries while the flood's connections time out.
+/// `roll` is uniform in [0, 1).
+fn early_drop(unauthenticated: usize, full: usize, roll: f64) -> bool {
+    let start = full / 2;
+    if start == 0 || unauthenticated < start {
+        return false;
+    }
+    let p = (unauthenticated - start + 1) as f64 / (full - start + 1) as f64;
+    roll < p
+}
+
 impl Ticket {
     fn leave_unauthenticated(&self, c: &mut Counts) {
-        c.unauthenticated -= 1;
+        if self.known {
+            c.unauthenticated_known -= 1;
+        } else {
+            c.unauthenticated -= 1;
+        }
         if let Some(n) = c.by_source.get_mut(&self.source) {
             *n -= 1;
             if *n == 0 {
@@ -220,6 +274,15 @@ impl Ticket {
         self.leave_unauthenticated(&mut c);
         c.authenticated += 1;
         self.authenticated = true;
+        let now = Instant::now();
+        // Bounded by the hosts' own logins; stale addresses go first.
+        let cap = 4 * admission.max_connections.max(256);
+        if c.known.len() >= cap {
+            c.known.retain(|_, t| now.duration_since(*t) < KNOWN_FOR);
+        }
+        if c.known.len() < cap || c.known.contains_key(&self.source) {
+            c.known.insert(self.source, now);
+        }
         true
     }
 }
@@ -445,5 +508,23 @@ impl Throttled {
                 log(0);
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::early_drop;
+
+    #[test]
+    fn early_drop_rises_from_half_to_full() {
+        assert!(!early_drop(0, 100, 0.0));
+        assert!(!early_drop(49, 100, 0.0));
+        assert!(early_drop(50, 100, 0.0));
+        assert!(!early_drop(50, 100, 0.1));
+        assert!(early_drop(75, 100, 0.4));
+        assert!(!early_drop(75, 100, 0.6));
+        assert!(early_drop(99, 100, 0.97));
+        // A budget of one never drops early.
+        assert!(!early_drop(0, 1, 0.0));
     }
 }

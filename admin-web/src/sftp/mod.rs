@@ -11,6 +11,7 @@
 
 mod health;
 mod limits;
+mod rotate;
 mod session;
 
 use std::collections::HashMap;
@@ -192,6 +193,7 @@ pub struct Shared {
     max_per_host: usize,
     max_channels: usize,
     max_handles_per_host: usize,
+    keep_reports: usize,
     login_grace: Duration,
     fds: Arc<FdBudget>,
     admission: Arc<Admission>,
@@ -231,6 +233,10 @@ impl Shared {
             max_per_host: sftp.max_connections_per_host,
             max_channels: sftp.max_channels_per_connection,
             max_handles_per_host: sftp.max_handles_per_host,
+            // A report is two files, beside heartbeat.json.
+            keep_reports: sftp
+                .keep_reports
+                .min((sftp.max_log_files.saturating_sub(1) / 2).max(1)),
             login_grace: Duration::from_secs(sftp.login_grace_secs),
             fds,
             admission: Admission::new(
@@ -588,6 +594,7 @@ impl russh::server::Handler for Connection {
             session::Bounds {
                 host: hs,
                 max_handles_per_host: self.shared.max_handles_per_host,
+                keep_reports: self.shared.keep_reports,
                 fds: self.shared.fds.clone(),
                 _place: place,
             },
@@ -687,9 +694,37 @@ fn admit(shared: &Arc<Shared>, peer: SocketAddr) -> Result<(Ticket, FdPermit), l
     Ok((ticket, fds))
 }
 
-/// One connection from accept to close, cut when it has not logged in within
-/// the login grace or when the server stops.
+/// Gives the memory freed by a connection that ended back to the system: glibc
+/// keeps freed heap in its arenas, so a client that made the server allocate a
+/// lot would otherwise leave the process that large after it left.
+#[allow(unsafe_code)]
+fn return_freed_memory() {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    // SAFETY: malloc_trim only walks and trims the allocator's own free lists.
+    unsafe {
+        libc::malloc_trim(0);
+    }
+}
+
+/// One connection from accept to close, then the memory it freed returned.
 async fn connection(
+    shared: Arc<Shared>,
+    config: Arc<russh::server::Config>,
+    socket: tokio::net::TcpStream,
+    peer: SocketAddr,
+    ticket: Ticket,
+    fds: FdPermit,
+    stop: tokio::sync::watch::Receiver<bool>,
+) {
+    let authenticated = serve_connection(shared, config, socket, peer, ticket, fds, stop).await;
+    if authenticated {
+        return_freed_memory();
+    }
+}
+
+/// One connection from accept to close, cut when it has not logged in within
+/// the login grace or when the server stops; whether it logged in.
+async fn serve_connection(
     shared: Arc<Shared>,
     config: Arc<russh::server::Config>,
     socket: tokio::net::TcpStream,
@@ -697,7 +732,7 @@ async fn connection(
     ticket: Ticket,
     _fds: FdPermit,
     mut stop: tokio::sync::watch::Receiver<bool>,
-) {
+) -> bool {
     let _ = socket.set_nodelay(true);
     let deadline = tokio::time::Instant::now() + shared.login_grace;
     let switch = Arc::new(KillSwitch::default());
@@ -726,14 +761,14 @@ async fn connection(
             Ok(Ok(s)) => s,
             Ok(Err(e)) => {
                 debug!(target: "bento::sftp", peer = %peer, "connection setup failed: {e}");
-                return;
+                return authenticated.load(Ordering::Acquire);
             }
             Err(_) => {
                 grace_over("no SSH handshake");
-                return;
+                return authenticated.load(Ordering::Acquire);
             }
         },
-        _ = stop.changed() => return,
+        _ = stop.changed() => return false,
     };
     let handle = session.handle();
     tokio::pin!(session);
@@ -746,7 +781,7 @@ async fn connection(
                 if let Err(e) = r {
                     debug!(target: "bento::sftp", peer = %peer, "session ended: {e}");
                 }
-                return;
+                return authenticated.load(Ordering::Acquire);
             }
             () = &mut grace, if !graced => {
                 graced = true;
@@ -761,7 +796,7 @@ async fn connection(
                     handle.disconnect(russh::Disconnect::ByApplication, "server stopping".into(), String::new()),
                 ).await;
                 switch.kill();
-                return;
+                return authenticated.load(Ordering::Acquire);
             }
         }
     }

@@ -38,6 +38,8 @@ pub struct Bounds {
     pub host: Arc<HostShared>,
     pub max_handles_per_host: usize,
     pub fds: Arc<FdBudget>,
+    /// `[sftp] keep_reports`.
+    pub keep_reports: usize,
     pub _place: SessionPlace,
 }
 
@@ -238,6 +240,21 @@ impl SftpSession {
         name
     }
 
+    /// After a report landed at `p`: the oldest past `keep_reports` go.
+    fn rotate_after(&self, p: &VPath) {
+        if !p.log_name().is_some_and(super::rotate::is_report_file) {
+            return;
+        }
+        let removed = super::rotate::rotate(&self.jail, self.bounds.keep_reports);
+        if !removed.is_empty() {
+            debug!(
+                target: "bento::sftp", host = %self.host,
+                "rotated {} old reports away (keep_reports = {}), oldest {}",
+                removed.len(), self.bounds.keep_reports, removed[0]
+            );
+        }
+    }
+
     fn bad_handle() -> StatusReply {
         StatusCode::Failure.with_message("invalid handle")
     }
@@ -254,6 +271,7 @@ impl SftpSession {
         self.jail
             .rename_log(&a, &b, replace)
             .map_err(|e| self.fail("rename", &format!("{a} -> {b}"), e))?;
+        self.rotate_after(&b);
         Ok(ok(id))
     }
 }
@@ -316,6 +334,15 @@ impl russh_sftp::server::Handler for SftpSession {
 
     async fn close(&mut self, id: u32, handle: String) -> Result<Status, Self::Error> {
         match self.handles.remove(&handle) {
+            Some(Slot {
+                open: Open::Write { file, path },
+                ..
+            }) => {
+                // A report written under its final name (the original shell client).
+                drop(file);
+                self.rotate_after(&path);
+                Ok(ok(id))
+            }
             Some(_) => Ok(ok(id)),
             None => Err(Self::bad_handle()),
         }
@@ -374,6 +401,17 @@ impl russh_sftp::server::Handler for SftpSession {
                 self.handles.remove(&handle);
                 let _ = self.jail.remove_log(&path);
                 Err(self.fail("write", &path.to_string(), e))
+            }
+            Err(JailError::Io(e))
+                if matches!(e.raw_os_error(), Some(libc::ENOSPC | libc::EDQUOT)) =>
+            {
+                // The disk is full: the partial upload is removed, so it holds
+                // no space and is never read as a report.
+                let path = path.clone();
+                self.handles.remove(&handle);
+                let _ = self.jail.remove_log(&path);
+                warn!(target: "bento::sftp", host = %self.host, path = %path, "upload refused: {e}; the partial file was removed");
+                Err(StatusCode::Failure.with_message("no space left on the server"))
             }
             Err(e) => {
                 let path = path.to_string();

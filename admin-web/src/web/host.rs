@@ -166,6 +166,51 @@ struct HostPage {
     diff_note: String,
     /// Set while the host's configuration does not build.
     build_failure: Option<Failure>,
+    /// The host's secrets (names and metadata from the bento directory; never values).
+    secrets: Vec<SecretView>,
+}
+
+/// One row of the host's secrets.
+struct SecretView {
+    name: String,
+    path: String,
+    owner: String,
+    mode: String,
+    restart: String,
+    set: String,
+    set_title: String,
+}
+
+fn secret_views(
+    bento_dir: &std::path::Path,
+    h: &bento_core::HostName,
+    now: SystemTime,
+) -> Vec<SecretView> {
+    let list = match bento_core::secrets::Store::new(bento_dir).list(h) {
+        Ok(l) => l,
+        Err(e) => {
+            tracing::warn!("cannot list the secrets of {h}: {e}");
+            return Vec::new();
+        }
+    };
+    list.into_iter()
+        .map(|(name, s)| {
+            let set = Some(s.set);
+            SecretView {
+                path: s
+                    .meta
+                    .path
+                    .clone()
+                    .unwrap_or_else(|| format!("<secrets_dir>/{name}")),
+                name,
+                owner: format!("{}:{}", s.meta.owner, s.meta.group),
+                mode: s.meta.mode.to_string(),
+                restart: s.meta.restart.join(", "),
+                set: views::ago(set, now),
+                set_title: views::full_time(set),
+            }
+        })
+        .collect()
 }
 
 #[derive(Deserialize, Default)]
@@ -321,6 +366,16 @@ pub async fn page(
     if let Some(v) = latest.and_then(|r| r.agent_version.clone()) {
         facts.push(fact("Agent version", v));
     }
+    if let Some(r) = &st.last_report {
+        if let Some(o) = &r.obtained {
+            let exact = match r.exact {
+                Some(true) => "; runs exactly the system the server built",
+                Some(false) => "; runs another system than the server built",
+                None => "",
+            };
+            facts.push(fact("System obtained", format!("{}{exact}", o.summary())));
+        }
+    }
     if let Some(r) = latest.filter(|r| r.reboot_required && !st.reboot_pending) {
         facts.push(fact(
             "Last report",
@@ -352,7 +407,9 @@ pub async fn page(
         .cloned()
         .unwrap_or_default();
     let last_page = (total_reports + REPORTS_PER_PAGE - 1) / REPORTS_PER_PAGE;
+    let secrets = secret_views(&state.config.bento_dir, &h, now);
     let p = HostPage {
+        secrets,
         nav: Nav::new(&user, "fleet"),
         host: h.to_string(),
         emoji: st.state.emoji(),

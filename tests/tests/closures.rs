@@ -1,0 +1,590 @@
+//! Hosts never evaluate: `bento deploy` exports each system's closure as a signed
+//! binary cache into the host's own chroot, and the agent fetches only the paths its
+//! store lacks, imports them with nix's signature checks and activates exactly the
+//! server's toplevel. Real nix, real `bento deploy`, real agents against OpenSSH's
+//! chroot and `bento sftp`; the paths are deleted from the store after the export so
+//! the agent must import them, and the agent runs with `--max-jobs 0`, so any attempt
+//! to build fails.
+
+mod agent_common;
+
+use std::fs;
+use std::os::unix::fs::MetadataExt;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use anyhow::{ensure, Context, Result};
+use bento_core::closure::{store_hash, Closure};
+use bento_core::release::Manifest;
+use bento_core::report::{Obtained, ReportStatus};
+use bento_tests::endpoint::Endpoint;
+use bento_tests::{bins, nixenv};
+
+use agent_common::{Agent, Fleet, Run};
+
+/// The manifest of the host's current release.
+fn manifest<S: Endpoint>(fleet: &Fleet<S>, host: &str) -> Result<Manifest> {
+    let dir = fleet
+        .host_chroot(host)
+        .join(".releases")
+        .join(fleet.published(host)?);
+    Ok(serde_json::from_slice(&fs::read(
+        dir.join(".bento-release.json"),
+    )?)?)
+}
+
+fn closure<S: Endpoint>(fleet: &Fleet<S>, host: &str) -> Result<Closure> {
+    manifest(fleet, host)?
+        .closure
+        .context("the release names no closure")
+}
+
+fn valid(path: &str) -> bool {
+    Command::new("nix-store")
+        .args(["--check-validity", path])
+        .envs(nixenv::nix_env())
+        .output()
+        .is_ok_and(|o| o.status.success())
+}
+
+/// Deletes `paths` from the store (the server exported them already).
+fn delete(paths: &[&str]) -> Result<()> {
+    let out = Command::new("nix-store")
+        .arg("--delete")
+        .args(paths)
+        .envs(nixenv::nix_env())
+        .output()?;
+    ensure!(
+        out.status.success(),
+        "nix-store --delete: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    for p in paths {
+        ensure!(!valid(p), "{p} is still in the store");
+    }
+    Ok(())
+}
+
+/// The fleet's public key, as `bento check-config` prints it.
+fn public_key<S: Endpoint>(fleet: &Fleet<S>) -> Result<String> {
+    Ok(
+        fs::read_to_string(fleet.bento_dir().join("signing-key.pub"))?
+            .trim()
+            .to_owned(),
+    )
+}
+
+/// Agent settings: pinned key, never build.
+fn pin(agent: &Agent, key: &str) -> Result<()> {
+    agent.set_config(&format!(
+        "trusted_public_keys = [\"{key}\"]\nbuild = \"never\"\nnix_args = [\"--max-jobs\", \"0\"]\n"
+    ))
+}
+
+/// `run-once` through the counting relay: the bytes the server sent, and the run.
+fn run_via_relay<S: Endpoint>(
+    fleet: &Fleet<S>,
+    agent: &Agent,
+    cut_after: Option<u64>,
+) -> Result<(u64, Run)> {
+    let count = agent.root.join("relay.count");
+    let counted = || -> u64 {
+        fs::read_dir(&agent.root)
+            .map(|rd| {
+                rd.flatten()
+                    .filter(|e| e.file_name().to_string_lossy().starts_with("relay.count."))
+                    .filter_map(|e| fs::read_to_string(e.path()).ok())
+                    .filter_map(|t| t.trim().parse::<u64>().ok())
+                    .sum()
+            })
+            .unwrap_or(0)
+    };
+    for e in fs::read_dir(&agent.root)?.flatten() {
+        if e.file_name().to_string_lossy().starts_with("relay.count.") {
+            fs::remove_file(e.path())?;
+        }
+    }
+    let mut proxy = format!(
+        "ProxyCommand={} 127.0.0.1 {} {}",
+        bins::bin("bento-relay").display(),
+        fleet.server.port(),
+        count.display()
+    );
+    if let Some(c) = cut_after {
+        proxy.push_str(&format!(" {c}"));
+    }
+    let s = &fleet.server;
+    let kh = format!("UserKnownHostsFile={}", s.known_hosts_path().display());
+    let out = agent
+        .cmd(&[
+            "run-once",
+            "--ssh-option",
+            &kh,
+            "--ssh-option",
+            "StrictHostKeyChecking=accept-new",
+            "--ssh-option",
+            "IdentitiesOnly=yes",
+            "--ssh-option",
+            &proxy,
+        ])
+        .output()?;
+    let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+    eprintln!("--- bento-agent run-once via relay ---\n{stderr}--- end ---");
+    let bytes = counted();
+    Ok((
+        bytes,
+        Run {
+            code: out.status.code(),
+            stderr,
+        },
+    ))
+}
+
+fn fetched(o: &Option<Obtained>) -> Result<(u64, u64)> {
+    match o {
+        Some(Obtained::Fetched { paths, bytes, .. }) => Ok((*paths, *bytes)),
+        other => anyhow::bail!("the system was not fetched: {other:?}"),
+    }
+}
+
+/// The whole story on one server: a first update imports both paths (the shared
+/// kernel package and the host's toplevel) and activates exactly the server's
+/// toplevel; the other host's paths are not in this host's cache; a second update
+/// where only the toplevel changed downloads one small NAR, not the large package.
+fn first_and_second_update<S: Endpoint>(fleet: &Fleet<S>) -> Result<()> {
+    let (a, b) = (fleet.host(0).to_owned(), fleet.host(1).to_owned());
+    // A kernel version of this test only: its store path is shared by a and b, and
+    // by no other test, so deleting it is safe.
+    let kernel = format!("6.1.0-{a}");
+    for h in [&a, &b] {
+        fleet.toy.set_kernel(h, &kernel)?;
+    }
+    fleet.toy.set_payload(&a, 2 << 20)?;
+    fleet.deploy()?;
+    let ca = closure(fleet, &a)?;
+    let cb = closure(fleet, &b)?;
+    ensure!(ca.paths.len() >= 3, "closure of a: {:?}", ca.paths.keys());
+    let shared: Vec<&String> = ca
+        .paths
+        .keys()
+        .filter(|p| cb.paths.contains_key(*p))
+        .collect();
+    ensure!(shared.len() == 1, "shared paths: {shared:?}");
+    // Host isolation on disk: a's cache holds its closure and nothing of b's own.
+    let cache_a = fleet.host_chroot(&a).join("cache");
+    let cache_b = fleet.host_chroot(&b).join("cache");
+    for p in cb.paths.keys().filter(|p| !ca.paths.contains_key(*p)) {
+        let ni = format!("{}.narinfo", store_hash(p).unwrap());
+        ensure!(!cache_a.join(&ni).exists(), "{a}'s cache holds {p} of {b}");
+        ensure!(cache_b.join(&ni).exists(), "{b}'s cache lacks {p}");
+    }
+    // The shared NAR is stored once: one inode linked into both caches.
+    let url = &ca.paths[shared[0]].url;
+    let (ia, ib) = (
+        fs::metadata(cache_a.join(url))?,
+        fs::metadata(cache_b.join(url))?,
+    );
+    ensure!(ia.ino() == ib.ino(), "the shared NAR is copied, not linked");
+
+    let top_a = ca.toplevel.clone();
+    let mut paths: Vec<&str> = ca.paths.keys().map(String::as_str).collect();
+    paths.extend(cb.paths.keys().map(String::as_str));
+    paths.sort();
+    paths.dedup();
+    // Toplevels first: nix deletes a path only once nothing valid refers to it.
+    delete(&paths)?;
+
+    let agent = fleet.agent(&a)?;
+    pin(&agent, &public_key(fleet)?)?;
+    let (_, run) = run_via_relay(fleet, &agent, None)?;
+    ensure!(run.ok(), "first update failed:\n{}", run.stderr);
+    ensure!(
+        agent.active_system().as_deref() == Some(Path::new(&top_a)),
+        "the host runs {:?}, not the server's {top_a}",
+        agent.active_system()
+    );
+    for p in ca.paths.keys() {
+        ensure!(valid(p), "{p} was not imported");
+    }
+    let (_, meta) = fleet.report_for(&a, &fleet.published(&a)?)?;
+    ensure!(meta.status == ReportStatus::Success, "{meta:?}");
+    ensure!(meta.exact == Some(true), "exact: {:?}", meta.exact);
+    let (n, _) = fetched(&meta.obtained)?;
+    ensure!(
+        n as usize == ca.paths.len(),
+        "fetched {n} paths of {}",
+        ca.paths.len()
+    );
+    // Nothing was built: the only nix calls are the store queries and the import.
+    let calls = agent.nix_calls();
+    ensure!(
+        !calls
+            .iter()
+            .any(|c| c.starts_with("nix build") || c.starts_with("nix-build")),
+        "the agent built: {calls:?}"
+    );
+    let st = fleet.status(&a)?;
+    ensure!(
+        st.state == bento_core::status::State::UpToDate,
+        "bento status says {:?}",
+        st.state
+    );
+
+    // Second update: only the toplevel changes.
+    fleet.toy.set_system_version(&a, "2")?;
+    fleet.deploy()?;
+    let ca2 = closure(fleet, &a)?;
+    let new: Vec<&String> = ca2
+        .paths
+        .keys()
+        .filter(|p| !ca.paths.contains_key(*p))
+        .collect();
+    ensure!(
+        new.len() == 1 && *new[0] == ca2.toplevel,
+        "new paths: {new:?}"
+    );
+    delete(&[&ca2.toplevel])?;
+    let payload = ca
+        .paths
+        .iter()
+        .find(|(p, _)| p.contains("toy-payload"))
+        .map(|(_, n)| n.file_size)
+        .context("no payload")?;
+    let (relayed, run) = run_via_relay(fleet, &agent, None)?;
+    ensure!(run.ok(), "second update failed:\n{}", run.stderr);
+    let (_, meta) = fleet.report_for(&a, &fleet.published(&a)?)?;
+    let (n, bytes) = fetched(&meta.obtained)?;
+    let top_nar = ca2.paths[&ca2.toplevel].file_size;
+    ensure!(n == 1, "fetched {n} paths");
+    ensure!(
+        bytes <= top_nar + 4096,
+        "fetched {bytes} bytes for a NAR of {top_nar}"
+    );
+    // On the wire (the relay counted), far less than the unchanged 2 MiB package.
+    ensure!(
+        relayed < payload / 4,
+        "{relayed} bytes crossed the link, the package alone is {payload}"
+    );
+    eprintln!(
+        "second update: {relayed} bytes on the wire, NAR {top_nar} bytes, payload NAR {payload}"
+    );
+    Ok(())
+}
+
+#[test]
+fn openssh_hosts_fetch_exactly_the_servers_closure() -> Result<()> {
+    let fleet = Fleet::new("closure-sshd", &["a", "b"], "")?;
+    first_and_second_update(&fleet)
+}
+
+#[test]
+fn embedded_sftp_hosts_fetch_exactly_the_servers_closure() -> Result<()> {
+    let fleet = Fleet::embedded("closure-embedded", &["a", "b"], "", "")?;
+    first_and_second_update(&fleet)
+}
+
+/// The link drops in the middle of a large NAR; the next poll resumes from the
+/// offset: the bytes of both polls together stay well under twice the NAR.
+fn resumes<S: Endpoint>(fleet: &Fleet<S>) -> Result<()> {
+    let a = fleet.host(0).to_owned();
+    fleet.toy.set_kernel(&a, &format!("6.1.0-{a}"))?;
+    fleet.toy.set_payload(&a, 8 << 20)?;
+    fleet.deploy()?;
+    let c = closure(fleet, &a)?;
+    let paths: Vec<&str> = c.paths.keys().map(String::as_str).collect();
+    delete(&paths)?;
+    let nar = c
+        .paths
+        .iter()
+        .find(|(p, _)| p.contains("toy-payload"))
+        .map(|(_, n)| n.clone())
+        .context("no payload")?;
+    let agent = fleet.agent(&a)?;
+    pin(&agent, &public_key(fleet)?)?;
+    let (first, run) = run_via_relay(fleet, &agent, Some(nar.file_size / 2))?;
+    ensure!(
+        !run.ok(),
+        "the cut link did not fail the poll:\n{}",
+        run.stderr
+    );
+    ensure!(
+        run.stderr.contains("kept to resume"),
+        "no resumable interruption:\n{}",
+        run.stderr
+    );
+    let part = agent
+        .state_dir()
+        .join("nar-cache")
+        .join(format!("{}.part", nar.url));
+    let kept = fs::metadata(&part).map(|m| m.len()).unwrap_or(0);
+    ensure!(
+        kept > 0,
+        "nothing of the NAR was kept at {}",
+        part.display()
+    );
+    ensure!(!valid(&c.toplevel), "the toplevel is in the store already");
+    let (second, run) = run_via_relay(fleet, &agent, None)?;
+    ensure!(run.ok(), "the resumed update failed:\n{}", run.stderr);
+    ensure!(
+        run.stderr.contains("resuming"),
+        "not resumed:\n{}",
+        run.stderr
+    );
+    ensure!(
+        agent.active_system().as_deref() == Some(Path::new(&c.toplevel)),
+        "not activated"
+    );
+    ensure!(
+        second < nar.file_size * 3 / 4,
+        "the second poll downloaded {second} bytes of a {} byte NAR: not resumed",
+        nar.file_size
+    );
+    let total = first + second;
+    ensure!(
+        total < nar.file_size * 3 / 2,
+        "{first} + {second} bytes for a NAR of {}",
+        nar.file_size
+    );
+    // Finished: the local NAR cache is gone.
+    ensure!(
+        !agent.state_dir().join("nar-cache").exists(),
+        "nar-cache left behind"
+    );
+    eprintln!(
+        "resume: {first} + {second} = {total} bytes for a NAR of {} bytes",
+        nar.file_size
+    );
+    Ok(())
+}
+
+#[test]
+fn openssh_a_cut_download_resumes_from_its_offset() -> Result<()> {
+    let fleet = Fleet::new("closure-resume-sshd", &["a"], "")?;
+    resumes(&fleet)
+}
+
+#[test]
+fn embedded_a_cut_download_resumes_from_its_offset() -> Result<()> {
+    let fleet = Fleet::embedded("closure-resume-embedded", &["a"], "", "")?;
+    resumes(&fleet)
+}
+
+/// A well-formed signature that no key made for these narinfos.
+const FORGED: &str =
+    "ZAiS6eQ3AIZYLJKGyzisr2HJ9uxYMj8Ere2/+jTeJhLy5oYAqGHUgIDDzOT0ksgFFkNZvvKSipKdQaOQGLX9Cw==";
+
+/// Replaces the narinfo's `Sig:` lines by `sig` (none: removes them).
+fn set_sig(ni: &Path, sig: Option<&str>) -> Result<()> {
+    replace(ni, |d| {
+        let t = String::from_utf8(d).unwrap();
+        let mut lines: Vec<String> = t
+            .lines()
+            .filter(|l| !l.starts_with("Sig: "))
+            .map(str::to_owned)
+            .collect();
+        if let Some(s) = sig {
+            lines.push(format!("Sig: {s}"));
+        }
+        (lines.join("\n") + "\n").into_bytes()
+    })
+}
+
+/// Rewrites the file at `p` in place of its hard link, so the shared store (and
+/// the other hosts) keep the good copy.
+fn replace(p: &Path, f: impl FnOnce(Vec<u8>) -> Vec<u8>) -> Result<()> {
+    let data = f(fs::read(p)?);
+    let tmp = p.with_extension("tampered");
+    fs::write(&tmp, data)?;
+    fs::rename(&tmp, p)?;
+    Ok(())
+}
+
+/// A new revision for `a` (a file changes, the system too), deployed; returns the
+/// toplevel, deleted from the store, and the narinfo path of it in a's cache.
+fn next_release<S: Endpoint>(fleet: &Fleet<S>, a: &str, v: &str) -> Result<(String, PathBuf)> {
+    fleet.toy.set_system_version(a, v)?;
+    fleet.deploy()?;
+    let c = closure(fleet, a)?;
+    delete(&[&c.toplevel])?;
+    let ni = fleet
+        .host_chroot(a)
+        .join("cache")
+        .join(format!("{}.narinfo", store_hash(&c.toplevel).unwrap()));
+    Ok((c.toplevel, ni))
+}
+
+fn assert_refused<S: Endpoint>(
+    fleet: &Fleet<S>,
+    agent: &Agent,
+    a: &str,
+    top: &str,
+    before: &Option<PathBuf>,
+    want: &str,
+) -> Result<()> {
+    let run = agent.run_once()?;
+    ensure!(!run.ok(), "a bad closure was accepted:\n{}", run.stderr);
+    let (_, meta) = fleet.report_for(a, &fleet.published(a)?)?;
+    ensure!(meta.status == ReportStatus::Failure, "{meta:?}");
+    let err = meta.error.unwrap_or_default();
+    ensure!(err.contains(want), "the failure says {err:?}, not {want:?}");
+    ensure!(!valid(top), "{top} entered the store");
+    ensure!(&agent.active_system() == before, "the host left its system");
+    Ok(())
+}
+
+/// A flipped byte in a NAR, a narinfo signed by another key, a forged signature
+/// and a missing one: each refused with a failure report naming the path, nothing
+/// enters the store, the host stays on its system.
+#[test]
+fn tampered_closures_are_refused_and_nothing_enters_the_store() -> Result<()> {
+    let fleet = Fleet::embedded("closure-tamper", &["a"], "", "")?;
+    let a = fleet.host(0).to_owned();
+    fleet.toy.set_kernel(&a, &format!("6.1.0-{a}"))?;
+    fleet.deploy()?;
+    let agent = fleet.agent(&a)?;
+    pin(&agent, &public_key(&fleet)?)?;
+    // A first good update: the host has a system to stay on.
+    let c = closure(&fleet, &a)?;
+    let paths: Vec<&str> = c.paths.keys().map(String::as_str).collect();
+    delete(&paths)?;
+    let run = agent.run_once()?;
+    ensure!(run.ok(), "{}", run.stderr);
+    let before = agent.active_system();
+
+    // 1. A flipped byte in the NAR (its narinfo untouched, so the sizes match).
+    let (top, ni) = next_release(&fleet, &a, "2")?;
+    let text = fs::read_to_string(&ni)?;
+    let url = text
+        .lines()
+        .find_map(|l| l.strip_prefix("URL: "))
+        .context("no URL")?;
+    let nar = fleet.host_chroot(&a).join("cache").join(url);
+    replace(&nar, |mut d| {
+        let i = d.len() / 2;
+        d[i] ^= 0x55;
+        d
+    })?;
+    assert_refused(
+        &fleet,
+        &agent,
+        &a,
+        &top,
+        &before,
+        "nix copy refused the closure",
+    )?;
+
+    // 2. Signed by a key this host does not trust.
+    let (top, ni) = next_release(&fleet, &a, "3")?;
+    set_sig(&ni, Some(&format!("intruder-1:{FORGED}")))?;
+    assert_refused(&fleet, &agent, &a, &top, &before, "intruder-1")?;
+
+    // 3. The fleet key's name, a signature it never made.
+    let key_name = public_key(&fleet)?.split(':').next().unwrap().to_owned();
+    let (top, ni) = next_release(&fleet, &a, "4")?;
+    set_sig(&ni, Some(&format!("{key_name}:{FORGED}")))?;
+    assert_refused(&fleet, &agent, &a, &top, &before, "does not match")?;
+
+    // 4. No signature at all.
+    let (top, ni) = next_release(&fleet, &a, "5")?;
+    set_sig(&ni, None)?;
+    assert_refused(&fleet, &agent, &a, &top, &before, "no signature")?;
+    Ok(())
+}
+
+/// A compromised chroot host swaps the manifest (another expected system, signed by
+/// nobody, or an older release put back): the agent refuses each, and applies the
+/// admin's next real release.
+#[test]
+fn swapped_unsigned_and_older_manifests_are_refused() -> Result<()> {
+    let fleet = Fleet::embedded("closure-manifest", &["a"], "", "")?;
+    let a = fleet.host(0).to_owned();
+    fleet.deploy()?;
+    let agent = fleet.agent(&a)?;
+    pin(&agent, &public_key(&fleet)?)?;
+    let run = agent.run_once()?;
+    ensure!(run.ok(), "{}", run.stderr);
+    let rev1 = fleet.published(&a)?;
+    let before = agent.active_system();
+    let releases = fleet.host_chroot(&a).join(".releases");
+
+    // A newer release whose manifest is edited after signing.
+    fleet.toy.write_file(&a, "motd.txt", "two\n")?;
+    fleet.deploy()?;
+    let rev2 = fleet.published(&a)?;
+    let m = releases.join(&rev2).join(".bento-release.json");
+    let text = fs::read_to_string(&m)?;
+    fs::write(&m, text.replacen("\"format\": 1", "\"format\":  1", 1))?;
+    let run = agent.run_once()?;
+    ensure!(
+        !run.ok() && run.stderr.contains("does not match its content"),
+        "{}",
+        run.stderr
+    );
+    ensure!(agent.active_system() == before, "moved");
+
+    // The same release with its signature removed.
+    fleet.toy.write_file(&a, "motd.txt", "three\n")?;
+    fleet.deploy()?;
+    let rev3 = fleet.published(&a)?;
+    fs::remove_file(releases.join(&rev3).join(".bento-release.sig"))?;
+    let run = agent.run_once()?;
+    ensure!(
+        !run.ok() && run.stderr.contains("not signed"),
+        "{}",
+        run.stderr
+    );
+
+    // A good release, applied; then the old release 1 put back as current (a
+    // downgrade by whoever holds the chroot).
+    fleet.toy.write_file(&a, "motd.txt", "four\n")?;
+    fleet.deploy()?;
+    let run = agent.run_once()?;
+    ensure!(run.ok(), "{}", run.stderr);
+    ensure!(releases.join(&rev1).is_dir(), "release 1 was pruned");
+    let link = releases.join(".current-swap");
+    std::os::unix::fs::symlink(&rev1, &link)?;
+    fs::rename(&link, releases.join("current"))?;
+    fs::write(
+        fleet.host_chroot(&a).join("last_change_date"),
+        format!("{rev1}\n"),
+    )?;
+    let run = agent.run_once()?;
+    ensure!(
+        !run.ok() && run.stderr.contains("downgrade"),
+        "{}",
+        run.stderr
+    );
+    Ok(())
+}
+
+/// Without a closure (the server only evaluates: `local_build = false`), a host
+/// with `build = "never"` refuses clearly, and one with the default builds.
+#[test]
+fn without_a_closure_never_refuses_and_fallback_builds() -> Result<()> {
+    let fleet = Fleet::embedded("closure-none", &["a"], "local_build = false\n", "")?;
+    let a = fleet.host(0).to_owned();
+    fleet.deploy()?;
+    ensure!(
+        manifest(&fleet, &a)?.closure.is_none(),
+        "a dry build exported a closure"
+    );
+    let agent = fleet.agent(&a)?;
+    let key = public_key(&fleet)?;
+    pin(&agent, &key)?;
+    let run = agent.run_once()?;
+    ensure!(!run.ok(), "build = never built:\n{}", run.stderr);
+    ensure!(run.stderr.contains("never builds"), "{}", run.stderr);
+    // Another revision, with the default policy: built here.
+    fleet.toy.write_file(&a, "motd.txt", "built\n")?;
+    fleet.deploy()?;
+    agent.set_config(&format!("trusted_public_keys = [\"{key}\"]\n"))?;
+    let run = agent.run_once()?;
+    ensure!(run.ok(), "{}", run.stderr);
+    let (_, meta) = fleet.report_for(&a, &fleet.published(&a)?)?;
+    ensure!(
+        matches!(meta.obtained, Some(Obtained::Built { .. })),
+        "{:?}",
+        meta.obtained
+    );
+    Ok(())
+}
