@@ -178,6 +178,43 @@ fn first_and_second_update<S: Endpoint>(fleet: &Fleet<S>) -> Result<()> {
         ensure!(!cache_a.join(&ni).exists(), "{a}'s cache holds {p} of {b}");
         ensure!(cache_b.join(&ni).exists(), "{b}'s cache lacks {p}");
     }
+    // Over the wire, as a's own SFTP login: its own narinfo is there, b's is not,
+    // by name in a's cache nor by any path out of a's chroot.
+    let b_only = cb
+        .paths
+        .keys()
+        .find(|p| !ca.paths.contains_key(*p))
+        .and_then(|p| store_hash(p))
+        .context("b has no path of its own")?;
+    let a_own = store_hash(&ca.toplevel).context("a's toplevel")?;
+    let scratch = fleet.dir.join("sftp-get");
+    fs::create_dir_all(&scratch)?;
+    let key_a = fleet.server.key_path(&a);
+    let (ok, said) = fleet.server.sftp_outcome(
+        &a,
+        &key_a,
+        &format!(
+            "get cache/{a_own}.narinfo {}\n",
+            scratch.join("own").display()
+        ),
+    )?;
+    ensure!(ok, "a cannot read its own narinfo:\n{said}");
+    for path in [
+        format!("cache/{b_only}.narinfo"),
+        format!("../{b}/cache/{b_only}.narinfo"),
+        format!("/{b}/cache/{b_only}.narinfo"),
+        format!("../.nar-store/{b_only}.narinfo"),
+    ] {
+        let (ok, said) = fleet.server.sftp_outcome(
+            &a,
+            &key_a,
+            &format!("get {path} {}\n", scratch.join("stolen").display()),
+        )?;
+        ensure!(
+            !ok && !scratch.join("stolen").exists(),
+            "a read {path} of b:\n{said}"
+        );
+    }
     // The shared NAR is stored once: one inode linked into both caches.
     let url = &ca.paths[shared[0]].url;
     let (ia, ib) = (
