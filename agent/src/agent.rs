@@ -282,8 +282,6 @@ impl Agent {
         PollResult::Unreachable(reason)
     }
 
-    /// The revision `.releases/current` points to; for the original tool's chroots
-    /// (plain `config/`), one derived from `last_change_date`.
     /// The revision published now, for the daemon's watch between polls (`watch`).
     pub(crate) async fn published_revision(
         &self,
@@ -292,6 +290,8 @@ impl Agent {
         Ok(self.published(r).await?.map(|p| p.revision))
     }
 
+    /// The revision `.releases/current` points to; for the original tool's chroots
+    /// (plain `config/`), one derived from `last_change_date`.
     async fn published(&self, r: &Remote) -> Result<Option<Published>, RemoteError> {
         if let Some(target) = r
             .read_link(&format!("{RELEASES_DIR}/{CURRENT_LINK}"))
@@ -441,25 +441,9 @@ impl Agent {
             }
             Err(e) => {
                 remote.close().await;
-                // The server went away: nothing is wrong with the release; retry later.
                 let _ = state::remove_tree(&staging);
                 let msg = format!("download of release {rev} interrupted: {e}");
-                tracing::warn!("{msg}; retrying at the next poll");
-                // Announced (the desktop saw the update start) but not recorded: the
-                // release itself is fine and is tried again.
-                let record = UpdateRecord {
-                    time: OffsetDateTime::now_utc(),
-                    status: ReportStatus::Failure,
-                    revision: Some(rev.clone()),
-                    system: previous.as_deref().map(store_basename),
-                    error: Some(msg.clone()),
-                    changed_packages: None,
-                };
-                self.status.emit(Event::UpdateFailed { record }, |s| {
-                    s.activity = Activity::Idle;
-                    s.server_reachable = Some(false);
-                });
-                return PollResult::Unreachable(msg);
+                return self.interrupted(&rev, previous.as_deref(), msg);
             }
         };
 
@@ -510,24 +494,7 @@ impl Agent {
                     let msg = format!(
                         "download of the closure of release {rev} interrupted (kept to resume): {reason}"
                     );
-                    tracing::warn!("{msg}; resuming at the next poll");
-                    self.status.emit(
-                        Event::UpdateFailed {
-                            record: UpdateRecord {
-                                time: OffsetDateTime::now_utc(),
-                                status: ReportStatus::Failure,
-                                revision: Some(rev.clone()),
-                                system: previous.as_deref().map(store_basename),
-                                error: Some(msg.clone()),
-                                changed_packages: None,
-                            },
-                        },
-                        |s| {
-                            s.activity = Activity::Idle;
-                            s.server_reachable = Some(false);
-                        },
-                    );
-                    return PollResult::Unreachable(msg);
+                    return self.interrupted(&rev, previous.as_deref(), msg);
                 }
             }
         }
@@ -566,29 +533,24 @@ impl Agent {
                 (system, Obtained::Built { millis })
             }),
         };
-        let system = match obtained {
-            Ok((system, how)) => {
-                let exact = manifest
-                    .as_ref()
-                    .and_then(|m| m.expected_system.as_deref())
-                    .map(|e| Path::new(e) == system);
-                let mut facts = self.facts.lock().expect("facts");
-                facts.obtained = Some(how);
-                facts.exact = exact;
-                system
-            }
+        let (system, how) = match obtained {
+            Ok(sh) => sh,
             Err(msg) => {
                 log.error(&msg);
                 return self.fail(&rev, started, previous, log, msg, st).await;
             }
         };
-        if let Some(expected) = manifest.as_ref().and_then(|m| m.expected_system.as_deref()) {
-            if Path::new(expected) != system {
-                log.warn(format!(
-                    "built {} but the server built {expected} (different nix inputs or settings?)",
-                    system.display()
-                ));
-            }
+        let expected = manifest.as_ref().and_then(|m| m.expected_system.as_deref());
+        if let Some(e) = expected.filter(|e| Path::new(e) != system) {
+            log.warn(format!(
+                "built {} but the server built {e} (different nix inputs or settings?)",
+                system.display()
+            ));
+        }
+        {
+            let mut facts = self.facts.lock().expect("facts");
+            facts.obtained = Some(how);
+            facts.exact = expected.map(|e| Path::new(e) == system);
         }
         // Secrets are in place before anything is activated.
         if let Some(Err(msg)) = secrets.as_ref().map(|s| s.install(&self.cfg, &log)) {
@@ -745,6 +707,26 @@ impl Agent {
                 Err((ReportStatus::Failure, error))
             }
         }
+    }
+
+    /// The server went away during a download: nothing is wrong with the release,
+    /// which is tried again at the next poll. Announced (the desktop saw the update
+    /// start and now sees it fail) but not recorded.
+    fn interrupted(&self, rev: &str, previous: Option<&Path>, msg: String) -> PollResult {
+        tracing::warn!("{msg}; trying again at the next poll");
+        let record = UpdateRecord {
+            time: OffsetDateTime::now_utc(),
+            status: ReportStatus::Failure,
+            revision: Some(rev.to_owned()),
+            system: previous.map(store_basename),
+            error: Some(msg.clone()),
+            changed_packages: None,
+        };
+        self.status.emit(Event::UpdateFailed { record }, |s| {
+            s.activity = Activity::Idle;
+            s.server_reachable = Some(false);
+        });
+        PollResult::Unreachable(msg)
     }
 
     /// With pinned keys: the manifest must be signed by one of them, and not older

@@ -398,10 +398,7 @@ impl Remote {
     /// Downloads one file to `dest`: streamed into `part`, synced, then renamed, so
     /// `dest` is either absent or complete. At most `max` bytes are accepted, and
     /// never more than `listed` (what the directory listing said) when it is known.
-    /// Returns the bytes received.
-    ///
-    /// Resuming (for large downloads) fits here: keep `part` instead of truncating it,
-    /// start the reads at its length, and let the caller verify the whole file.
+    /// Returns the bytes received. (Large downloads resume: [`Remote::fetch_resumable`].)
     pub async fn fetch_file(
         &self,
         rpath: &str,
@@ -421,18 +418,8 @@ impl Remote {
             .open(part)
             .map_err(local_err(part))?;
         let got = self
-            .stream_file(rpath, 0, listed, max, |chunk| f.write_all(chunk))
-            .await;
-        let got = match got {
-            Ok(n) => n,
-            Err(RemoteError::Local { source, .. }) => {
-                return Err(RemoteError::Local {
-                    path: part.to_owned(),
-                    source,
-                })
-            }
-            Err(e) => return Err(e),
-        };
+            .stream_into(rpath, 0, listed, max, &mut f, part)
+            .await?;
         // The umask may have narrowed the mode given at creation.
         finish_download(f, part, dest, Some(mode)).await?;
         Ok(got)
@@ -462,22 +449,11 @@ impl Remote {
         }
         let got = if have < size {
             let r = self
-                .stream_file(rpath, have, Some(size - have), size - have, |chunk| {
-                    f.write_all(chunk)
-                })
+                .stream_into(rpath, have, Some(size - have), size - have, &mut f, part)
                 .await;
             // Whatever arrived stays in `part` for the next attempt.
             let _ = f.sync_data();
-            match r {
-                Ok(n) => n,
-                Err(RemoteError::Local { source, .. }) => {
-                    return Err(RemoteError::Local {
-                        path: part.to_owned(),
-                        source,
-                    })
-                }
-                Err(e) => return Err(e),
-            }
+            r?
         } else {
             0
         };
@@ -491,7 +467,30 @@ impl Remote {
         Ok(got)
     }
 
-    /// Reads `rpath` to its end, `CHUNK` bytes per request with up to `IN_FLIGHT`
+    /// [`Remote::stream_file`] from `start` into `f`, the local file `part`: a
+    /// local write error names `part`.
+    async fn stream_into(
+        &self,
+        rpath: &str,
+        start: u64,
+        listed: Option<u64>,
+        max: u64,
+        f: &mut std::fs::File,
+        part: &Path,
+    ) -> Result<u64, RemoteError> {
+        match self
+            .stream_file(rpath, start, listed, max, |chunk| f.write_all(chunk))
+            .await
+        {
+            Err(RemoteError::Local { source, .. }) => Err(RemoteError::Local {
+                path: part.to_owned(),
+                source,
+            }),
+            r => r,
+        }
+    }
+
+    /// Reads `rpath` from `start` to its end, `CHUNK` bytes per request with up to `IN_FLIGHT`
     /// requests pending, handing each chunk to `sink` in order. Each request gets the
     /// session's timeout. Fails (refused) once more than `max` bytes (or more than
     /// `listed`) arrive, or when the server answers a request with more than it asked.

@@ -16,7 +16,7 @@
 //! any moment leaves the old content or the new one.
 
 use std::fs;
-use std::io::{self, Write};
+use std::io;
 use std::path::{Path, PathBuf};
 
 use bento_core::agent_proto::UpdateRecord;
@@ -210,30 +210,12 @@ fn read_json<T: serde::de::DeserializeOwned>(p: &Path) -> Option<T> {
 
 /// Replaces `path` with `data`: temporary file in the same directory, fsync, rename.
 pub fn write_atomic(path: &Path, data: &[u8]) -> io::Result<()> {
-    replace(path, data, true)
+    bento_core::fsutil::write_atomic(path, data, None)
 }
 
 /// Replaces `path` with `data` (temporary file, rename), fsync'ed when `durable`.
 pub fn replace(path: &Path, data: &[u8], durable: bool) -> io::Result<()> {
-    let dir = path.parent().unwrap_or(Path::new("."));
-    let name = path
-        .file_name()
-        .map(|n| n.to_string_lossy().into_owned())
-        .unwrap_or_default();
-    let tmp = dir.join(format!(".{name}.{}.tmp", std::process::id()));
-    let mut f = fs::File::create(&tmp)?;
-    f.write_all(data)?;
-    if durable {
-        f.sync_all()?;
-    }
-    drop(f);
-    fs::rename(&tmp, path)?;
-    if durable {
-        if let Ok(d) = fs::File::open(dir) {
-            let _ = d.sync_all();
-        }
-    }
-    Ok(())
+    bento_core::fsutil::replace(path, data, None, durable)
 }
 
 /// Removes a directory tree if it exists.

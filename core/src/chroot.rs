@@ -149,14 +149,9 @@ impl Chroot {
         match &self.signer {
             Some(key) => {
                 let bytes = fs::read(dir.join(MANIFEST_FILE)).map_err(io_err(dir))?;
-                let tmp = dir.join(format!(".sig-{}", std::process::id()));
-                let mut f = fs::File::create(&tmp).map_err(io_err(&tmp))?;
-                f.write_all(key.sign_manifest(&bytes).as_bytes())
-                    .map_err(io_err(&tmp))?;
-                f.sync_all().map_err(io_err(&tmp))?;
-                fs::set_permissions(&tmp, fs::Permissions::from_mode(0o644))
-                    .map_err(io_err(&tmp))?;
-                fs::rename(&tmp, &sig).map_err(io_err(&sig))
+                let text = key.sign_manifest(&bytes);
+                crate::fsutil::write_atomic(&sig, text.as_bytes(), Some(0o644))
+                    .map_err(io_err(&sig))
             }
             None => match fs::remove_file(&sig) {
                 Err(e) if e.kind() != io::ErrorKind::NotFound => Err(io_err(&sig)(e)),
@@ -201,15 +196,19 @@ impl Chroot {
         Ok(())
     }
 
-    /// Drops from the host's cache what no kept release needs, then what no host
-    /// needs from the shared store.
+    /// Drops from the host's cache what no kept release needs. What no host needs
+    /// any more leaves the shared store in [`Chroot::collect_nars`], once per deploy.
     fn prune_closures(&self, h: &HostName) -> Result<(), ChrootError> {
-        let store = self.nar_store();
         let keep = crate::closure::kept_closures(&self.releases_dir(h));
-        store
+        self.nar_store()
             .prune_host(&self.host_dir(h), &keep)
-            .and_then(|_| store.collect())
-            .map(|_| ())
+            .map_err(|e| ChrootError::Closure(e.to_string()))
+    }
+
+    /// Removes the shared store's NARs no host cache links to; how many paths went.
+    pub fn collect_nars(&self) -> Result<usize, ChrootError> {
+        self.nar_store()
+            .collect()
             .map_err(|e| ChrootError::Closure(e.to_string()))
     }
 

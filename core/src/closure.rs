@@ -412,7 +412,8 @@ impl NarStore {
         }
         let info = cache.join("nix-cache-info");
         if fs::read_to_string(&info).ok().as_deref() != Some(CACHE_INFO) {
-            write_atomic(&info, CACHE_INFO.as_bytes())?;
+            crate::fsutil::write_atomic(&info, CACHE_INFO.as_bytes(), Some(0o644))
+                .map_err(io_err(&info))?;
         }
         for (p, n) in &closure.paths {
             let hash = store_hash(p).ok_or_else(|| ClosureError::Path(p.clone()))?;
@@ -423,9 +424,7 @@ impl NarStore {
         Ok(())
     }
 
-    /// Removes from `host_dir`'s cache what no release in `keep` needs, then every
-    /// file of the shared cache no host cache links to any more (`hosts`: every
-    /// host directory of the chroot, so a NAR still linked elsewhere stays).
+    /// Removes from `host_dir`'s cache what no release in `keep` needs.
     pub fn prune_host(&self, host_dir: &Path, keep: &[Closure]) -> Result<(), ClosureError> {
         let cache = host_dir.join(CACHE_DIR);
         if !cache.is_dir() {
@@ -537,13 +536,6 @@ fn link(src: &Path, dst: &Path) -> Result<(), ClosureError> {
         Err(e) => return Err(io_err(src)(e)),
     }
     fs::rename(&tmp, dst).map_err(io_err(dst))
-}
-
-fn write_atomic(path: &Path, data: &[u8]) -> Result<(), ClosureError> {
-    let tmp = path.with_file_name(format!(".tmp-{}", std::process::id()));
-    fs::write(&tmp, data).map_err(io_err(&tmp))?;
-    fs::set_permissions(&tmp, fs::Permissions::from_mode(0o644)).map_err(io_err(&tmp))?;
-    fs::rename(&tmp, path).map_err(io_err(path))
 }
 
 #[cfg(test)]

@@ -674,6 +674,13 @@ fn publish_all(
             }
         }
     }
+    if export {
+        if let Err(e) = chroot.collect_nars() {
+            on_event(Event::Warning {
+                message: format!("cannot prune the shared NAR store: {e}"),
+            });
+        }
+    }
     if !states.is_empty() {
         if let Err(e) = chroot.update_states(&states) {
             on_event(Event::Warning {

@@ -13,6 +13,7 @@ pub mod closure;
 pub mod cmd;
 pub mod config;
 pub mod deploy;
+pub mod fsutil;
 pub mod hostname;
 pub mod jail;
 pub mod limits;

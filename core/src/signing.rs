@@ -8,8 +8,8 @@
 //! that pins the public key refuses a manifest swapped by whoever holds the chroots.
 
 use std::fs;
-use std::io::{self, Write};
-use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+use std::io;
+use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 
 use base64::engine::general_purpose::STANDARD as B64;
@@ -304,21 +304,12 @@ pub fn ensure_key(secret: &Path, name: &str) -> Result<(SigningKey, KeyOrigin), 
 }
 
 fn write_public(path: &Path, text: &str) -> Result<(), KeyError> {
-    let io = |source| KeyError::Io {
-        path: path.to_owned(),
-        source,
-    };
-    let tmp = path.with_extension(format!("tmp-{}", std::process::id()));
-    let mut f = fs::OpenOptions::new()
-        .write(true)
-        .create(true)
-        .truncate(true)
-        .mode(0o644)
-        .open(&tmp)
-        .map_err(io)?;
-    f.write_all(format!("{text}\n").as_bytes()).map_err(io)?;
-    f.sync_all().map_err(io)?;
-    fs::rename(&tmp, path).map_err(io)
+    crate::fsutil::write_atomic(path, format!("{text}\n").as_bytes(), Some(0o644)).map_err(
+        |source| KeyError::Io {
+            path: path.to_owned(),
+            source,
+        },
+    )
 }
 
 /// A default name for a new fleet key: `bento-<machine>-1`, as Nix's own

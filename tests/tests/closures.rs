@@ -625,3 +625,46 @@ fn without_a_closure_never_refuses_and_fallback_builds() -> Result<()> {
     );
     Ok(())
 }
+
+/// Pruning: a NAR leaves a host's cache with the last kept release that names it,
+/// and the shared store once no host links to it; a NAR another release or host
+/// still names stays.
+#[test]
+fn nars_are_pruned_with_the_releases_that_name_them() -> Result<()> {
+    let fleet = Fleet::embedded("closure-prune", &["a", "b"], "keep_releases = 1\n", "")?;
+    let (a, b) = (fleet.host(0).to_owned(), fleet.host(1).to_owned());
+    let kernel = format!("6.1.0-{a}");
+    for h in [&a, &b] {
+        fleet.toy.set_kernel(h, &kernel)?;
+    }
+    fleet.deploy()?;
+    let old = closure(&fleet, &a)?;
+    let old_top = &old.paths[&old.toplevel].url;
+    let store = fleet.server.chroot_dir().join(".nar-store");
+    ensure!(store.join(old_top).is_file(), "{old_top} not exported");
+    fleet.toy.set_system_version(&a, "2")?;
+    fleet.deploy()?;
+    let new = closure(&fleet, &a)?;
+    let cache_a = fleet.host_chroot(&a).join("cache");
+    ensure!(!cache_a.join(old_top).exists(), "a's cache keeps {old_top}");
+    ensure!(!store.join(old_top).exists(), "the store keeps {old_top}");
+    ensure!(
+        !cache_a
+            .join(format!("{}.narinfo", store_hash(&old.toplevel).unwrap()))
+            .exists(),
+        "a's cache keeps the old narinfo"
+    );
+    for n in new.paths.values() {
+        ensure!(cache_a.join(&n.url).is_file(), "a's cache lacks {}", n.url);
+        ensure!(store.join(&n.url).is_file(), "the store lacks {}", n.url);
+    }
+    // b's closure is untouched.
+    for n in closure(&fleet, &b)?.paths.values() {
+        ensure!(
+            fleet.host_chroot(&b).join("cache").join(&n.url).is_file(),
+            "b's cache lost {}",
+            n.url
+        );
+    }
+    Ok(())
+}
