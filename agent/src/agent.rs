@@ -93,6 +93,11 @@ struct UpdateFacts {
     created: Option<OffsetDateTime>,
     obtained: Option<Obtained>,
     exact: Option<bool>,
+    /// The secrets the release carried, for the report.
+    secrets: Option<Vec<bento_core::report::ReportedSecret>>,
+    /// This update put a new set of secrets in place: a failure or rollback puts
+    /// the last good set back.
+    secrets_installed: bool,
 }
 
 impl Agent {
@@ -553,9 +558,16 @@ impl Agent {
             facts.exact = expected.map(|e| Path::new(e) == system);
         }
         // Secrets are in place before anything is activated.
-        if let Some(Err(msg)) = secrets.as_ref().map(|s| s.install(&self.cfg, &log)) {
-            log.error(&msg);
-            return self.fail(&rev, started, previous, log, msg, st).await;
+        if let Some(s) = &secrets {
+            {
+                let mut facts = self.facts.lock().expect("facts");
+                facts.secrets = Some(s.reported());
+                facts.secrets_installed = true;
+            }
+            if let Err(msg) = s.install(&self.cfg, &log) {
+                log.error(&msg);
+                return self.fail(&rev, started, previous, log, msg, st).await;
+            }
         }
         drop(secrets);
         // The profile already names this system because a killed run set it: activate
@@ -1189,6 +1201,18 @@ impl Agent {
             Ok((s, c)) => (*s, None, c.clone()),
             Err((s, e)) => (*s, Some(one_line(e)), Vec::new()),
         };
+        // The secrets follow the system that runs now.
+        match status {
+            ReportStatus::Success | ReportStatus::Autoupdate => crate::secrets::commit(&self.cfg),
+            ReportStatus::Failure | ReportStatus::Rollback if facts.secrets_installed => {
+                if st.mixed.is_some() {
+                    log.warn("the host is in a mixed state: the new secrets stay in place");
+                } else {
+                    crate::secrets::restore(&self.cfg, &log);
+                }
+            }
+            ReportStatus::Failure | ReportStatus::Rollback => {}
+        }
         if reboot_required && status != ReportStatus::Failure {
             log.info("the new system's kernel, initrd or modules differ from the booted system: reboot required");
         }
@@ -1209,6 +1233,7 @@ impl Agent {
             changed_packages: (!changes.is_empty()).then_some(changes.len() as u32),
             obtained: facts.obtained.clone(),
             exact: facts.exact,
+            secrets: facts.secrets.clone(),
         };
         let name = ReportName::new(
             now_local(),

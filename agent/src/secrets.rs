@@ -14,6 +14,12 @@
 //!
 //! A release is only recorded as applied after all this, so an agent killed
 //! between the swap and the symlinks does everything again at its next poll.
+//!
+//! Secrets follow the system: the generation of the last successful update is
+//! kept (named in `<secrets_dir>.d/.committed`) until the next one succeeds
+//! ([`commit`]). When the update fails or rolls back to the last good system,
+//! [`restore`] puts that generation back, with its links, and restarts the units
+//! whose secrets change back, so the old system runs with its own secrets.
 
 use std::collections::BTreeMap;
 use std::fs;
@@ -30,6 +36,9 @@ use crate::settings::Config;
 pub const DEFAULT_SECRETS_DIR: &str = "/run/bento/secrets";
 /// What a generation holds, for the next install (no values: hashes).
 const RECORD_FILE: &str = ".bento-installed.json";
+/// In the generations directory: the name of the generation of the last
+/// successful update, the one a failed update goes back to.
+const COMMITTED_FILE: &str = ".committed";
 /// Units still to restart, while they are restarted: a killed agent restarts
 /// them at its next install even though the secrets are then unchanged.
 const PENDING_FILE: &str = ".bento-restart-pending.json";
@@ -40,6 +49,9 @@ struct Installed {
     sha256: String,
     #[serde(default)]
     path: Option<String>,
+    /// Units to restart when this secret changes (back, at a restore).
+    #[serde(default)]
+    restart: Vec<String>,
 }
 
 /// A decrypted secret, in memory only.
@@ -164,12 +176,179 @@ fn sync_dir(p: &Path) {
     }
 }
 
-/// The record of the generation `<secrets_dir>` points to.
-fn current_record(base: &Path) -> BTreeMap<String, Installed> {
-    fs::read(base.join(RECORD_FILE))
+/// The record of the generation `dir` (or of the one `<secrets_dir>` points to).
+fn current_record(dir: &Path) -> BTreeMap<String, Installed> {
+    fs::read(dir.join(RECORD_FILE))
         .ok()
         .and_then(|b| serde_json::from_slice(&b).ok())
         .unwrap_or_default()
+}
+
+/// The generation `<secrets_dir>` points to, when it is one of ours.
+fn current_generation(base: &Path) -> Option<PathBuf> {
+    let target = fs::read_link(base).ok()?;
+    let gens = generations_dir(base);
+    (target.parent() == Some(gens.as_path()) && target.is_dir()).then_some(target)
+}
+
+/// The generation of the last successful update, when it is still there.
+fn committed_generation(base: &Path) -> Option<PathBuf> {
+    let gens = generations_dir(base);
+    let name = fs::read_to_string(gens.join(COMMITTED_FILE)).ok()?;
+    let name = name.trim();
+    let valid = !name.is_empty() && !name.contains('/') && !name.starts_with('.');
+    let p = gens.join(name);
+    (valid && p.is_dir()).then_some(p)
+}
+
+fn write_committed(base: &Path, generation: &Path) -> io::Result<()> {
+    let gens = generations_dir(base);
+    let name = generation.file_name().unwrap_or_default().to_string_lossy();
+    let tmp = gens.join(format!("{COMMITTED_FILE}.tmp"));
+    fs::write(&tmp, format!("{name}\n"))?;
+    fs::File::open(&tmp)?.sync_all()?;
+    fs::rename(&tmp, gens.join(COMMITTED_FILE))?;
+    sync_dir(&gens);
+    Ok(())
+}
+
+/// Removes every generation but `keep` (and directories moved aside, which are
+/// the admin's to look at).
+fn prune_generations(base: &Path, keep: &[&Path]) {
+    let Ok(entries) = fs::read_dir(generations_dir(base)) else {
+        return;
+    };
+    for e in entries.flatten() {
+        let name = e.file_name();
+        let name = name.to_string_lossy();
+        if name.starts_with("replaced-") || name.starts_with('.') {
+            continue;
+        }
+        if !keep.contains(&e.path().as_path()) {
+            let _ = fs::remove_dir_all(e.path());
+        }
+    }
+}
+
+/// Runs `restart_command UNIT` for each unit (no shell); a failure is a warning.
+fn restart_units(cfg: &Config, log: &UpdateLog, units: &[&str], why: &str) {
+    for u in units {
+        let shown = format!("{} {u}", cfg.restart_command.join(" "));
+        log.info(format!("restarting {u} ({why}): {shown}"));
+        let out = std::process::Command::new(&cfg.restart_command[0])
+            .args(&cfg.restart_command[1..])
+            .arg(u)
+            .stdin(std::process::Stdio::null())
+            .output();
+        match out {
+            Ok(o) if o.status.success() => {}
+            Ok(o) => log.warn(format!(
+                "`{shown}` failed ({}): {}",
+                o.status,
+                String::from_utf8_lossy(&o.stderr).trim()
+            )),
+            Err(e) => log.warn(format!("`{shown}` cannot start: {e}")),
+        }
+    }
+}
+
+/// Points each secret's own `path` at `<secrets_dir>/<NAME>`, and removes our
+/// links of the secrets of `old` that `now` no longer has there.
+fn relink(
+    base: &Path,
+    now: &BTreeMap<String, Installed>,
+    old: &BTreeMap<String, Installed>,
+) -> Result<(), String> {
+    let prep =
+        |e: io::Error, what: &Path| format!("cannot install secrets: {}: {e}", what.display());
+    for (name, s) in now {
+        if let Some(p) = &s.path {
+            let p = Path::new(p);
+            if let Some(dir) = p.parent() {
+                fs::create_dir_all(dir).map_err(|e| prep(e, dir))?;
+            }
+            swap_link(&base.join(name), p)
+                .map_err(|e| format!("secret {name} cannot be linked at {}: {e}", p.display()))?;
+        }
+    }
+    for (name, o) in old {
+        let moved = now.get(name).map(|s| s.path != o.path).unwrap_or(true);
+        if let (true, Some(p)) = (moved, &o.path) {
+            // Only our own link: never a file someone put there since.
+            if fs::read_link(p).is_ok_and(|t| t == base.join(name)) {
+                let _ = fs::remove_file(p);
+            }
+        }
+    }
+    Ok(())
+}
+
+/// After a successful update: its secrets are the ones to go back to from now
+/// on; older generations go.
+pub fn commit(cfg: &Config) {
+    let base = &cfg.secrets_dir;
+    let Some(current) = current_generation(base) else {
+        return;
+    };
+    if let Err(e) = write_committed(base, &current) {
+        tracing::warn!("cannot record the installed secrets as good: {e}");
+        return;
+    }
+    prune_generations(base, &[&current]);
+}
+
+/// After a failed or rolled-back update that installed secrets: the set of the
+/// last successful update comes back (none, if there was none), with its links,
+/// and the units of the secrets that change back restart.
+pub fn restore(cfg: &Config, log: &UpdateLog) {
+    let base = &cfg.secrets_dir;
+    let Some(failed) = current_generation(base) else {
+        return;
+    };
+    let previous = committed_generation(base);
+    if previous.as_deref() == Some(failed.as_path()) {
+        return;
+    }
+    let now = current_record(&failed);
+    let back = previous.as_deref().map(current_record).unwrap_or_default();
+    let restored = match &previous {
+        Some(p) => swap_link(p, base),
+        None => fs::remove_file(base),
+    };
+    if let Err(e) = restored {
+        log.warn(format!(
+            "the secrets of the failed update stay in place: cannot restore the previous set at {}: {e}",
+            base.display()
+        ));
+        return;
+    }
+    if let Some(parent) = base.parent() {
+        sync_dir(parent);
+    }
+    if let Err(e) = relink(base, &back, &now) {
+        log.warn(e);
+    }
+    let mut units: Vec<&str> = Vec::new();
+    for (name, s) in &back {
+        if now.get(name).is_some_and(|n| n.sha256 == s.sha256) {
+            continue;
+        }
+        for u in &s.restart {
+            if bento_core::secrets::validate_unit(u).is_ok() && !units.contains(&u.as_str()) {
+                units.push(u);
+            }
+        }
+    }
+    match &previous {
+        Some(_) => log.info(format!(
+            "secrets restored to the set of the last good update ({} secrets)",
+            back.len()
+        )),
+        None => log.info("secrets of the failed update removed: none were installed before it"),
+    }
+    restart_units(cfg, log, &units, "its secret changed back");
+    let keep: Vec<&Path> = previous.iter().map(PathBuf::as_path).collect();
+    prune_generations(base, &keep);
 }
 
 fn write_secret(dir: &Path, name: &str, s: &Plain) -> io::Result<()> {
@@ -202,6 +381,17 @@ impl Prepared {
         self.secrets.keys().map(String::as_str).collect()
     }
 
+    /// What the report says of the set: names and ciphertext hashes.
+    pub fn reported(&self) -> Vec<bento_core::report::ReportedSecret> {
+        self.secrets
+            .iter()
+            .map(|(name, s)| bento_core::report::ReportedSecret {
+                name: name.clone(),
+                sha256: s.meta.sha256.clone(),
+            })
+            .collect()
+    }
+
     /// Installs the set (see the module), removes what is no longer declared and
     /// restarts the units of changed secrets. Logs names and hashes, never values.
     pub fn install(&self, cfg: &Config, log: &UpdateLog) -> Result<(), String> {
@@ -211,6 +401,13 @@ impl Prepared {
             return Ok(());
         }
         let old = current_record(base);
+        // The set to go back to if this update fails: the last successful one's
+        // (an agent that never recorded one: what is installed now).
+        let previous = committed_generation(base).or_else(|| {
+            let current = current_generation(base)?;
+            write_committed(base, &current).ok()?;
+            Some(current)
+        });
         let pending: Vec<String> = fs::read(base.join(PENDING_FILE))
             .ok()
             .and_then(|b| serde_json::from_slice(&b).ok())
@@ -246,6 +443,7 @@ impl Prepared {
                 Installed {
                     sha256: s.meta.sha256.clone(),
                     path: s.meta.path.clone(),
+                    restart: s.meta.restart.clone(),
                 },
             );
         }
@@ -271,20 +469,14 @@ impl Prepared {
         }
         swap_link(&gen, base).map_err(|e| prep(e, base))?;
         sync_dir(parent);
+        relink(base, &record, &old)?;
         for (name, s) in &self.secrets {
-            let at = match &s.meta.path {
-                Some(p) => {
-                    let p = Path::new(p);
-                    if let Some(dir) = p.parent() {
-                        fs::create_dir_all(dir).map_err(|e| prep(e, dir))?;
-                    }
-                    swap_link(&base.join(name), p).map_err(|e| {
-                        format!("secret {name} cannot be linked at {}: {e}", p.display())
-                    })?;
-                    p.to_owned()
-                }
-                None => base.join(name),
-            };
+            let at = s
+                .meta
+                .path
+                .as_ref()
+                .map(PathBuf::from)
+                .unwrap_or_else(|| base.join(name));
             let how = match old.get(name) {
                 None => "installed",
                 Some(o) if o.sha256 != s.meta.sha256 => "rotated",
@@ -299,31 +491,15 @@ impl Prepared {
                 &s.meta.sha256[..16]
             ));
         }
-        for (name, o) in &old {
-            let moved = self
-                .secrets
-                .get(name)
-                .map(|s| s.meta.path != o.path)
-                .unwrap_or(true);
-            if let (true, Some(p)) = (moved, &o.path) {
-                // Only our own link: never a file someone put there since.
-                if fs::read_link(p).is_ok_and(|t| t == base.join(name)) {
-                    let _ = fs::remove_file(p);
-                }
-            }
+        for name in old.keys() {
             if !self.secrets.contains_key(name) {
                 log.info(format!("secret {name} removed"));
             }
         }
-        if let Ok(entries) = fs::read_dir(&gens) {
-            for e in entries.flatten() {
-                // A directory moved aside above is the admin's to look at.
-                let replaced = e.file_name().to_string_lossy().starts_with("replaced-");
-                if e.path() != gen && !replaced {
-                    let _ = fs::remove_dir_all(e.path());
-                }
-            }
-        }
+        // The new set and the one to go back to; the rest goes.
+        let mut keep: Vec<&Path> = vec![&gen];
+        keep.extend(previous.as_deref());
+        prune_generations(base, &keep);
         let mut units: Vec<&str> = pending
             .iter()
             .map(String::as_str)
@@ -348,24 +524,7 @@ impl Prepared {
             .and_then(|_| fs::File::open(&pending_file)?.sync_all())
             .map_err(|e| prep(e, &pending_file))?;
         }
-        for u in &units {
-            let shown = format!("{} {u}", cfg.restart_command.join(" "));
-            log.info(format!("restarting {u} (its secret changed): {shown}"));
-            let out = std::process::Command::new(&cfg.restart_command[0])
-                .args(&cfg.restart_command[1..])
-                .arg(u)
-                .stdin(std::process::Stdio::null())
-                .output();
-            match out {
-                Ok(o) if o.status.success() => {}
-                Ok(o) => log.warn(format!(
-                    "`{shown}` failed ({}): {}",
-                    o.status,
-                    String::from_utf8_lossy(&o.stderr).trim()
-                )),
-                Err(e) => log.warn(format!("`{shown}` cannot start: {e}")),
-            }
-        }
+        restart_units(cfg, log, &units, "its secret changed");
         let _ = fs::remove_file(&pending_file);
         Ok(())
     }

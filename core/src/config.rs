@@ -173,6 +173,11 @@ pub struct SftpSettings {
     /// At most half of `max_log_files` (a report is a log and a sidecar).
     #[serde(default = "default_keep_reports")]
     pub keep_reports: usize,
+    /// Free bytes kept on the chroot's file system for `bento deploy`: an upload
+    /// that would leave less is refused (the heartbeat excepted), so hosts' logs
+    /// never fill the disk a publication needs. 0 turns the reserve off.
+    #[serde(default = "default_min_free_bytes")]
+    pub min_free_bytes: u64,
 }
 
 impl SftpSettings {
@@ -221,6 +226,9 @@ impl SftpSettings {
 
 fn default_keep_reports() -> usize {
     200
+}
+fn default_min_free_bytes() -> u64 {
+    256 << 20
 }
 fn default_sftp_listen() -> String {
     "0.0.0.0:2222".into()
@@ -280,18 +288,38 @@ impl Default for SftpSettings {
             max_channels_per_connection: default_max_channels_per_connection(),
             max_handles_per_host: default_max_handles_per_host(),
             keep_reports: default_keep_reports(),
+            min_free_bytes: default_min_free_bytes(),
         }
     }
 }
 
 /// `[secrets]` (see `secrets`).
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct SecretsSettings {
     /// Admin recipients (`age1…` or `ssh-ed25519 …` lines), so admins can decrypt
     /// (and `bento secret rekey`) every secret.
     #[serde(default)]
     pub recipients: Vec<String>,
+    /// OpenSSH mode: where sshd finds the keys a host's user logs in with, as
+    /// sshd's `AuthorizedKeysFile` (`%u` the user, `%h` its home; relative to the
+    /// home). A host with no `[hosts.<name>] keys` has its secrets encrypted to
+    /// these. Default `.ssh/authorized_keys`.
+    #[serde(default = "default_authorized_keys_file")]
+    pub authorized_keys_file: String,
+}
+
+impl Default for SecretsSettings {
+    fn default() -> Self {
+        SecretsSettings {
+            recipients: Vec::new(),
+            authorized_keys_file: default_authorized_keys_file(),
+        }
+    }
+}
+
+fn default_authorized_keys_file() -> String {
+    ".ssh/authorized_keys".into()
 }
 
 /// `bento.toml`.

@@ -158,6 +158,10 @@ pub struct LogLimits {
     pub max_files: usize,
     /// Most bytes in `logs/`, all files together.
     pub max_total_bytes: u64,
+    /// Free bytes the file system keeps for publication: an upload that would
+    /// bring the free space under this is refused (0: no reserve). Hosts' logs
+    /// never take the room `bento deploy` needs.
+    pub min_free_bytes: u64,
 }
 
 /// What a host's `logs/` holds, shared by every session of that host: the count
@@ -497,8 +501,17 @@ impl Jail {
     /// file opened for appending writes there, whatever the offset says).
     ///
     /// The host's byte quota is checked and counted under its lock, with the
-    /// write itself, so parallel uploads cannot pass it together.
-    pub fn write_log(&self, f: &File, offset: u64, data: &[u8]) -> Result<(), JailError> {
+    /// write itself, so parallel uploads cannot pass it together. With
+    /// `keep_reserve`, a write that grows the file is refused when the file
+    /// system would keep less than `min_free_bytes` free (the heartbeat, one
+    /// small file rewritten at every poll, is written without it).
+    pub fn write_log(
+        &self,
+        f: &File,
+        offset: u64,
+        data: &[u8],
+        keep_reserve: bool,
+    ) -> Result<(), JailError> {
         use std::os::unix::fs::FileExt;
         let mut used = self.quota.lock();
         let size = fstat(f)?.st_size.max(0) as u64;
@@ -510,6 +523,16 @@ impl Jail {
         let growth = offset.max(size).saturating_add(data.len() as u64) - size;
         if current.saturating_add(growth) > self.limits.max_total_bytes {
             return Err(self.quota_cap());
+        }
+        if keep_reserve && growth > 0 && self.limits.min_free_bytes > 0 {
+            let vfs = nix::sys::statvfs::fstatvfs(f)?;
+            let free = (vfs.blocks_available() as u64).saturating_mul(vfs.fragment_size() as u64);
+            if free < self.limits.min_free_bytes.saturating_add(growth) {
+                return Err(JailError::Cap(format!(
+                    "the server keeps {} bytes of its disk free for publication (min_free_bytes)",
+                    self.limits.min_free_bytes
+                )));
+            }
         }
         let written = f.write_all_at(data, offset).map_err(JailError::Io);
         let after = fstat(f).map(|st| st.st_size.max(0) as u64).unwrap_or(size);
@@ -617,6 +640,7 @@ pub mod fuzzing {
                     max_bytes: 1024,
                     max_files: 64,
                     max_total_bytes: 1 << 20,
+                    min_free_bytes: 0,
                 },
             )
             .expect("jail");
@@ -734,6 +758,7 @@ mod tests {
             max_bytes: 100,
             max_files: 3,
             max_total_bytes: 250,
+            min_free_bytes: 0,
         }
     }
 
@@ -865,10 +890,10 @@ mod tests {
         };
         let f = j.open_log(&p("logs/2"), append).unwrap();
         for _ in 0..2 {
-            j.write_log(&f, 0, &[b'x'; 40]).unwrap();
+            j.write_log(&f, 0, &[b'x'; 40], true).unwrap();
         }
         assert!(matches!(
-            j.write_log(&f, 0, &[b'x'; 40]),
+            j.write_log(&f, 0, &[b'x'; 40], true),
             Err(JailError::Cap(_))
         ));
         assert_eq!(
@@ -890,6 +915,33 @@ mod tests {
     }
 
     #[test]
+    fn uploads_keep_the_disk_reserve_and_heartbeats_pass_it() {
+        let (t, _) = tree();
+        // A reserve larger than any disk: every growing upload is refused.
+        let limits = LogLimits {
+            max_bytes: 100,
+            max_files: 8,
+            max_total_bytes: 250,
+            min_free_bytes: u64::MAX / 4,
+        };
+        let j = Jail::open(&t.path().join("a"), limits).unwrap();
+        let p = |s: &str| VPath::parse(s).unwrap();
+        let w = WriteMode {
+            create: true,
+            truncate: true,
+            ..Default::default()
+        };
+        let f = j.open_log(&p("logs/report"), w).unwrap();
+        match j.write_log(&f, 0, b"data", true) {
+            Err(JailError::Cap(why)) => assert!(why.contains("min_free_bytes"), "{why}"),
+            other => panic!("{other:?}"),
+        }
+        // Written without the reserve (the heartbeat), the same write passes.
+        let hb = j.open_log(&p("logs/heartbeat.json"), w).unwrap();
+        j.write_log(&hb, 0, b"{}", false).unwrap();
+    }
+
+    #[test]
     fn the_byte_quota_holds_over_all_files_and_parallel_sessions() {
         let (t, _) = tree();
         let quota = Arc::new(LogQuota::default());
@@ -897,6 +949,7 @@ mod tests {
             max_bytes: 100,
             max_files: 8,
             max_total_bytes: 250,
+            min_free_bytes: 0,
         };
         let a = t.path().join("a");
         let w = WriteMode {
@@ -913,7 +966,7 @@ mod tests {
                     let p = VPath::parse(&format!("logs/r{i}")).unwrap();
                     if let Ok(f) = j.open_log(&p, w) {
                         for k in 0..10 {
-                            if j.write_log(&f, k * 10, &[b'x'; 10]).is_err() {
+                            if j.write_log(&f, k * 10, &[b'x'; 10], true).is_err() {
                                 break;
                             }
                         }
@@ -935,15 +988,15 @@ mod tests {
             j.remove_log(&p).unwrap();
         }
         let f = j.open_log(&VPath::parse("logs/new").unwrap(), w).unwrap();
-        j.write_log(&f, 0, &[b'y'; 100]).unwrap();
+        j.write_log(&f, 0, &[b'y'; 100], true).unwrap();
         let g = j.open_log(&VPath::parse("logs/new2").unwrap(), w).unwrap();
-        j.write_log(&g, 0, &[b'y'; 100]).unwrap();
+        j.write_log(&g, 0, &[b'y'; 100], true).unwrap();
         let h = j.open_log(&VPath::parse("logs/new3").unwrap(), w).unwrap();
         assert!(matches!(
-            j.write_log(&h, 0, &[b'y'; 51]),
+            j.write_log(&h, 0, &[b'y'; 51], true),
             Err(JailError::Cap(_))
         ));
-        j.write_log(&h, 0, &[b'y'; 50]).unwrap();
+        j.write_log(&h, 0, &[b'y'; 50], true).unwrap();
     }
 
     /// The fuzz target's property over many generated paths (the fuzzer explores

@@ -192,6 +192,19 @@ pub struct ReportMeta {
     /// the release names none).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub exact: Option<bool>,
+    /// The secrets this update installed: names and ciphertext hashes, never a
+    /// value (`None` when the release carried none to install).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub secrets: Option<Vec<ReportedSecret>>,
+}
+
+/// A secret as a report names it: what the admin can compare with `bento
+/// secret list`, nothing that reveals the value.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ReportedSecret {
+    pub name: String,
+    /// sha256 of the age ciphertext the agent decrypted.
+    pub sha256: String,
 }
 
 /// How an agent got the system it activated.

@@ -269,6 +269,58 @@ pub fn sha256_hex(data: &[u8]) -> String {
 }
 
 /// One recipient line: `age1…`, or an OpenSSH public key (`ssh-ed25519 …`, `ssh-rsa …`).
+/// The keys of `authorized_keys` text, as `type base64` lines: options before
+/// the key type (`restrict,command="…" ssh-ed25519 …`) and comments are left out.
+pub fn authorized_key_lines(text: &str) -> Vec<String> {
+    let is_type =
+        |t: &str| t.starts_with("ssh-") || t.starts_with("ecdsa-sha2-") || t.starts_with("sk-");
+    text.lines()
+        .map(str::trim)
+        .filter(|l| !l.is_empty() && !l.starts_with('#'))
+        .filter_map(|l| {
+            // Options may hold quoted spaces; the key type is the first token
+            // that names one, followed by its base64.
+            let tokens: Vec<&str> = l.split_whitespace().collect();
+            let i = tokens.iter().position(|t| is_type(t))?;
+            let b64 = tokens.get(i + 1)?;
+            Some(format!("{} {b64}", tokens[i]))
+        })
+        .collect()
+}
+
+/// The file sshd reads a user's keys from, `pattern` as sshd's
+/// `AuthorizedKeysFile` (`%u`, `%h`, `%%`; a relative path is under the home).
+pub fn authorized_keys_path(pattern: &str, user: &str) -> Result<PathBuf, String> {
+    let home = || -> Result<PathBuf, String> {
+        nix::unistd::User::from_name(user)
+            .ok()
+            .flatten()
+            .map(|u| u.dir)
+            .ok_or_else(|| format!("no user {user:?} on this machine"))
+    };
+    let mut out = String::new();
+    let mut chars = pattern.chars();
+    while let Some(c) = chars.next() {
+        if c != '%' {
+            out.push(c);
+            continue;
+        }
+        match chars.next() {
+            Some('u') => out.push_str(user),
+            Some('h') => out.push_str(&home()?.to_string_lossy()),
+            Some('%') => out.push('%'),
+            other => {
+                return Err(format!(
+                    "authorized_keys_file {pattern:?}: unknown token %{}",
+                    other.map(String::from).unwrap_or_default()
+                ))
+            }
+        }
+    }
+    let p = PathBuf::from(out);
+    Ok(if p.is_absolute() { p } else { home()?.join(p) })
+}
+
 pub fn parse_recipient(line: &str) -> Result<Box<dyn age::Recipient>, String> {
     let line = line.trim();
     if line.starts_with("age1") {
@@ -454,18 +506,7 @@ impl Store {
     }
 
     fn write_atomic(path: &Path, data: &[u8], mode: u32) -> Result<(), SecretError> {
-        let dir = path.parent().expect("secret files have a parent");
-        let tmp = dir.join(format!(
-            ".{}.tmp-{}",
-            path.file_name().unwrap_or_default().to_string_lossy(),
-            std::process::id()
-        ));
-        let mut f = fs::File::create(&tmp).map_err(io_err(&tmp))?;
-        f.set_permissions(fs::Permissions::from_mode(mode))
-            .map_err(io_err(&tmp))?;
-        f.write_all(data).map_err(io_err(&tmp))?;
-        f.sync_all().map_err(io_err(&tmp))?;
-        fs::rename(&tmp, path).map_err(io_err(path))
+        crate::fsutil::write_atomic(path, data, Some(mode)).map_err(io_err(path))
     }
 
     fn save(
@@ -673,6 +714,26 @@ pub fn release_tree(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn authorized_keys_lines_lose_their_options_and_comments() {
+        let text = "# admin\n\nrestrict,command=\"/bin/x a b\" ssh-ed25519 AAAAC3 host@x\nssh-rsa AAAAB3\nnonsense here\n";
+        assert_eq!(
+            authorized_key_lines(text),
+            ["ssh-ed25519 AAAAC3", "ssh-rsa AAAAB3"]
+        );
+        assert_eq!(
+            authorized_keys_path("/etc/ssh/keys/%u", "web1").unwrap(),
+            PathBuf::from("/etc/ssh/keys/web1")
+        );
+        assert_eq!(
+            authorized_keys_path("/k/%%u", "web1").unwrap(),
+            PathBuf::from("/k/%u")
+        );
+        assert!(authorized_keys_path("/k/%x", "web1").is_err());
+        let root = authorized_keys_path(".ssh/authorized_keys", "root").unwrap();
+        assert!(root.ends_with(".ssh/authorized_keys") && root.is_absolute());
+    }
 
     #[test]
     fn names_paths_units_and_modes() {

@@ -14,6 +14,7 @@ pub mod endpoint;
 pub mod nixenv;
 pub mod release;
 pub mod reports;
+pub mod smallfs;
 pub mod sshd;
 pub mod toy;
 

@@ -75,6 +75,7 @@ impl<'a> Report<'a> {
                 changed_packages: None,
                 obtained: None,
                 exact: None,
+                secrets: None,
             };
             fs::write(
                 logs_dir.join(name.sidecar_file_name()),

@@ -31,7 +31,12 @@ fn bento<S: Endpoint>(fleet: &Fleet<S>, args: &[&str], stdin: Option<&[u8]>) -> 
     {
         let mut i = child.stdin.take().expect("piped");
         if let Some(v) = stdin {
-            i.write_all(v)?;
+            // A bento that fails before it reads its input closes the pipe: its
+            // message, not the broken pipe, is the outcome.
+            match i.write_all(v) {
+                Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => {}
+                r => r?,
+            }
         }
     }
     let out = child.wait_with_output()?;
@@ -44,9 +49,16 @@ fn bento<S: Endpoint>(fleet: &Fleet<S>, args: &[&str], stdin: Option<&[u8]>) -> 
     Ok(text)
 }
 
-/// Every file under `dir` (not following symlinks) whose bytes hold `needle`.
+/// Every file under `dir` (or `dir` itself, a file; not following symlinks)
+/// whose bytes hold `needle`.
 fn files_holding(dir: &Path, needle: &[u8]) -> Vec<PathBuf> {
     let mut hits = Vec::new();
+    if fs::symlink_metadata(dir).is_ok_and(|m| m.is_file()) {
+        if fs::read(dir).is_ok_and(|b| b.windows(needle.len()).any(|w| w == needle)) {
+            hits.push(dir.to_owned());
+        }
+        return hits;
+    }
     let mut stack = vec![dir.to_owned()];
     while let Some(d) = stack.pop() {
         let Ok(rd) = fs::read_dir(&d) else { continue };
@@ -66,6 +78,62 @@ fn files_holding(dir: &Path, needle: &[u8]) -> Vec<PathBuf> {
     hits
 }
 
+/// Every store path of the closure of `system`.
+fn closure_of(system: &Path) -> Result<Vec<PathBuf>> {
+    let out = Command::new("nix-store")
+        .arg("-qR")
+        .arg(system)
+        .envs(nixenv::nix_env())
+        .output()?;
+    ensure!(
+        out.status.success(),
+        "nix-store -qR: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    Ok(String::from_utf8(out.stdout)?
+        .lines()
+        .map(PathBuf::from)
+        .collect())
+}
+
+/// `bento serve` started on the fleet's bento directory until it answers: it has
+/// read every report into its database (bento.sqlite in the bento directory) by
+/// then. Stopped on drop.
+struct Panel(std::process::Child);
+
+impl Panel {
+    fn start<S: Endpoint>(fleet: &Fleet<S>) -> Result<Panel> {
+        let log = fleet.dir.join("panel.log");
+        let child = Command::new(bins::bin("bento"))
+            .args(["serve", "--listen", "127.0.0.1:0"])
+            .env("BENTO_DIR", fleet.bento_dir())
+            .envs(nixenv::nix_env())
+            .stdout(Stdio::null())
+            .stderr(fs::File::create(&log)?)
+            .spawn()?;
+        let panel = Panel(child);
+        bento_tests::wait_for(std::time::Duration::from_secs(60), || {
+            fs::read_to_string(&log)
+                .ok()
+                .filter(|t| t.contains("listening on http://"))
+        })
+        .with_context(|| {
+            format!(
+                "bento serve did not answer: {}",
+                fs::read_to_string(&log).unwrap_or_default()
+            )
+        })?;
+        Ok(panel)
+    }
+}
+
+impl Drop for Panel {
+    fn drop(&mut self) {
+        agent_common::signal(self.0.id(), "TERM");
+        let _ = self.0.wait();
+    }
+}
+
 fn agent_with_secrets(fleet: &Fleet<EmbeddedSftp>, host: &str, extra: &str) -> Result<Agent> {
     let a = fleet.agent(host)?;
     let root = a.root.display().to_string();
@@ -73,6 +141,14 @@ fn agent_with_secrets(fleet: &Fleet<EmbeddedSftp>, host: &str, extra: &str) -> R
         "secrets_dir = \"{root}/secrets\"\nrestart_command = [\"/bin/sh\", \"-c\", \"echo \\\"$0\\\" >> '{root}/restarts'\"]\n{extra}"
     ))?;
     Ok(a)
+}
+
+/// The generations of secrets the agent keeps (`<secrets_dir>.d/`).
+fn generations(a: &Agent) -> Result<usize> {
+    Ok(fs::read_dir(a.root.join("secrets.d"))?
+        .flatten()
+        .filter(|e| !e.file_name().to_string_lossy().starts_with('.'))
+        .count())
 }
 
 fn restarts(a: &Agent) -> Vec<String> {
@@ -163,8 +239,32 @@ fn secrets_reach_their_host_only_and_rotate_and_go() -> Result<()> {
     assert_eq!(restarts(&agent_a), ["app.service"]);
     assert_eq!(fleet.toy.switch_records(&a)?.len(), 1);
 
-    // No plaintext anywhere but at the secrets' destinations.
+    // The report names the secrets and their ciphertext hashes, nothing more.
+    let (_, meta) = fleet.report_for(&a, &rev)?;
+    let reported = meta.secrets.context("the report names no secrets")?;
+    let names: Vec<&str> = reported.iter().map(|s| s.name.as_str()).collect();
+    assert_eq!(names, ["app.env", "db"]);
+    assert_eq!(
+        reported[1].sha256,
+        bento_core::secrets::sha256_hex(&fs::read(&ct)?)
+    );
+
+    // No plaintext anywhere but at the secrets' destinations: not in the bento
+    // directory with the panel's database (which has read the reports), the
+    // chroots, the agent's files and logs, nor the host's closure.
+    let panel = Panel::start(&fleet)?;
+    drop(panel);
+    ensure!(
+        fleet.bento_dir().join("bento.sqlite").exists(),
+        "the panel made no database"
+    );
+    let closure = closure_of(&agent_a.active_system().context("no active system")?)?;
+    ensure!(!closure.is_empty());
     for p in [&plain1, &env_plain] {
+        for path in &closure {
+            let hits = files_holding(path, p.as_bytes());
+            assert!(hits.is_empty(), "plaintext in the closure: {hits:?}");
+        }
         for dir in [
             fleet.bento_dir(),
             fleet.server.chroot_dir(),
@@ -212,11 +312,20 @@ fn secrets_reach_their_host_only_and_rotate_and_go() -> Result<()> {
 fn secrets_arrive_through_the_openssh_chroot() -> Result<()> {
     let fleet = Fleet::new("secrets-openssh", &["a"], "")?;
     let a = fleet.host(0).to_owned();
-    let key = fs::read_to_string(fleet.server.key_path(&a).with_extension("pub"))?;
-    fleet.write_config(&format!("[hosts.{a}]\nkeys = [{:?}]\n", key.trim()))?;
+    // No keys in bento.toml: the secrets go to the key sshd authorizes for the
+    // host's user, found where sshd's AuthorizedKeysFile says.
+    let authorized = format!("{}/keys/%u", fleet.server.root().display());
     let agent = fleet.agent(&a)?;
     let root = agent.root.display().to_string();
     agent.set_config(&format!("secrets_dir = \"{root}/secrets\"\n"))?;
+    let err = bento(&fleet, &["secret", "set", &a, "key"], Some(b"x")).unwrap_err();
+    assert!(
+        format!("{err:#}").contains(".ssh/authorized_keys"),
+        "{err:#}"
+    );
+    fleet.write_config(&format!(
+        "[secrets]\nauthorized_keys_file = {authorized:?}\n"
+    ))?;
     let value = format!("openssh-plain-{}", std::process::id());
     bento(
         &fleet,
@@ -294,11 +403,13 @@ fn an_agent_killed_while_restarting_leaves_the_new_set_and_resumes() -> Result<(
         fs::read_to_string(agent.root.join("secrets/other"))?,
         "other-one"
     );
-    assert_eq!(fs::read_dir(agent.root.join("secrets.d"))?.count(), 1);
+    // The new set and the last good one (kept for a rollback) are all there is.
+    assert_eq!(generations(&agent)?, 2);
 
     let agent = agent_with_secrets(&fleet, &a, "")?;
     let run = agent.run_once()?;
     assert!(run.ok(), "{}", run.stderr);
+    assert_eq!(generations(&agent)?, 1);
     assert_eq!(restarts(&agent), ["app.service", "app.service"]);
     assert_eq!(
         fs::read_to_string(agent.root.join("secrets/db"))?,
@@ -454,6 +565,8 @@ async fn the_host_page_lists_secrets_without_values() -> Result<()> {
         String::from_utf8_lossy(&out.stderr)
     );
     let s = p.login().await?;
+    // The panel sees the new host when its watch tells it, not at once.
+    s.wait_for_host("web1").await?;
     let page = s.page("/hosts/web1").await?;
     assert!(page.contains("smtp-pass"), "{page}");
     assert!(page.contains("nobody:root") && page.contains("0440"));
@@ -466,5 +579,74 @@ async fn the_host_page_lists_secrets_without_values() -> Result<()> {
         }
     }
     assert!(files_holding(&p.fx.bento_dir(), value.as_bytes()).is_empty());
+    Ok(())
+}
+
+/// An update whose activation fails rolls the host back to its last good
+/// system, and the secrets go back with it: the old system runs with its own.
+#[test]
+fn secrets_follow_the_system_back_when_activation_fails() -> Result<()> {
+    let fleet = Fleet::embedded("secrets-rollback", &["a"], "", "")?;
+    let a = fleet.host(0).to_owned();
+    let agent = agent_with_secrets(&fleet, &a, "")?;
+    let set = |name: &str, value: &str| -> Result<String> {
+        bento(
+            &fleet,
+            &["secret", "set", &a, name, "--restart", "app.service"],
+            Some(value.as_bytes()),
+        )
+    };
+    set("db", "value-one")?;
+    fleet.toy.set_system_version(&a, "1")?;
+    fleet.deploy()?;
+    let run = agent.run_once()?;
+    ensure!(run.ok(), "{}", run.stderr);
+    let installed = agent.root.join("secrets/db");
+    assert_eq!(fs::read_to_string(&installed)?, "value-one");
+    let good = agent.active_system().context("no system")?;
+
+    // Release 2: a new value and a new secret, and a system that fails to start.
+    set("db", "value-two")?;
+    set("extra", "value-extra")?;
+    fleet.toy.set_version_activation_failure(&a, "2", true)?;
+    fleet.toy.set_system_version(&a, "2")?;
+    fleet.deploy()?;
+    let rev2 = fleet.published(&a)?;
+    let run = agent.run_once()?;
+    ensure!(
+        !run.ok(),
+        "the failing activation succeeded: {}",
+        run.stderr
+    );
+    assert_eq!(agent.active_system().as_ref(), Some(&good));
+    let (_, meta) = fleet.report_for(&a, &rev2)?;
+    assert_eq!(
+        meta.status,
+        bento_core::report::ReportStatus::Rollback,
+        "{meta:?}"
+    );
+    assert_eq!(fs::read_to_string(&installed)?, "value-one");
+    assert!(!agent.root.join("secrets/extra").exists());
+    assert!(
+        run.stderr
+            .contains("secrets restored to the set of the last good update"),
+        "{}",
+        run.stderr
+    );
+    // Installed, then restored: the unit restarted with each value.
+    assert_eq!(restarts(&agent), ["app.service"; 3]);
+    // One generation is left, the good one.
+    assert_eq!(generations(&agent)?, 1);
+
+    // The fix reaches the host with the new values.
+    fleet.toy.set_system_version(&a, "3")?;
+    fleet.deploy()?;
+    let run = agent.run_once()?;
+    ensure!(run.ok(), "{}", run.stderr);
+    assert_eq!(fs::read_to_string(&installed)?, "value-two");
+    assert_eq!(
+        fs::read_to_string(agent.root.join("secrets/extra"))?,
+        "value-extra"
+    );
     Ok(())
 }

@@ -1,6 +1,8 @@
 //! Bounds of `bento sftp` that keep hosts served over time: reports rotated at
 //! ingestion so a legitimate host never reaches its `logs/` caps.
 
+mod agent_common;
+
 use std::collections::BTreeSet;
 use std::fs;
 use std::time::SystemTime;
@@ -13,6 +15,7 @@ use bento_core::HostName;
 use bento_tests::embedded::plain_server;
 use bento_tests::endpoint::Endpoint;
 use bento_tests::reports::{set_mtime, write_heartbeat, Report};
+use bento_tests::smallfs::SmallFs;
 use bento_tests::sshd::unique_prefix;
 use bento_tests::TestDir;
 
@@ -189,44 +192,6 @@ fn a_handshake_flood_from_many_addresses_does_not_lock_hosts_out() -> Result<()>
     Ok(())
 }
 
-/// A small tmpfs mounted for the test, unmounted when dropped.
-struct SmallFs(std::path::PathBuf);
-
-impl SmallFs {
-    /// `None` (with a loud message) when this machine cannot mount; CI must.
-    fn mount(at: &std::path::Path, size: &str) -> Result<Option<SmallFs>> {
-        fs::create_dir_all(at)?;
-        let out = std::process::Command::new("mount")
-            .args([
-                "-t",
-                "tmpfs",
-                "-o",
-                &format!("size={size},mode=0755"),
-                "tmpfs",
-            ])
-            .arg(at)
-            .output()?;
-        if out.status.success() {
-            return Ok(Some(SmallFs(at.to_owned())));
-        }
-        let why = String::from_utf8_lossy(&out.stderr).into_owned();
-        if std::env::var("CI").is_ok_and(|v| v == "true") {
-            anyhow::bail!("CI must be able to mount a tmpfs for the disk-full test: {why}");
-        }
-        eprintln!("\n!!! SKIPPED: cannot mount a tmpfs here ({why}); the disk-full test did not run !!!\n");
-        Ok(None)
-    }
-}
-
-impl Drop for SmallFs {
-    fn drop(&mut self) {
-        let _ = std::process::Command::new("umount")
-            .arg("-l")
-            .arg(&self.0)
-            .status();
-    }
-}
-
 #[test]
 fn a_full_disk_fails_one_upload_cleanly_and_the_others_go_on() -> Result<()> {
     let dir = TestDir::new("sftp-full-disk")?;
@@ -235,7 +200,8 @@ fn a_full_disk_fails_one_upload_cleanly_and_the_others_go_on() -> Result<()> {
     let Some(_fs) = SmallFs::mount(&dir.join("chroot"), "4m")? else {
         return Ok(());
     };
-    let mut server = plain_server(dir.path(), &[&evil, &good], "")?;
+    // No reserve: the file system really fills up.
+    let mut server = plain_server(dir.path(), &[&evil, &good], "min_free_bytes = 0\n")?;
     server.start()?;
     let work = dir.join("work");
     fs::create_dir_all(&work)?;
@@ -305,5 +271,75 @@ fn a_full_disk_fails_one_upload_cleanly_and_the_others_go_on() -> Result<()> {
     assert!(ok, "{out}\n{}", server.log());
     assert!(server.poll(&good)?.0);
     drop(server);
+    Ok(())
+}
+
+#[test]
+fn hosts_filling_the_disk_stop_at_the_reserve_and_the_next_deploy_publishes() -> Result<()> {
+    const RESERVE: u64 = 6 << 20;
+    let (mut fleet, small) = agent_common::Fleet::embedded_on(
+        "sftp-reserve",
+        &["evil", "good"],
+        "",
+        &format!("min_free_bytes = {RESERVE}\nmax_log_bytes_total = 1073741824\n"),
+        |chroot| SmallFs::mount(chroot, "24m"),
+    )?;
+    let Some(small) = small else {
+        return Ok(());
+    };
+    let (evil, good) = (fleet.host(0).to_owned(), fleet.host(1).to_owned());
+    fleet.deploy()?;
+    let agent = fleet.agent(&good)?;
+    let run = agent.run_once()?;
+    ensure!(run.ok(), "{}", run.stderr);
+
+    // One host uploads 1 MiB files until the server refuses.
+    let work = fleet.dir.join("work");
+    fs::create_dir_all(&work)?;
+    fs::write(work.join("big"), vec![b'x'; 1 << 20])?;
+    let key = fleet.server.key_path(&evil);
+    let mut refused = None;
+    for i in 0..40 {
+        let (ok, out) = fleet.server.sftp_outcome(
+            &evil,
+            &key,
+            &format!("put {} /logs/big{i}\n", work.join("big").display()),
+        )?;
+        if !ok {
+            refused = Some((i, out));
+            break;
+        }
+    }
+    let (i, out) = refused.expect("24 MiB took 40 MiB of uploads");
+    let log = fleet.server.log_with(&["min_free_bytes"]);
+    assert!(
+        log.contains("keeps 6291456 bytes of its disk free for publication (min_free_bytes)"),
+        "{out}\n{log}"
+    );
+    assert!(
+        !fleet
+            .host_chroot(&evil)
+            .join(format!("logs/big{i}"))
+            .exists(),
+        "the refused upload was left behind"
+    );
+    // The uploads stopped short of the reserve (a write in flight may take one
+    // upload's last chunk of it).
+    let free = small.free()?;
+    assert!(free + (64 << 10) >= RESERVE, "{free} bytes free");
+
+    // The host's heartbeat still goes through (one small file rewritten).
+    fs::write(work.join("hb"), b"{}")?;
+    let (ok, out) = fleet.server.sftp_outcome(
+        &evil,
+        &key,
+        &format!("put {} /logs/{HEARTBEAT_FILE}\n", work.join("hb").display()),
+    )?;
+    assert!(ok, "the heartbeat was refused: {out}");
+
+    // The next deploy publishes a new system (its files and closure go into the
+    // reserve), and the other host fetches and activates it.
+    fleet.deploy_version(&agent, &good, "2")?;
+    assert!(fleet.server.running(), "{}", fleet.server.log());
     Ok(())
 }

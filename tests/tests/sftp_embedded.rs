@@ -362,14 +362,7 @@ fn the_agent_updates_and_reports_through_it_and_survives_it_being_down() -> Resu
     assert!(fleet.report_for(&a, &first).is_ok());
 
     // A change, deployed and pulled.
-    fleet.toy.set_system_version(&a, "2")?;
-    fleet.deploy()?;
-    let second = fleet.published(&a)?;
-    assert_ne!(first, second);
-    let run = agent.run_once()?;
-    assert!(run.ok(), "{}", run.stderr);
-    let st = fleet.status(&a)?;
-    assert_eq!(st.state, State::UpToDate, "{st:?}");
+    let second = fleet.deploy_version(&agent, &a, "2")?;
     assert!(fleet.report_for(&a, &second).is_ok());
 
     // Server down: the agent says it cannot reach it, and catches up afterwards.

@@ -79,5 +79,6 @@ pub fn report_meta(
         changed_packages: None,
         obtained: None,
         exact: None,
+        secrets: None,
     }
 }

@@ -49,17 +49,41 @@ pub enum SecretAction {
 }
 
 /// Every key a host's secrets are encrypted to: its SSH keys, then the admins'.
+/// In OpenSSH mode a host with no `keys` in bento.toml has the keys sshd
+/// authorizes for its user (`[secrets] authorized_keys_file`).
 fn recipients(bento: &BentoDir, h: &HostName) -> anyhow::Result<Vec<String>> {
-    let keys = bento
+    let mut keys = bento
         .settings
         .hosts
         .get(h)
         .map(|s| s.keys.clone())
         .unwrap_or_default();
+    let hint = format!(
+        "add `[hosts.{h}] keys = [\"ssh-ed25519 AAAA…\"]` (the key its agent logs in with, or its /etc/ssh/ssh_host_ed25519_key.pub)"
+    );
+    if keys.is_empty() && bento.settings.sftp.is_none() {
+        let user = bento.settings.host_user(h);
+        let path = bento_core::secrets::authorized_keys_path(
+            &bento.settings.secrets.authorized_keys_file,
+            &user,
+        )
+        .map_err(|e| anyhow::anyhow!("host {h} has no SSH public key in bento.toml, and its user's authorized keys cannot be found: {e}; {hint}"))?;
+        match std::fs::read_to_string(&path) {
+            Ok(text) => keys = bento_core::secrets::authorized_key_lines(&text),
+            Err(e) => bail!(
+                "host {h} has no SSH public key in bento.toml, and the keys sshd authorizes for its user {user} cannot be read ({}: {e}); {hint}, or set [secrets] authorized_keys_file",
+                path.display()
+            ),
+        }
+        if keys.is_empty() {
+            bail!(
+                "host {h} has no SSH public key in bento.toml, and {} (the keys sshd authorizes for its user {user}) holds none; {hint}",
+                path.display()
+            );
+        }
+    }
     if keys.is_empty() {
-        bail!(
-            "host {h} has no SSH public key in bento.toml: add `[hosts.{h}] keys = [\"ssh-ed25519 AAAA…\"]` (the key its agent logs in with, or its /etc/ssh/ssh_host_ed25519_key.pub)"
-        );
+        bail!("host {h} has no SSH public key in bento.toml: {hint}");
     }
     Ok(keys
         .into_iter()

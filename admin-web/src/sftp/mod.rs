@@ -229,6 +229,7 @@ impl Shared {
                 max_bytes: sftp.max_log_bytes,
                 max_files: sftp.max_log_files,
                 max_total_bytes: sftp.max_log_bytes_total,
+                min_free_bytes: sftp.min_free_bytes,
             },
             max_per_host: sftp.max_connections_per_host,
             max_channels: sftp.max_channels_per_connection,

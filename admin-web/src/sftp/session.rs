@@ -8,6 +8,7 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
 use bento_core::jail::{fstat_file, DirReader, FileStat, Jail, JailError, VPath, WriteMode};
+use bento_core::report::HEARTBEAT_FILE;
 use bento_core::HostName;
 use russh_sftp::protocol::{
     Attrs, Data, FileAttributes, Handle, Name, OpenFlags, Packet, Status, StatusCode, Version,
@@ -393,7 +394,8 @@ impl russh_sftp::server::Handler for SftpSession {
         else {
             return Err(Self::bad_handle());
         };
-        match self.jail.write_log(file, offset, &data) {
+        let keep_reserve = path.log_name() != Some(HEARTBEAT_FILE);
+        match self.jail.write_log(file, offset, &data, keep_reserve) {
             Ok(()) => Ok(ok(id)),
             Err(e @ JailError::Cap(_)) => {
                 // A capped upload is removed: a truncated report would be misread.

@@ -75,8 +75,21 @@ impl Fleet<EmbeddedSftp> {
     /// Flake hosts served by `bento sftp` (one key each in bento.toml, no system
     /// users); `sftp_settings` go into `[sftp]`.
     pub fn embedded(label: &str, names: &[&str], extra: &str, sftp_settings: &str) -> Result<Self> {
+        Ok(Self::embedded_on(label, names, extra, sftp_settings, |_| Ok(()))?.0)
+    }
+
+    /// [`Fleet::embedded`], with `prepare` run on the chroot's path before anything
+    /// is put there (a test mounts its own file system on it).
+    pub fn embedded_on<T>(
+        label: &str,
+        names: &[&str],
+        extra: &str,
+        sftp_settings: &str,
+        prepare: impl FnOnce(&Path) -> Result<T>,
+    ) -> Result<(Self, T)> {
         let dir = TestDir::new(label)?;
         fs::set_permissions(dir.path(), fs::Permissions::from_mode(0o755))?;
+        let prepared = prepare(&dir.join("chroot"))?;
         let p = unique_prefix();
         let hosts: Vec<String> = names.iter().map(|n| format!("{p}-{n}")).collect();
         let refs: Vec<&str> = hosts.iter().map(String::as_str).collect();
@@ -101,7 +114,7 @@ impl Fleet<EmbeddedSftp> {
         f.server.start()?;
         // The agents' port, for a human reading bento.toml.
         f.write_config(extra)?;
-        Ok(f)
+        Ok((f, prepared))
     }
 }
 
@@ -211,6 +224,28 @@ impl<S: Endpoint> Fleet<S> {
     }
 
     /// An agent for `host`, its files under `<test dir>/agent-<host>/`.
+    /// A new system version deployed for `host` and pulled by its agent: the host
+    /// is up to date on the new revision, which is returned.
+    pub fn deploy_version(&self, agent: &Agent, host: &str, version: &str) -> Result<String> {
+        let before = self.published(host)?;
+        self.toy.set_system_version(host, version)?;
+        self.deploy()?;
+        let after = self.published(host)?;
+        ensure!(
+            before != after,
+            "version {version} published no new revision"
+        );
+        let run = agent.run_once()?;
+        ensure!(run.ok(), "{}", run.stderr);
+        let st = self.status(host)?;
+        ensure!(
+            st.state == bento_core::status::State::UpToDate
+                && st.running_revision.as_deref() == Some(after.as_str()),
+            "{host} is not up to date on {after}: {st:#?}"
+        );
+        Ok(after)
+    }
+
     pub fn agent(&self, host: &str) -> Result<Agent> {
         Agent::new(self, host)
     }
