@@ -1303,6 +1303,13 @@ impl Agent {
             if !changes.is_empty() || status == ReportStatus::Success {
                 s.last_changes = changes.iter().take(100).cloned().collect();
             }
+            // What runs now: an update that obtained no system keeps the last.
+            if matches!(status, ReportStatus::Success | ReportStatus::Autoupdate)
+                && facts.obtained.is_some()
+            {
+                s.obtained = facts.obtained.clone();
+                s.exact = facts.exact;
+            }
             StatusHandle::record(s, &record, history);
         });
 

@@ -54,6 +54,8 @@ impl StatusHandle {
             reboot_scheduled: None,
             log_tail: Vec::new(),
             last_changes: Vec::new(),
+            obtained: None,
+            exact: None,
         }
     }
 

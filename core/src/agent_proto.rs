@@ -113,6 +113,13 @@ pub struct AgentStatus {
     pub log_tail: Vec<String>,
     /// Short human summary of what changed in the last update (closure diff lines).
     pub last_changes: Vec<String>,
+    /// How the running system was obtained by the last update that installed one:
+    /// the server's closure fetched, or built here.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub obtained: Option<crate::report::Obtained>,
+    /// Whether it is exactly the system the server built (`None`: not known).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub exact: Option<bool>,
 }
 
 /// Something that happened, pushed to subscribers in order.

@@ -26,6 +26,7 @@ function render(d) {
   const ids = [];
   if (d.revision) ids.push("Revision " + d.revision);
   if (d.system) ids.push("System " + d.system);
+  if (d.obtained) ids.push(d.obtained);
   document.getElementById("revision").textContent = ids.join("\n");
   document.getElementById("reboot").textContent = d.reboot || "—";
 

@@ -820,6 +820,9 @@ pub struct Details {
     pub revision: Option<String>,
     /// The running system's store path basename.
     pub system: Option<String>,
+    /// How it came to this computer: downloaded as the administrator's server
+    /// built it, or built here.
+    pub obtained: Option<String>,
     pub summary: Vec<String>,
     pub reboot: String,
     pub updates: Vec<DetailsRow>,
@@ -839,6 +842,35 @@ pub struct DetailsRow {
     /// Its short revision, else "—".
     pub revision: String,
     pub note: String,
+}
+
+/// One sentence on how the running system reached this computer.
+fn obtained_line(s: &AgentStatus) -> Option<String> {
+    use bento_core::report::Obtained;
+    let how = match s.obtained.as_ref()? {
+        Obtained::Fetched {
+            paths,
+            bytes,
+            millis,
+        } => format!(
+            "Downloaded as your administrator's server built it: {paths} part{} ({}) in {:.1} s.",
+            if *paths == 1 { "" } else { "s" },
+            bento_core::report::human_bytes(*bytes),
+            *millis as f64 / 1000.0
+        ),
+        Obtained::Built { millis } => format!(
+            "Built on this computer in {:.0} s.",
+            (*millis as f64 / 1000.0).max(1.0)
+        ),
+    };
+    let exact = match s.exact {
+        Some(true) => " It is exactly the system prepared for this computer.",
+        Some(false) => {
+            " It differs from the system the server prepared: your administrator can tell why."
+        }
+        None => "",
+    };
+    Some(format!("{how}{exact}"))
 }
 
 /// How many past updates the window lists.
@@ -875,6 +907,7 @@ pub fn details(
                 version: None,
                 revision: None,
                 system: None,
+                obtained: None,
                 summary: vec![
                     "The service that installs updates on this computer does not answer; updates resume as soon as it is back.".to_owned(),
                     "Nothing is known yet about this computer's updates.".to_owned(),
@@ -944,6 +977,7 @@ pub fn details(
         version: running_version(s, versions, tz),
         revision: s.revision.clone(),
         system: s.system.clone(),
+        obtained: obtained_line(s),
         summary,
         reboot,
         updates,
@@ -991,6 +1025,8 @@ mod tests {
             reboot_scheduled: None,
             log_tail: Vec::new(),
             last_changes: Vec::new(),
+            obtained: None,
+            exact: None,
         }
     }
 
@@ -1320,6 +1356,29 @@ mod tests {
         assert_eq!(d.seen().next(), Some("10"));
         d.forget("10");
         assert_eq!(d.seen().next(), Some("11"));
+    }
+
+    #[test]
+    fn details_say_how_the_system_came() {
+        let mut s = status();
+        assert_eq!(details(Some(&s), None, &NONE, NOW, TZ).obtained, None);
+        s.obtained = Some(bento_core::report::Obtained::Fetched {
+            paths: 3,
+            bytes: 3 << 20,
+            millis: 2500,
+        });
+        s.exact = Some(true);
+        let line = details(Some(&s), None, &NONE, NOW, TZ).obtained.unwrap();
+        assert!(line.contains("3 parts (3.0 MiB) in 2.5 s"), "{line}");
+        assert!(line.contains("exactly the system prepared"), "{line}");
+        s.obtained = Some(bento_core::report::Obtained::Built { millis: 90_000 });
+        s.exact = Some(false);
+        let line = details(Some(&s), None, &NONE, NOW, TZ).obtained.unwrap();
+        assert!(
+            line.starts_with("Built on this computer in 90 s."),
+            "{line}"
+        );
+        assert!(line.contains("differs"), "{line}");
     }
 
     #[test]

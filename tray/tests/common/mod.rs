@@ -594,6 +594,12 @@ pub fn status() -> AgentStatus {
         reboot_scheduled: None,
         log_tail: Vec::new(),
         last_changes: Vec::new(),
+        obtained: Some(bento_core::report::Obtained::Fetched {
+            paths: 3,
+            bytes: 5 << 20,
+            millis: 4200,
+        }),
+        exact: Some(true),
     }
 }
 
