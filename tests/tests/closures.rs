@@ -668,3 +668,103 @@ fn nars_are_pruned_with_the_releases_that_name_them() -> Result<()> {
     }
     Ok(())
 }
+
+/// The agent is killed (with its `nix copy`) while it imports the closure: no
+/// path is half in the store, nothing was activated, and the next poll imports
+/// from the NARs it kept and activates the server's toplevel.
+#[test]
+fn an_agent_killed_during_the_import_recovers() -> Result<()> {
+    let fleet = Fleet::embedded("closure-killed", &["a"], "", "")?;
+    let a = fleet.host(0).to_owned();
+    fleet.toy.set_kernel(&a, &format!("6.1.0-{a}"))?;
+    fleet.toy.set_payload(&a, 4 << 20)?;
+    fleet.deploy()?;
+    let c = closure(&fleet, &a)?;
+    let paths: Vec<&str> = c.paths.keys().map(String::as_str).collect();
+    delete(&paths)?;
+    let agent = fleet.agent(&a)?;
+    pin(&agent, &public_key(&fleet)?)?;
+
+    // The import stops at its start while `stop-copy` exists: the agent is
+    // killed there, every time, not by luck of timing.
+    let real = agent_common::which("nix").context("nix")?;
+    let (stop, pidfile) = (agent.root.join("stop-copy"), agent.root.join("copy.pid"));
+    let shim = agent.root.join("shim/nix");
+    fs::write(
+        &shim,
+        format!(
+            "#!/bin/sh\necho \"nix $*\" >> '{calls}'\ncase \" $* \" in *' copy '*) if [ -e '{stop}' ]; then echo $$ > '{pid}'; kill -STOP $$; fi;; esac\nexec '{real}' \"$@\"\n",
+            calls = agent.root.join("nix-calls.log").display(),
+            stop = stop.display(),
+            pid = pidfile.display(),
+            real = real.display()
+        ),
+    )?;
+    fs::write(&stop, "")?;
+    let mut child = agent.spawn(&["run-once"], "killed")?;
+    let copy = bento_tests::wait_for(agent_common::AGENT_TIMEOUT, || {
+        fs::read_to_string(&pidfile)
+            .ok()
+            .and_then(|s| s.trim().parse::<u32>().ok())
+    });
+    let _ = child.kill();
+    child.wait()?;
+    if let Some(pid) = copy {
+        agent_common::signal(pid, "KILL");
+    }
+    let log = agent.spawned_log("killed");
+    let copy = copy.with_context(|| format!("the agent never imported:\n{log}"))?;
+    ensure!(
+        log.contains("importing"),
+        "killed elsewhere than in the import:\n{log}"
+    );
+    // The stopped nix is gone before the checks (a zombie is reaped by init).
+    bento_tests::wait_for(std::time::Duration::from_secs(10), || {
+        (!Path::new(&format!("/proc/{copy}")).exists()
+            || fs::read_to_string(format!("/proc/{copy}/stat")).is_ok_and(|s| s.contains(") Z ")))
+        .then_some(())
+    })
+    .context("the killed nix copy still runs")?;
+    ensure!(!valid(&c.toplevel), "the toplevel entered the store");
+    ensure!(
+        agent.active_system().as_deref() != Some(Path::new(&c.toplevel)),
+        "the killed agent activated the system"
+    );
+    let kept = fs::read_dir(agent.state_dir().join("nar-cache"))
+        .map(|rd| rd.count())
+        .unwrap_or(0);
+    ensure!(kept > 0, "the downloaded NARs were not kept");
+
+    fs::remove_file(&stop)?;
+    let run = agent.run_once()?;
+    ensure!(
+        run.ok(),
+        "the update after the kill failed:\n{}",
+        run.stderr
+    );
+    ensure!(
+        agent.active_system().as_deref() == Some(Path::new(&c.toplevel)),
+        "not activated after the kill"
+    );
+    // The NARs downloaded before the kill were used, not fetched again.
+    let (_, meta) = fleet.report_for(&a, &fleet.published(&a)?)?;
+    let (_, bytes) = fetched(&meta.obtained)?;
+    ensure!(
+        bytes < 1 << 20,
+        "{bytes} bytes fetched again after the kill"
+    );
+    for p in &paths {
+        ensure!(valid(p), "{p} is not in the store after the import");
+    }
+    let out = Command::new("nix-store")
+        .arg("--verify-path")
+        .args(&paths)
+        .envs(nixenv::nix_env())
+        .output()?;
+    ensure!(
+        out.status.success(),
+        "an imported path does not match its hash: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    Ok(())
+}
