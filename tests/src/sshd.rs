@@ -360,6 +360,11 @@ Subsystem sftp internal-sftp
     }
 
     /// This server's group, also the name of its directory under [`TEST_ROOT`].
+    /// The listening sshd's process id, while it runs.
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(Child::id)
+    }
+
     pub fn group(&self) -> &str {
         &self.id
     }

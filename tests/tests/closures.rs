@@ -18,9 +18,9 @@ use bento_core::closure::{store_hash, Closure};
 use bento_core::release::Manifest;
 use bento_core::report::{Obtained, ReportStatus};
 use bento_tests::endpoint::Endpoint;
-use bento_tests::{bins, nixenv};
+use bento_tests::nixenv;
 
-use agent_common::{Agent, Fleet, Run};
+use agent_common::{Agent, Fleet};
 
 /// The manifest of the host's current release.
 fn manifest<S: Endpoint>(fleet: &Fleet<S>, host: &str) -> Result<Manifest> {
@@ -78,65 +78,6 @@ fn public_key<S: Endpoint>(fleet: &Fleet<S>) -> Result<String> {
 fn pin(agent: &Agent, key: &str) -> Result<()> {
     agent.set_config(&format!(
         "trusted_public_keys = [\"{key}\"]\nbuild = \"never\"\nnix_args = [\"--max-jobs\", \"0\"]\n"
-    ))
-}
-
-/// `run-once` through the counting relay: the bytes the server sent, and the run.
-fn run_via_relay<S: Endpoint>(
-    fleet: &Fleet<S>,
-    agent: &Agent,
-    cut_after: Option<u64>,
-) -> Result<(u64, Run)> {
-    let count = agent.root.join("relay.count");
-    let counted = || -> u64 {
-        fs::read_dir(&agent.root)
-            .map(|rd| {
-                rd.flatten()
-                    .filter(|e| e.file_name().to_string_lossy().starts_with("relay.count."))
-                    .filter_map(|e| fs::read_to_string(e.path()).ok())
-                    .filter_map(|t| t.trim().parse::<u64>().ok())
-                    .sum()
-            })
-            .unwrap_or(0)
-    };
-    for e in fs::read_dir(&agent.root)?.flatten() {
-        if e.file_name().to_string_lossy().starts_with("relay.count.") {
-            fs::remove_file(e.path())?;
-        }
-    }
-    let mut proxy = format!(
-        "ProxyCommand={} 127.0.0.1 {} {}",
-        bins::bin("bento-relay").display(),
-        fleet.server.port(),
-        count.display()
-    );
-    if let Some(c) = cut_after {
-        proxy.push_str(&format!(" {c}"));
-    }
-    let s = &fleet.server;
-    let kh = format!("UserKnownHostsFile={}", s.known_hosts_path().display());
-    let out = agent
-        .cmd(&[
-            "run-once",
-            "--ssh-option",
-            &kh,
-            "--ssh-option",
-            "StrictHostKeyChecking=accept-new",
-            "--ssh-option",
-            "IdentitiesOnly=yes",
-            "--ssh-option",
-            &proxy,
-        ])
-        .output()?;
-    let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
-    eprintln!("--- bento-agent run-once via relay ---\n{stderr}--- end ---");
-    let bytes = counted();
-    Ok((
-        bytes,
-        Run {
-            code: out.status.code(),
-            stderr,
-        },
     ))
 }
 
@@ -233,7 +174,7 @@ fn first_and_second_update<S: Endpoint>(fleet: &Fleet<S>) -> Result<()> {
 
     let agent = fleet.agent(&a)?;
     pin(&agent, &public_key(fleet)?)?;
-    let (_, run) = run_via_relay(fleet, &agent, None)?;
+    let (_, run) = fleet.run_via_relay(&agent, None)?;
     ensure!(run.ok(), "first update failed:\n{}", run.stderr);
     ensure!(
         agent.active_system().as_deref() == Some(Path::new(&top_a)),
@@ -287,7 +228,7 @@ fn first_and_second_update<S: Endpoint>(fleet: &Fleet<S>) -> Result<()> {
         .find(|(p, _)| p.contains("toy-payload"))
         .map(|(_, n)| n.file_size)
         .context("no payload")?;
-    let (relayed, run) = run_via_relay(fleet, &agent, None)?;
+    let (relayed, run) = fleet.run_via_relay(&agent, None)?;
     ensure!(run.ok(), "second update failed:\n{}", run.stderr);
     let (_, meta) = fleet.report_for(&a, &fleet.published(&a)?)?;
     let (n, bytes) = fetched(&meta.obtained)?;
@@ -338,7 +279,7 @@ fn resumes<S: Endpoint>(fleet: &Fleet<S>) -> Result<()> {
         .context("no payload")?;
     let agent = fleet.agent(&a)?;
     pin(&agent, &public_key(fleet)?)?;
-    let (first, run) = run_via_relay(fleet, &agent, Some(nar.file_size / 2))?;
+    let (first, run) = fleet.run_via_relay(&agent, Some(nar.file_size / 2))?;
     ensure!(
         !run.ok(),
         "the cut link did not fail the poll:\n{}",
@@ -360,7 +301,7 @@ fn resumes<S: Endpoint>(fleet: &Fleet<S>) -> Result<()> {
         part.display()
     );
     ensure!(!valid(&c.toplevel), "the toplevel is in the store already");
-    let (second, run) = run_via_relay(fleet, &agent, None)?;
+    let (second, run) = fleet.run_via_relay(&agent, None)?;
     ensure!(run.ok(), "the resumed update failed:\n{}", run.stderr);
     ensure!(
         run.stderr.contains("resuming"),

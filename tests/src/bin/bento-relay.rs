@@ -19,6 +19,14 @@ fn main() -> ExitCode {
     // One file per connection: a run opens several, and ssh may kill its proxy
     // at any moment, so each count is rewritten as bytes pass.
     let count_file = format!("{}.{}", args[2], std::process::id());
+    // ssh ends its ProxyCommand with SIGHUP when it closes, often in the middle
+    // of a write: the count is replaced whole (a rename), never left empty.
+    let tmp_file = format!("{count_file}.tmp");
+    let record = |total: u64| {
+        if std::fs::write(&tmp_file, total.to_string()).is_ok() {
+            let _ = std::fs::rename(&tmp_file, &count_file);
+        }
+    };
     let stream = match TcpStream::connect((args[0].as_str(), args[1].parse().unwrap_or(22))) {
         Ok(s) => s,
         Err(e) => {
@@ -64,10 +72,10 @@ fn main() -> ExitCode {
                 {
                     break;
                 }
-                let _ = std::fs::write(&count_file, total.to_string());
+                record(total);
             }
         }
     }
-    let _ = std::fs::write(&count_file, total.to_string());
+    record(total);
     ExitCode::SUCCESS
 }

@@ -223,6 +223,62 @@ impl<S: Endpoint> Fleet<S> {
         anyhow::bail!("no report of {rev} in {:?}", self.reports(host))
     }
 
+    /// `run-once` through the counting relay: the bytes the server sent, and the run.
+    pub fn run_via_relay(&self, agent: &Agent, cut_after: Option<u64>) -> Result<(u64, Run)> {
+        let count = agent.root.join("relay.count");
+        let counted = || -> u64 {
+            fs::read_dir(&agent.root)
+                .map(|rd| {
+                    rd.flatten()
+                        .filter(|e| e.file_name().to_string_lossy().starts_with("relay.count."))
+                        .filter_map(|e| fs::read_to_string(e.path()).ok())
+                        .filter_map(|t| t.trim().parse::<u64>().ok())
+                        .sum()
+                })
+                .unwrap_or(0)
+        };
+        for e in fs::read_dir(&agent.root)?.flatten() {
+            if e.file_name().to_string_lossy().starts_with("relay.count.") {
+                fs::remove_file(e.path())?;
+            }
+        }
+        let mut proxy = format!(
+            "ProxyCommand={} 127.0.0.1 {} {}",
+            bins::bin("bento-relay").display(),
+            self.server.port(),
+            count.display()
+        );
+        if let Some(c) = cut_after {
+            proxy.push_str(&format!(" {c}"));
+        }
+        let s = &self.server;
+        let kh = format!("UserKnownHostsFile={}", s.known_hosts_path().display());
+        let out = agent
+            .cmd(&[
+                "run-once",
+                "--ssh-option",
+                &kh,
+                "--ssh-option",
+                "StrictHostKeyChecking=accept-new",
+                "--ssh-option",
+                "IdentitiesOnly=yes",
+                "--ssh-option",
+                &proxy,
+            ])
+            .output()?;
+        let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+        eprintln!("--- bento-agent run-once via relay ---\n{stderr}--- end ---");
+        let bytes = counted();
+        eprintln!("relay: {bytes} bytes from the server");
+        Ok((
+            bytes,
+            Run {
+                code: out.status.code(),
+                stderr,
+            },
+        ))
+    }
+
     /// An agent for `host`, its files under `<test dir>/agent-<host>/`.
     /// A new system version deployed for `host` and pulled by its agent: the host
     /// is up to date on the new revision, which is returned.
