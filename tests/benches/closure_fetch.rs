@@ -42,6 +42,7 @@ use anyhow::{ensure, Context, Result};
 use bento_core::closure::{store_hash, Closure};
 use bento_core::release::Manifest;
 use bento_tests::endpoint::Endpoint;
+use bento_tests::nixenv::{delete, valid};
 use bento_tests::{nixenv, wait_for, TestDir};
 
 fn main() -> Result<()> {
@@ -252,28 +253,6 @@ fn pin<S: Endpoint>(fleet: &Fleet<S>, agent: &Agent) -> Result<()> {
         "trusted_public_keys = [\"{}\"]\nbuild = \"never\"\nnix_args = [\"--max-jobs\", \"0\"]\n",
         key.trim()
     ))
-}
-
-fn valid(path: &str) -> bool {
-    Command::new("nix-store")
-        .args(["--check-validity", path])
-        .envs(nixenv::nix_env())
-        .output()
-        .is_ok_and(|o| o.status.success())
-}
-
-fn delete(paths: &[&str]) -> Result<()> {
-    let out = Command::new("nix-store")
-        .arg("--delete")
-        .args(paths)
-        .envs(nixenv::nix_env())
-        .output()?;
-    ensure!(
-        out.status.success(),
-        "nix-store --delete: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    Ok(())
 }
 
 /// utime + stime (+ the reaped children's, for sshd) of the server process `pid`.

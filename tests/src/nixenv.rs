@@ -71,3 +71,34 @@ pub fn build_single(cmd: &mut Command) -> Result<PathBuf> {
     }
     Ok(paths.remove(0))
 }
+
+/// Runs `nix-store ARGS` offline; its stdout, or its stderr as the error.
+pub fn nix_store<I, S>(args: I) -> Result<String>
+where
+    I: IntoIterator<Item = S>,
+    S: AsRef<std::ffi::OsStr>,
+{
+    let out = Command::new("nix-store")
+        .args(args)
+        .envs(nix_env())
+        .output()
+        .context("running nix-store")?;
+    if !out.status.success() {
+        bail!("nix-store: {}", String::from_utf8_lossy(&out.stderr).trim());
+    }
+    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+}
+
+/// Whether `path` is valid in the store.
+pub fn valid(path: &str) -> bool {
+    nix_store(["--check-validity", path]).is_ok()
+}
+
+/// Deletes `paths` from the store (a test's own paths, exported already).
+pub fn delete(paths: &[&str]) -> Result<()> {
+    nix_store(std::iter::once("--delete").chain(paths.iter().copied()))?;
+    if let Some(p) = paths.iter().find(|p| valid(p)) {
+        bail!("{p} is still in the store");
+    }
+    Ok(())
+}

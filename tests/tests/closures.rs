@@ -11,14 +11,13 @@ mod agent_common;
 use std::fs;
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
-use std::process::Command;
 
 use anyhow::{ensure, Context, Result};
 use bento_core::closure::{store_hash, Closure};
 use bento_core::release::Manifest;
 use bento_core::report::{Obtained, ReportStatus};
 use bento_tests::endpoint::Endpoint;
-use bento_tests::nixenv;
+use bento_tests::nixenv::{self, delete, valid};
 
 use agent_common::{Agent, Fleet};
 
@@ -37,32 +36,6 @@ fn closure<S: Endpoint>(fleet: &Fleet<S>, host: &str) -> Result<Closure> {
     manifest(fleet, host)?
         .closure
         .context("the release names no closure")
-}
-
-fn valid(path: &str) -> bool {
-    Command::new("nix-store")
-        .args(["--check-validity", path])
-        .envs(nixenv::nix_env())
-        .output()
-        .is_ok_and(|o| o.status.success())
-}
-
-/// Deletes `paths` from the store (the server exported them already).
-fn delete(paths: &[&str]) -> Result<()> {
-    let out = Command::new("nix-store")
-        .arg("--delete")
-        .args(paths)
-        .envs(nixenv::nix_env())
-        .output()?;
-    ensure!(
-        out.status.success(),
-        "nix-store --delete: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    for p in paths {
-        ensure!(!valid(p), "{p} is still in the store");
-    }
-    Ok(())
 }
 
 /// The fleet's public key, as `bento check-config` prints it.
@@ -697,15 +670,7 @@ fn an_agent_killed_during_the_import_recovers() -> Result<()> {
     for p in &paths {
         ensure!(valid(p), "{p} is not in the store after the import");
     }
-    let out = Command::new("nix-store")
-        .arg("--verify-path")
-        .args(&paths)
-        .envs(nixenv::nix_env())
-        .output()?;
-    ensure!(
-        out.status.success(),
-        "an imported path does not match its hash: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    nixenv::nix_store(std::iter::once("--verify-path").chain(paths.iter().copied()))
+        .context("an imported path does not match its hash")?;
     Ok(())
 }

@@ -80,20 +80,8 @@ fn files_holding(dir: &Path, needle: &[u8]) -> Vec<PathBuf> {
 
 /// Every store path of the closure of `system`.
 fn closure_of(system: &Path) -> Result<Vec<PathBuf>> {
-    let out = Command::new("nix-store")
-        .arg("-qR")
-        .arg(system)
-        .envs(nixenv::nix_env())
-        .output()?;
-    ensure!(
-        out.status.success(),
-        "nix-store -qR: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    Ok(String::from_utf8(out.stdout)?
-        .lines()
-        .map(PathBuf::from)
-        .collect())
+    let out = nixenv::nix_store([std::ffi::OsStr::new("-qR"), system.as_os_str()])?;
+    Ok(out.lines().map(PathBuf::from).collect())
 }
 
 /// `bento serve` started on the fleet's bento directory until it answers: it has
