@@ -159,8 +159,20 @@ async fn drive(
         .await?
         .click()
         .await?;
-    let h1 = c.wait().for_element(Locator::Css("main h1")).await?;
-    assert_eq!(h1.text().await?, "Fleet");
+    // The login page may still be there when the click returns: wait for the
+    // fleet page's heading, not for any heading (a login page's goes stale).
+    eventually(
+        Duration::from_secs(20),
+        "the fleet page after login",
+        || async {
+            let text = match c.find(Locator::Css("main h1")).await {
+                Ok(h1) => h1.text().await.unwrap_or_default(),
+                Err(_) => String::new(),
+            };
+            Ok((text == "Fleet").then_some(()))
+        },
+    )
+    .await?;
 
     // The fleet, with every host.
     eventually(
