@@ -93,11 +93,9 @@ struct UpdateFacts {
     created: Option<OffsetDateTime>,
     obtained: Option<Obtained>,
     exact: Option<bool>,
-    /// The secrets the release carried, for the report.
+    /// The secrets this update put in place, for the report; set, a failure or
+    /// rollback puts the last good set back.
     secrets: Option<Vec<bento_core::report::ReportedSecret>>,
-    /// This update put a new set of secrets in place: a failure or rollback puts
-    /// the last good set back.
-    secrets_installed: bool,
 }
 
 impl Agent {
@@ -559,11 +557,7 @@ impl Agent {
         }
         // Secrets are in place before anything is activated.
         if let Some(s) = &secrets {
-            {
-                let mut facts = self.facts.lock().expect("facts");
-                facts.secrets = Some(s.reported());
-                facts.secrets_installed = true;
-            }
+            self.facts.lock().expect("facts").secrets = Some(s.reported());
             if let Err(msg) = s.install(&self.cfg, &log) {
                 log.error(&msg);
                 return self.fail(&rev, started, previous, log, msg, st).await;
@@ -1204,7 +1198,7 @@ impl Agent {
         // The secrets follow the system that runs now.
         match status {
             ReportStatus::Success | ReportStatus::Autoupdate => crate::secrets::commit(&self.cfg),
-            ReportStatus::Failure | ReportStatus::Rollback if facts.secrets_installed => {
+            ReportStatus::Failure | ReportStatus::Rollback if facts.secrets.is_some() => {
                 if st.mixed.is_some() {
                     log.warn("the host is in a mixed state: the new secrets stay in place");
                 } else {

@@ -230,6 +230,26 @@ fn prune_generations(base: &Path, keep: &[&Path]) {
     }
 }
 
+/// The `--restart` units of the secrets of `now` that are new or changed since
+/// `before`, each once.
+fn changed_units<'a>(
+    now: &'a BTreeMap<String, Installed>,
+    before: &BTreeMap<String, Installed>,
+) -> Vec<&'a str> {
+    let mut units: Vec<&str> = Vec::new();
+    for (name, s) in now {
+        if before.get(name).is_some_and(|b| b.sha256 == s.sha256) {
+            continue;
+        }
+        for u in &s.restart {
+            if bento_core::secrets::validate_unit(u).is_ok() && !units.contains(&u.as_str()) {
+                units.push(u);
+            }
+        }
+    }
+    units
+}
+
 /// Runs `restart_command UNIT` for each unit (no shell); a failure is a warning.
 fn restart_units(cfg: &Config, log: &UpdateLog, units: &[&str], why: &str) {
     for u in units {
@@ -328,17 +348,7 @@ pub fn restore(cfg: &Config, log: &UpdateLog) {
     if let Err(e) = relink(base, &back, &now) {
         log.warn(e);
     }
-    let mut units: Vec<&str> = Vec::new();
-    for (name, s) in &back {
-        if now.get(name).is_some_and(|n| n.sha256 == s.sha256) {
-            continue;
-        }
-        for u in &s.restart {
-            if bento_core::secrets::validate_unit(u).is_ok() && !units.contains(&u.as_str()) {
-                units.push(u);
-            }
-        }
-    }
+    let units = changed_units(&back, &now);
     match &previous {
         Some(_) => log.info(format!(
             "secrets restored to the set of the last good update ({} secrets)",
@@ -505,14 +515,9 @@ impl Prepared {
             .map(String::as_str)
             .filter(|u| bento_core::secrets::validate_unit(u).is_ok())
             .collect();
-        for (name, s) in &self.secrets {
-            if old.get(name).is_some_and(|o| o.sha256 == s.meta.sha256) {
-                continue;
-            }
-            for u in &s.meta.restart {
-                if !units.contains(&u.as_str()) {
-                    units.push(u);
-                }
+        for u in changed_units(&record, &old) {
+            if !units.contains(&u) {
+                units.push(u);
             }
         }
         let pending_file = gen.join(PENDING_FILE);

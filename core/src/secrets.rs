@@ -268,7 +268,6 @@ pub fn sha256_hex(data: &[u8]) -> String {
     hex::encode(Sha256::digest(data))
 }
 
-/// One recipient line: `age1…`, or an OpenSSH public key (`ssh-ed25519 …`, `ssh-rsa …`).
 /// The keys of `authorized_keys` text, as `type base64` lines: options before
 /// the key type (`restrict,command="…" ssh-ed25519 …`) and comments are left out.
 pub fn authorized_key_lines(text: &str) -> Vec<String> {
@@ -321,6 +320,7 @@ pub fn authorized_keys_path(pattern: &str, user: &str) -> Result<PathBuf, String
     Ok(if p.is_absolute() { p } else { home()?.join(p) })
 }
 
+/// One recipient line: `age1…`, or an OpenSSH public key (`ssh-ed25519 …`, `ssh-rsa …`).
 pub fn parse_recipient(line: &str) -> Result<Box<dyn age::Recipient>, String> {
     let line = line.trim();
     if line.starts_with("age1") {

@@ -37,10 +37,9 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use agent_common::{Agent, Fleet};
+use agent_common::Fleet;
 use anyhow::{ensure, Context, Result};
 use bento_core::closure::{store_hash, Closure};
-use bento_core::release::Manifest;
 use bento_tests::endpoint::Endpoint;
 use bento_tests::nixenv::{delete, valid};
 use bento_tests::{nixenv, wait_for, TestDir};
@@ -183,10 +182,10 @@ fn updates<S: Endpoint>(
     fleet.toy.set_kernel(&a, &format!("6.1.0-{a}"))?;
     fleet.toy.set_payload(&a, mib << 20)?;
     fleet.deploy()?;
-    let c = closure(fleet, &a)?;
+    let c = fleet.closure(&a)?;
     delete(&c.paths.keys().map(String::as_str).collect::<Vec<_>>())?;
     let agent = fleet.agent(&a)?;
-    pin(fleet, &agent)?;
+    agent.pin(&fleet.public_key()?)?;
     let missing = missing_size(fleet, &a, &c)?;
     let cpu_before = server_cpu(pid, cpu)?;
     let started = Instant::now();
@@ -197,7 +196,7 @@ fn updates<S: Endpoint>(
 
     fleet.toy.set_system_version(&a, "2")?;
     fleet.deploy()?;
-    let c2 = closure(fleet, &a)?;
+    let c2 = fleet.closure(&a)?;
     // The server built the new toplevel in this machine's store: gone again.
     delete(&[c2.toplevel.as_str()])?;
     let missing2 = missing_size(fleet, &a, &c2)?;
@@ -224,15 +223,6 @@ fn updates<S: Endpoint>(
     })
 }
 
-fn closure<S: Endpoint>(fleet: &Fleet<S>, host: &str) -> Result<Closure> {
-    let dir = fleet
-        .host_chroot(host)
-        .join(".releases")
-        .join(fleet.published(host)?);
-    let m: Manifest = serde_json::from_slice(&fs::read(dir.join(".bento-release.json"))?)?;
-    m.closure.context("the release names no closure")
-}
-
 /// Compressed bytes of the paths the local store lacks: narinfos and NARs.
 fn missing_size<S: Endpoint>(fleet: &Fleet<S>, host: &str, c: &Closure) -> Result<u64> {
     let cache = fleet.host_chroot(host).join(&c.cache);
@@ -245,14 +235,6 @@ fn missing_size<S: Endpoint>(fleet: &Fleet<S>, host: &str, c: &Closure) -> Resul
         total += fs::metadata(cache.join(format!("{hash}.narinfo")))?.len() + nar.file_size;
     }
     Ok(total)
-}
-
-fn pin<S: Endpoint>(fleet: &Fleet<S>, agent: &Agent) -> Result<()> {
-    let key = fs::read_to_string(fleet.bento_dir().join("signing-key.pub"))?;
-    agent.set_config(&format!(
-        "trusted_public_keys = [\"{}\"]\nbuild = \"never\"\nnix_args = [\"--max-jobs\", \"0\"]\n",
-        key.trim()
-    ))
 }
 
 /// utime + stime (+ the reaped children's, for sshd) of the server process `pid`.
@@ -402,11 +384,11 @@ fn peak_rss(mib: u64) -> Result<u64> {
     fleet.toy.set_kernel(&a, &format!("6.1.0-{a}"))?;
     fleet.toy.set_payload(&a, mib << 20)?;
     fleet.deploy()?;
-    let c = closure(&fleet, &a)?;
+    let c = fleet.closure(&a)?;
     let paths: Vec<&str> = c.paths.keys().map(String::as_str).collect();
     delete(&paths)?;
     let agent = fleet.agent(&a)?;
-    pin(&fleet, &agent)?;
+    agent.pin(&fleet.public_key()?)?;
     let mut child = agent.spawn(&["run-once"], "big")?;
     let pid = child.id();
     let mut peak = 0;

@@ -13,8 +13,7 @@ use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 
 use anyhow::{ensure, Context, Result};
-use bento_core::closure::{store_hash, Closure};
-use bento_core::release::Manifest;
+use bento_core::closure::store_hash;
 use bento_core::report::{Obtained, ReportStatus};
 use bento_tests::endpoint::Endpoint;
 use bento_tests::nixenv::{self, delete, valid};
@@ -22,38 +21,6 @@ use bento_tests::nixenv::{self, delete, valid};
 use agent_common::{Agent, Fleet};
 
 /// The manifest of the host's current release.
-fn manifest<S: Endpoint>(fleet: &Fleet<S>, host: &str) -> Result<Manifest> {
-    let dir = fleet
-        .host_chroot(host)
-        .join(".releases")
-        .join(fleet.published(host)?);
-    Ok(serde_json::from_slice(&fs::read(
-        dir.join(".bento-release.json"),
-    )?)?)
-}
-
-fn closure<S: Endpoint>(fleet: &Fleet<S>, host: &str) -> Result<Closure> {
-    manifest(fleet, host)?
-        .closure
-        .context("the release names no closure")
-}
-
-/// The fleet's public key, as `bento check-config` prints it.
-fn public_key<S: Endpoint>(fleet: &Fleet<S>) -> Result<String> {
-    Ok(
-        fs::read_to_string(fleet.bento_dir().join("signing-key.pub"))?
-            .trim()
-            .to_owned(),
-    )
-}
-
-/// Agent settings: pinned key, never build.
-fn pin(agent: &Agent, key: &str) -> Result<()> {
-    agent.set_config(&format!(
-        "trusted_public_keys = [\"{key}\"]\nbuild = \"never\"\nnix_args = [\"--max-jobs\", \"0\"]\n"
-    ))
-}
-
 fn fetched(o: &Option<Obtained>) -> Result<(u64, u64)> {
     match o {
         Some(Obtained::Fetched { paths, bytes, .. }) => Ok((*paths, *bytes)),
@@ -75,8 +42,8 @@ fn first_and_second_update<S: Endpoint>(fleet: &Fleet<S>) -> Result<()> {
     }
     fleet.toy.set_payload(&a, 2 << 20)?;
     fleet.deploy()?;
-    let ca = closure(fleet, &a)?;
-    let cb = closure(fleet, &b)?;
+    let ca = fleet.closure(&a)?;
+    let cb = fleet.closure(&b)?;
     ensure!(ca.paths.len() >= 3, "closure of a: {:?}", ca.paths.keys());
     let shared: Vec<&String> = ca
         .paths
@@ -146,7 +113,7 @@ fn first_and_second_update<S: Endpoint>(fleet: &Fleet<S>) -> Result<()> {
     delete(&paths)?;
 
     let agent = fleet.agent(&a)?;
-    pin(&agent, &public_key(fleet)?)?;
+    agent.pin(&fleet.public_key()?)?;
     let (_, run) = fleet.run_via_relay(&agent, None)?;
     ensure!(run.ok(), "first update failed:\n{}", run.stderr);
     ensure!(
@@ -184,7 +151,7 @@ fn first_and_second_update<S: Endpoint>(fleet: &Fleet<S>) -> Result<()> {
     // Second update: only the toplevel changes.
     fleet.toy.set_system_version(&a, "2")?;
     fleet.deploy()?;
-    let ca2 = closure(fleet, &a)?;
+    let ca2 = fleet.closure(&a)?;
     let new: Vec<&String> = ca2
         .paths
         .keys()
@@ -241,7 +208,7 @@ fn resumes<S: Endpoint>(fleet: &Fleet<S>) -> Result<()> {
     fleet.toy.set_kernel(&a, &format!("6.1.0-{a}"))?;
     fleet.toy.set_payload(&a, 8 << 20)?;
     fleet.deploy()?;
-    let c = closure(fleet, &a)?;
+    let c = fleet.closure(&a)?;
     let paths: Vec<&str> = c.paths.keys().map(String::as_str).collect();
     delete(&paths)?;
     let nar = c
@@ -251,7 +218,7 @@ fn resumes<S: Endpoint>(fleet: &Fleet<S>) -> Result<()> {
         .map(|(_, n)| n.clone())
         .context("no payload")?;
     let agent = fleet.agent(&a)?;
-    pin(&agent, &public_key(fleet)?)?;
+    agent.pin(&fleet.public_key()?)?;
     let (first, run) = fleet.run_via_relay(&agent, Some(nar.file_size / 2))?;
     ensure!(
         !run.ok(),
@@ -355,7 +322,7 @@ fn replace(p: &Path, f: impl FnOnce(Vec<u8>) -> Vec<u8>) -> Result<()> {
 fn next_release<S: Endpoint>(fleet: &Fleet<S>, a: &str, v: &str) -> Result<(String, PathBuf)> {
     fleet.toy.set_system_version(a, v)?;
     fleet.deploy()?;
-    let c = closure(fleet, a)?;
+    let c = fleet.closure(a)?;
     delete(&[&c.toplevel])?;
     let ni = fleet
         .host_chroot(a)
@@ -393,9 +360,9 @@ fn tampered_closures_are_refused_and_nothing_enters_the_store() -> Result<()> {
     fleet.toy.set_kernel(&a, &format!("6.1.0-{a}"))?;
     fleet.deploy()?;
     let agent = fleet.agent(&a)?;
-    pin(&agent, &public_key(&fleet)?)?;
+    agent.pin(&fleet.public_key()?)?;
     // A first good update: the host has a system to stay on.
-    let c = closure(&fleet, &a)?;
+    let c = fleet.closure(&a)?;
     let paths: Vec<&str> = c.paths.keys().map(String::as_str).collect();
     delete(&paths)?;
     let run = agent.run_once()?;
@@ -430,7 +397,7 @@ fn tampered_closures_are_refused_and_nothing_enters_the_store() -> Result<()> {
     assert_refused(&fleet, &agent, &a, &top, &before, "intruder-1")?;
 
     // 3. The fleet key's name, a signature it never made.
-    let key_name = public_key(&fleet)?.split(':').next().unwrap().to_owned();
+    let key_name = fleet.public_key()?.split(':').next().unwrap().to_owned();
     let (top, ni) = next_release(&fleet, &a, "4")?;
     set_sig(&ni, Some(&format!("{key_name}:{FORGED}")))?;
     assert_refused(&fleet, &agent, &a, &top, &before, "does not match")?;
@@ -451,7 +418,7 @@ fn swapped_unsigned_and_older_manifests_are_refused() -> Result<()> {
     let a = fleet.host(0).to_owned();
     fleet.deploy()?;
     let agent = fleet.agent(&a)?;
-    pin(&agent, &public_key(&fleet)?)?;
+    agent.pin(&fleet.public_key()?)?;
     let run = agent.run_once()?;
     ensure!(run.ok(), "{}", run.stderr);
     let rev1 = fleet.published(&a)?;
@@ -516,12 +483,12 @@ fn without_a_closure_never_refuses_and_fallback_builds() -> Result<()> {
     let a = fleet.host(0).to_owned();
     fleet.deploy()?;
     ensure!(
-        manifest(&fleet, &a)?.closure.is_none(),
+        fleet.manifest(&a)?.closure.is_none(),
         "a dry build exported a closure"
     );
     let agent = fleet.agent(&a)?;
-    let key = public_key(&fleet)?;
-    pin(&agent, &key)?;
+    let key = fleet.public_key()?;
+    agent.pin(&key)?;
     let run = agent.run_once()?;
     ensure!(!run.ok(), "build = never built:\n{}", run.stderr);
     ensure!(run.stderr.contains("never builds"), "{}", run.stderr);
@@ -552,13 +519,13 @@ fn nars_are_pruned_with_the_releases_that_name_them() -> Result<()> {
         fleet.toy.set_kernel(h, &kernel)?;
     }
     fleet.deploy()?;
-    let old = closure(&fleet, &a)?;
+    let old = fleet.closure(&a)?;
     let old_top = &old.paths[&old.toplevel].url;
     let store = fleet.server.chroot_dir().join(".nar-store");
     ensure!(store.join(old_top).is_file(), "{old_top} not exported");
     fleet.toy.set_system_version(&a, "2")?;
     fleet.deploy()?;
-    let new = closure(&fleet, &a)?;
+    let new = fleet.closure(&a)?;
     let cache_a = fleet.host_chroot(&a).join("cache");
     ensure!(!cache_a.join(old_top).exists(), "a's cache keeps {old_top}");
     ensure!(!store.join(old_top).exists(), "the store keeps {old_top}");
@@ -573,7 +540,7 @@ fn nars_are_pruned_with_the_releases_that_name_them() -> Result<()> {
         ensure!(store.join(&n.url).is_file(), "the store lacks {}", n.url);
     }
     // b's closure is untouched.
-    for n in closure(&fleet, &b)?.paths.values() {
+    for n in fleet.closure(&b)?.paths.values() {
         ensure!(
             fleet.host_chroot(&b).join("cache").join(&n.url).is_file(),
             "b's cache lost {}",
@@ -593,11 +560,11 @@ fn an_agent_killed_during_the_import_recovers() -> Result<()> {
     fleet.toy.set_kernel(&a, &format!("6.1.0-{a}"))?;
     fleet.toy.set_payload(&a, 4 << 20)?;
     fleet.deploy()?;
-    let c = closure(&fleet, &a)?;
+    let c = fleet.closure(&a)?;
     let paths: Vec<&str> = c.paths.keys().map(String::as_str).collect();
     delete(&paths)?;
     let agent = fleet.agent(&a)?;
-    pin(&agent, &public_key(&fleet)?)?;
+    agent.pin(&fleet.public_key()?)?;
 
     // The import stops at its start while `stop-copy` exists: the agent is
     // killed there, every time, not by luck of timing.

@@ -223,6 +223,33 @@ impl<S: Endpoint> Fleet<S> {
         anyhow::bail!("no report of {rev} in {:?}", self.reports(host))
     }
 
+    /// The manifest of the host's current release.
+    pub fn manifest(&self, host: &str) -> Result<bento_core::release::Manifest> {
+        let dir = self
+            .host_chroot(host)
+            .join(".releases")
+            .join(self.published(host)?);
+        Ok(serde_json::from_slice(&fs::read(
+            dir.join(".bento-release.json"),
+        )?)?)
+    }
+
+    /// The closure the host's current release names.
+    pub fn closure(&self, host: &str) -> Result<bento_core::closure::Closure> {
+        self.manifest(host)?
+            .closure
+            .context("the release names no closure")
+    }
+
+    /// The fleet's public key, as `bento check-config` prints it.
+    pub fn public_key(&self) -> Result<String> {
+        Ok(
+            fs::read_to_string(self.bento_dir().join("signing-key.pub"))?
+                .trim()
+                .to_owned(),
+        )
+    }
+
     /// `run-once` through the counting relay: the bytes the server sent, and the run.
     pub fn run_via_relay(&self, agent: &Agent, cut_after: Option<u64>) -> Result<(u64, Run)> {
         let count = agent.root.join("relay.count");
@@ -437,6 +464,13 @@ reboot_command = ["/bin/sh", "-c", "echo reboot >> '{root}/reboots'"]
             .unwrap_or_default();
         v.sort();
         v
+    }
+
+    /// Agent settings: `key` pinned, never build (`--max-jobs 0`).
+    pub fn pin(&self, key: &str) -> Result<()> {
+        self.set_config(&format!(
+            "trusted_public_keys = [\"{key}\"]\nbuild = \"never\"\nnix_args = [\"--max-jobs\", \"0\"]\n"
+        ))
     }
 
     /// `status.json` as the agent last wrote it.
