@@ -16,7 +16,15 @@ use bento_core::closure::{self, Closure, NarInfo, CACHE_INFO, MAX_NARINFO_BYTES}
 use bento_core::cmd::Cmd;
 use bento_core::signing::PublicKey;
 
+use futures_util::{StreamExt, TryStreamExt};
+
 use crate::remote::{Remote, RemoteError};
+
+/// Paths fetched at once: a closure of many small paths is not one round trip
+/// after another (over Tor each costs a second). A large NAR's reads are
+/// pipelined on their own, so memory stays bounded by this many read windows
+/// (8 × 2 MiB at most).
+const PARALLEL: usize = 8;
 
 /// What a fetch did.
 #[derive(Debug, Clone, Default)]
@@ -77,8 +85,6 @@ pub async fn download(
     trusted: &[PublicKey],
     log: &dyn Fn(String),
 ) -> Result<Fetched, FetchError> {
-    let local =
-        |e: std::io::Error, p: &Path| FetchError::Interrupted(format!("{}: {e}", p.display()));
     let nar_dir = cache.join("nar");
     std::fs::create_dir_all(&nar_dir).map_err(|e| local(e, &nar_dir))?;
     let info = cache.join("nix-cache-info");
@@ -99,57 +105,78 @@ pub async fn download(
         closure.paths.len(),
         bento_core::report::human_bytes(total)
     ));
-    for p in missing {
-        let want = closure
-            .paths
-            .get(p)
-            .ok_or_else(|| FetchError::Refused(format!("{p} is not in the closure")))?;
-        let hash = closure::store_hash(p)
-            .ok_or_else(|| FetchError::Refused(format!("not a store path: {p}")))?;
-        let ni_name = format!("{hash}.narinfo");
-        let ni_path = cache.join(&ni_name);
-        let remote_ni = format!("{}/{ni_name}", closure.cache);
-        let text = remote
-            .read_small(&remote_ni, MAX_NARINFO_BYTES)
-            .await
-            .map_err(FetchError::of)?
-            .map(|(data, _mtime)| data)
-            .ok_or_else(|| {
-                FetchError::Refused(format!("{p}: the server's cache has no narinfo for it"))
-            })?;
-        got.bytes += text.len() as u64;
-        let text = String::from_utf8(text)
-            .map_err(|_| FetchError::Refused(format!("{p}: its narinfo is not text")))?;
-        let ni = NarInfo::parse(&text)
-            .map_err(|e| FetchError::Refused(format!("{p}: bad narinfo: {e}")))?;
-        if ni.store_path != *p || ni.url != want.url || ni.file_size != want.file_size {
-            return Err(FetchError::Refused(format!(
-                "{p}: its narinfo does not match the signed manifest"
-            )));
-        }
-        ni.check_signatures(trusted)
-            .map_err(|e| FetchError::Refused(format!("{p}: refused: {e}")))?;
-        std::fs::write(&ni_path, text.as_bytes()).map_err(|e| local(e, &ni_path))?;
-        let dest = cache.join(&want.url);
-        if std::fs::metadata(&dest).is_ok_and(|m| m.len() == want.file_size) {
-            continue;
-        }
-        let part = part_path(&dest);
-        let resumed = std::fs::metadata(&part).map_or(0, |m| m.len());
-        if resumed > 0 && resumed < want.file_size {
-            log(format!(
-                "resuming {} at byte {resumed} of {}",
-                want.url, want.file_size
-            ));
-        }
-        let remote_nar = format!("{}/{}", closure.cache, want.url);
-        let n = remote
-            .fetch_resumable(&remote_nar, &part, &dest, want.file_size)
-            .await
-            .map_err(FetchError::of)?;
-        got.bytes += n;
-    }
+    got.bytes = futures_util::stream::iter(missing)
+        .map(|p| fetch_path(remote, closure, cache, trusted, log, p))
+        .buffer_unordered(PARALLEL)
+        .try_fold(0u64, |sum, n| async move { Ok(sum + n) })
+        .await?;
     Ok(got)
+}
+
+/// Fetches one missing path's narinfo (checked against the manifest and the
+/// trusted keys) and NAR (resumable) into the local cache. Returns the bytes
+/// received.
+async fn fetch_path(
+    remote: &Remote,
+    closure: &Closure,
+    cache: &Path,
+    trusted: &[PublicKey],
+    log: &dyn Fn(String),
+    p: &str,
+) -> Result<u64, FetchError> {
+    let want = closure
+        .paths
+        .get(p)
+        .ok_or_else(|| FetchError::Refused(format!("{p} is not in the closure")))?;
+    let hash = closure::store_hash(p)
+        .ok_or_else(|| FetchError::Refused(format!("not a store path: {p}")))?;
+    let ni_name = format!("{hash}.narinfo");
+    let ni_path = cache.join(&ni_name);
+    let remote_ni = format!("{}/{ni_name}", closure.cache);
+    let text = remote
+        .read_capped(&remote_ni, MAX_NARINFO_BYTES)
+        .await
+        .map_err(FetchError::of)?
+        .ok_or_else(|| {
+            FetchError::Refused(format!("{p}: the server's cache has no narinfo for it"))
+        })?;
+    let mut bytes = text.len() as u64;
+    let text = String::from_utf8(text)
+        .map_err(|_| FetchError::Refused(format!("{p}: its narinfo is not text")))?;
+    let ni =
+        NarInfo::parse(&text).map_err(|e| FetchError::Refused(format!("{p}: bad narinfo: {e}")))?;
+    if ni.store_path != *p || ni.url != want.url || ni.file_size != want.file_size {
+        return Err(FetchError::Refused(format!(
+            "{p}: its narinfo does not match the signed manifest"
+        )));
+    }
+    ni.check_signatures(trusted)
+        .map_err(|e| FetchError::Refused(format!("{p}: refused: {e}")))?;
+    std::fs::write(&ni_path, text.as_bytes()).map_err(|e| local(e, &ni_path))?;
+    let dest = cache.join(&want.url);
+    if std::fs::metadata(&dest).is_ok_and(|m| m.len() == want.file_size) {
+        return Ok(bytes);
+    }
+    let part = part_path(&dest);
+    let resumed = std::fs::metadata(&part).map_or(0, |m| m.len());
+    if resumed > 0 && resumed < want.file_size {
+        log(format!(
+            "resuming {} at byte {resumed} of {}",
+            want.url, want.file_size
+        ));
+    }
+    let remote_nar = format!("{}/{}", closure.cache, want.url);
+    let n = remote
+        .fetch_resumable(&remote_nar, &part, &dest, want.file_size)
+        .await
+        .map_err(FetchError::of)?;
+    bytes += n;
+    Ok(bytes)
+}
+
+/// A local file could not be written: the download can go on later.
+fn local(e: std::io::Error, p: &Path) -> FetchError {
+    FetchError::Interrupted(format!("{}: {e}", p.display()))
 }
 
 fn part_path(dest: &Path) -> PathBuf {

@@ -33,11 +33,13 @@ pub use bento_core::limits::{
 /// (`SFTP_MAX_MSG_LENGTH`): the SFTP library trusts packet lengths and element
 /// counts, so they are checked on the wire before it reads them.
 pub const MAX_PACKET: u32 = 256 * 1024;
-/// One READ request.
-const CHUNK: u32 = 64 * 1024;
-/// READ requests in flight per file: a 1 MiB window keeps long links busy while
+/// One READ request: the most OpenSSH's sftp-server answers at once
+/// (`SFTP_MAX_READ_LENGTH`), and `bento sftp` too. Servers that advertise less
+/// (`limits@openssh.com`) get their own limit; the library shortens the reads.
+const CHUNK: u32 = MAX_PACKET - 1024;
+/// READ requests in flight per file: a 2 MiB window keeps long links busy while
 /// memory stays bounded.
-const IN_FLIGHT: usize = 16;
+const IN_FLIGHT: usize = 8;
 
 #[derive(Debug, thiserror::Error)]
 pub enum RemoteError {
@@ -287,6 +289,21 @@ impl Remote {
         Ok(Some((data, mtime)))
     }
 
+    /// The whole of `path`, at most `cap` bytes (`None`: it does not exist), without
+    /// a stat first: one round trip less than [`Remote::read_small`].
+    pub async fn read_capped(&self, path: &str, cap: u64) -> Result<Option<Vec<u8>>, RemoteError> {
+        let Some(file) = self.open_read(path).await? else {
+            return Ok(None);
+        };
+        let mut data = Vec::new();
+        self.stream_open(file, path, 0, None, cap, |chunk| {
+            data.extend_from_slice(chunk);
+            Ok(())
+        })
+        .await?;
+        Ok(Some(data))
+    }
+
     /// Whether `path` is a directory (`None`: it does not exist).
     pub async fn is_dir(&self, path: &str) -> Result<Option<bool>, RemoteError> {
         let mut fs = self.sftp().fs();
@@ -490,8 +507,9 @@ impl Remote {
         }
     }
 
-    /// Reads `rpath` from `start` to its end, `CHUNK` bytes per request with up to `IN_FLIGHT`
-    /// requests pending, handing each chunk to `sink` in order. Each request gets the
+    /// Reads `rpath` from `start` to its end (or `listed` bytes when that is known
+    /// and within `max`), `CHUNK` bytes per request with up to `IN_FLIGHT` requests
+    /// pending, handing each chunk to `sink` in order. Each request gets the
     /// session's timeout. Fails (refused) once more than `max` bytes (or more than
     /// `listed`) arrive, or when the server answers a request with more than it asked.
     async fn stream_file(
@@ -500,18 +518,42 @@ impl Remote {
         start: u64,
         listed: Option<u64>,
         max: u64,
-        mut sink: impl FnMut(&[u8]) -> std::io::Result<()>,
+        sink: impl FnMut(&[u8]) -> std::io::Result<()>,
     ) -> Result<u64, RemoteError> {
         let file = self
-            .timed(&format!("open {rpath}"), async {
-                self.sftp()
-                    .options()
-                    .read(true)
-                    .open(rpath)
-                    .await
-                    .map_err(|e| self.err("open", rpath, e))
-            })
-            .await?;
+            .open_read(rpath)
+            .await?
+            .ok_or_else(|| RemoteError::Sftp {
+                what: "open",
+                path: rpath.to_owned(),
+                message: "NoSuchFile: no such file".into(),
+            })?;
+        self.stream_open(file, rpath, start, listed, max, sink)
+            .await
+    }
+
+    /// Opens `rpath` for reading (`None`: it does not exist).
+    async fn open_read(&self, rpath: &str) -> Result<Option<SftpFile>, RemoteError> {
+        self.timed(&format!("open {rpath}"), async {
+            match self.sftp().options().read(true).open(rpath).await {
+                Ok(f) => Ok(Some(f)),
+                Err(e) if not_found(&e) => Ok(None),
+                Err(e) => Err(self.err("open", rpath, e)),
+            }
+        })
+        .await
+    }
+
+    /// [`Remote::stream_file`] on the file already opened.
+    async fn stream_open(
+        &self,
+        file: SftpFile,
+        rpath: &str,
+        start: u64,
+        listed: Option<u64>,
+        max: u64,
+        mut sink: impl FnMut(&[u8]) -> std::io::Result<()>,
+    ) -> Result<u64, RemoteError> {
         // Never ask for more than the cap allows, plus one chunk to see the end.
         let limit = listed.map_or(max, |l| l.min(max));
         // The library silently shortens reads to the server's limit (20 KiB for a
@@ -533,9 +575,15 @@ impl Remote {
                 (offset, len, r)
             }
         };
+        // A known size needs no read past it to see the end: one round trip less per
+        // file (a closure has hundreds; over Tor each costs a second).
+        let exact = listed.is_some_and(|l| l <= max);
         loop {
+            if exact && next >= limit && received + start >= limit {
+                break;
+            }
             let window = if probed { IN_FLIGHT } else { 1 };
-            while pending.len() < window && next <= limit {
+            while pending.len() < window && (next < limit || (!exact && next == limit)) {
                 pending.push_back(issue(next, chunk_len));
                 next += u64::from(chunk_len);
             }

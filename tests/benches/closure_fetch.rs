@@ -16,9 +16,13 @@
 //! - **Bytes on the wire** (server to agent, counted by a TCP relay in the
 //!   agent's `ProxyCommand`, SSH framing included) for a first update and for an
 //!   update where only the toplevel changed, against the compressed size of the
-//!   paths the store lacked (their narinfos and NARs).
-//! - **Wall time** of the agent's whole `run-once` (connect, manifest, fetch,
-//!   `nix copy` import, activation of the toy system), against `nix copy --to
+//!   paths the store lacked (their narinfos and NARs). The relay costs CPU, so
+//!   the times come from an update of their own without it.
+//! - **Wall time** of the agent's fetch and import (from the closure's first
+//!   narinfo to the end of `nix copy --from file://`, as the agent's report
+//!   gives it) and of its whole `run-once` (connect, manifest, fetch, import,
+//!   activation of the toy system, a fresh connection for the health check and
+//!   the report), against `nix copy --to
 //!   ssh://` of the same closure to a fresh store on this machine (what push tools
 //!   do, through a root sshd of the bench's own), and against building the same
 //!   toy system with nix (a toy's build is trivial: a real NixOS evaluation takes
@@ -27,7 +31,10 @@
 //!   10 ms until it exits) while it fetches a NAR of `CLOSURE_BENCH_BIG_MIB`
 //!   (1024; 32 with `--quick`). `nix copy` is its own process.
 //! - **Server CPU per fetched MiB**: user + system time of `bento sftp`, or of
-//!   sshd with the session processes it reaped, over the first update.
+//!   sshd with the session processes it reaped, over the timed update.
+//! - **Many small paths**: the same wall times for a closure of
+//!   `CLOSURE_BENCH_PATHS` (500; 50 with `--quick`) packages of 4 KiB, where
+//!   round trips count, not bandwidth.
 
 #[path = "../tests/agent_common/mod.rs"]
 mod agent_common;
@@ -40,6 +47,7 @@ use std::time::{Duration, Instant};
 use agent_common::Fleet;
 use anyhow::{ensure, Context, Result};
 use bento_core::closure::{store_hash, Closure};
+use bento_core::report::Obtained;
 use bento_tests::endpoint::Endpoint;
 use bento_tests::nixenv::{delete, valid};
 use bento_tests::{nixenv, wait_for, TestDir};
@@ -48,7 +56,8 @@ fn main() -> Result<()> {
     let quick = std::env::args().any(|a| a == "--quick");
     let mib = env_u64("CLOSURE_BENCH_MIB", if quick { 8 } else { 64 })?;
     let big_mib = env_u64("CLOSURE_BENCH_BIG_MIB", if quick { 32 } else { 1024 })?;
-    eprintln!("closure_fetch: payload {mib} MiB, large NAR {big_mib} MiB");
+    let paths = env_u64("CLOSURE_BENCH_PATHS", if quick { 50 } else { 500 })?;
+    eprintln!("closure_fetch: payload {mib} MiB, large NAR {big_mib} MiB, {paths} small paths");
 
     let sftp = Fleet::embedded("bench-closure-sftp", &["a"], "", "")?;
     let on_sftp = updates(&sftp, mib, ServerCpu::Embedded, sftp.server.pid())?;
@@ -57,6 +66,9 @@ fn main() -> Result<()> {
 
     // The same closure as on the bento sftp run, pushed the way push tools do.
     let push = push_with_nix_copy(&sftp, &on_sftp.toplevel).map_err(|e| format!("{e:#}"));
+    let many_sftp = many_paths(&sftp, paths)?;
+    let many_sshd = many_paths(&sshd, paths)?;
+    let many_push = push_with_nix_copy(&sftp, &many_sftp.toplevel).map_err(|e| format!("{e:#}"));
     let build = build_locally(&sftp, mib)?;
     let rss = peak_rss(big_mib)?;
 
@@ -83,33 +95,83 @@ fn main() -> Result<()> {
             Figure::SecondRatio,
         ),
         ("a poll with nothing new: bytes on the wire", Figure::Idle),
-        ("first update: agent run-once wall time", Figure::Wall),
+        (
+            "first update: agent run-once wall time (no relay)",
+            Figure::Wall,
+        ),
         ("server CPU per fetched MiB", Figure::CpuPerMib),
     ] {
         println!("| {what} | {} | {} |", on_sftp.show(f), on_sshd.show(f));
     }
     println!();
-    println!("| getting the same system onto a host | wall time |");
-    println!("|---|---|");
+    println!("| getting the same system onto a host | wall time | against `nix copy` |");
+    println!("|---|---|---|");
+    let against = |d: Duration| match &push {
+        Ok(p) => format!("{:.2}×", d.as_secs_f64() / p.as_secs_f64()),
+        Err(_) => "not measured".into(),
+    };
+    for (what, d) in [
+        (
+            "bento-agent fetch and import over bento sftp",
+            on_sftp.fetch.0,
+        ),
+        ("bento-agent fetch and import over sshd", on_sshd.fetch.0),
+    ] {
+        println!(
+            "| {what} (its report) | {:.2} s | {} |",
+            d.as_secs_f64(),
+            against(d)
+        );
+    }
     println!(
-        "| bento-agent run-once, closure fetched over bento sftp | {:.2} s |",
-        on_sftp.wall.as_secs_f64()
+        "| bento-agent run-once, closure fetched over bento sftp | {:.2} s | {} |",
+        on_sftp.wall.as_secs_f64(),
+        against(on_sftp.wall)
     );
     println!(
-        "| bento-agent run-once, closure fetched over sshd | {:.2} s |",
-        on_sshd.wall.as_secs_f64()
+        "| bento-agent run-once, closure fetched over sshd | {:.2} s | {} |",
+        on_sshd.wall.as_secs_f64(),
+        against(on_sshd.wall)
     );
     match &push {
         Ok(d) => println!(
-            "| `nix copy --to ssh://` (push, to a fresh store) | {:.2} s |",
+            "| `nix copy --to ssh://` (push, to a fresh store) | {:.2} s | 1.00× |",
             d.as_secs_f64()
         ),
-        Err(e) => println!("| `nix copy --to ssh://` (push) | not measured: {e} |"),
+        Err(e) => println!("| `nix copy --to ssh://` (push) | not measured: {e} | |"),
     }
     println!(
-        "| building the toy system with nix (no substituters) | {:.2} s |",
-        build.as_secs_f64()
+        "| building the toy system with nix (no substituters) | {:.2} s | {} |",
+        build.as_secs_f64(),
+        against(build)
     );
+    println!();
+    println!("| a closure of {paths} small paths (4 KiB each) | wall time | against `nix copy` |");
+    println!("|---|---|---|");
+    let against = |d: Duration| match &many_push {
+        Ok(p) => format!("{:.2}×", d.as_secs_f64() / p.as_secs_f64()),
+        Err(_) => "not measured".into(),
+    };
+    for (what, d) in [
+        (
+            "bento-agent fetch and import over bento sftp",
+            many_sftp.fetch,
+        ),
+        ("bento-agent fetch and import over sshd", many_sshd.fetch),
+    ] {
+        println!(
+            "| {what} (its report) | {:.2} s | {} |",
+            d.as_secs_f64(),
+            against(d)
+        );
+    }
+    match &many_push {
+        Ok(d) => println!(
+            "| `nix copy --to ssh://` (push, to a fresh store) | {:.2} s | 1.00× |",
+            d.as_secs_f64()
+        ),
+        Err(e) => println!("| `nix copy --to ssh://` (push) | not measured: {e} | |"),
+    }
     println!();
     println!(
         "agent peak RSS fetching and importing a {big_mib} MiB NAR over bento sftp: {:.1} MiB (VmHWM)",
@@ -138,6 +200,9 @@ struct Updates {
     idle: u64,
     first: (u64, u64),
     second: (u64, u64),
+    /// The timed update's fetch and import, as the agent reported it, and the
+    /// bytes it fetched.
+    fetch: (Duration, u64),
     wall: Duration,
     cpu: Duration,
 }
@@ -157,7 +222,7 @@ impl Updates {
             Figure::Wall => format!("{:.2} s", self.wall.as_secs_f64()),
             Figure::CpuPerMib => format!(
                 "{:.1} ms",
-                self.cpu.as_secs_f64() * 1000.0 / (self.first.0 as f64 / 1048576.0).max(1e-9)
+                self.cpu.as_secs_f64() * 1000.0 / (self.fetch.1 as f64 / 1048576.0).max(1e-9)
             ),
         }
     }
@@ -180,19 +245,44 @@ fn updates<S: Endpoint>(
     let a = fleet.host(0).to_owned();
     // Paths of this run only, so deleting them is safe.
     fleet.toy.set_kernel(&a, &format!("6.1.0-{a}"))?;
+
+    // Timed: the agent alone on its connection, as `nix copy` is.
     fleet.toy.set_payload(&a, mib << 20)?;
     fleet.deploy()?;
-    let c = fleet.closure(&a)?;
-    delete(&c.paths.keys().map(String::as_str).collect::<Vec<_>>())?;
     let agent = fleet.agent(&a)?;
     agent.pin(&fleet.public_key()?)?;
-    let missing = missing_size(fleet, &a, &c)?;
+    let c = fleet.closure(&a)?;
+    delete(&c.paths.keys().map(String::as_str).collect::<Vec<_>>())?;
     let cpu_before = server_cpu(pid, cpu)?;
     let started = Instant::now();
-    let (wire, run) = fleet.run_via_relay(&agent, None)?;
+    let run = agent.run_once()?;
     let wall = started.elapsed();
-    ensure!(run.ok(), "the first update failed:\n{}", run.stderr);
+    ensure!(run.ok(), "the timed update failed:\n{}", run.stderr);
     let used = server_cpu(pid, cpu)?.saturating_sub(cpu_before);
+    // The agent's own measure of its fetch and import, from its report.
+    let (_, meta) = fleet.report_for(&a, &fleet.published(&a)?)?;
+    let fetch = match meta.obtained {
+        Some(Obtained::Fetched { millis, bytes, .. }) => (Duration::from_millis(millis), bytes),
+        other => anyhow::bail!("the timed update was not fetched: {other:?}"),
+    };
+
+    // Counted: the same closure with a new payload, through the relay.
+    fleet.toy.set_payload(&a, (mib << 20) + 1)?;
+    fleet.toy.set_system_version(&a, "1b")?;
+    fleet.deploy()?;
+    let c1 = fleet.closure(&a)?;
+    // The timed system is the host's now (its profile holds the kernel): the
+    // payload and toplevel are new.
+    let new: Vec<&str> = c1
+        .paths
+        .keys()
+        .filter(|p| !c.paths.contains_key(*p))
+        .map(String::as_str)
+        .collect();
+    delete(&new)?;
+    let missing = missing_size(fleet, &a, &c1)?;
+    let (wire, run) = fleet.run_via_relay(&agent, None)?;
+    ensure!(run.ok(), "the first update failed:\n{}", run.stderr);
 
     fleet.toy.set_system_version(&a, "2")?;
     fleet.deploy()?;
@@ -219,7 +309,53 @@ fn updates<S: Endpoint>(
         first: (wire, missing),
         second: (wire2, missing2),
         wall,
+        fetch,
         cpu: used,
+    })
+}
+
+/// A closure of many small paths.
+struct Many {
+    toplevel: String,
+    /// The fetch and import, as the agent reported it.
+    fetch: Duration,
+}
+
+/// An update to a system of `count` small packages of its own (and no payload),
+/// every one deleted from the store first: many round trips, little data.
+fn many_paths<S: Endpoint>(fleet: &Fleet<S>, count: u64) -> Result<Many> {
+    let a = fleet.host(0).to_owned();
+    fleet.toy.set_payload(&a, 0)?;
+    fleet.toy.set_package_count(&a, count)?;
+    fleet.toy.set_system_version(&a, "many")?;
+    fleet.deploy()?;
+    let c = fleet.closure(&a)?;
+    let own: Vec<&str> = c
+        .paths
+        .keys()
+        .map(String::as_str)
+        .filter(|p| p.contains("-toy-pkg-") || *p == c.toplevel)
+        .collect();
+    ensure!(
+        own.len() as u64 == count + 1,
+        "{} paths of its own",
+        own.len()
+    );
+    delete(&own)?;
+    let agent = fleet.agent(&a)?;
+    agent.pin(&fleet.public_key()?)?;
+    let run = agent.run_once()?;
+    ensure!(run.ok(), "the update of many paths failed:\n{}", run.stderr);
+    let (_, meta) = fleet.report_for(&a, &fleet.published(&a)?)?;
+    let fetch = match meta.obtained {
+        Some(Obtained::Fetched { paths, millis, .. }) if paths == count + 1 => {
+            Duration::from_millis(millis)
+        }
+        other => anyhow::bail!("the update of many paths was not fetched whole: {other:?}"),
+    };
+    Ok(Many {
+        toplevel: c.toplevel,
+        fetch,
     })
 }
 
@@ -371,7 +507,9 @@ fn free_port() -> Result<u16> {
 fn build_locally<S: Endpoint>(fleet: &Fleet<S>, mib: u64) -> Result<Duration> {
     let a = fleet.host(0).to_owned();
     fleet.toy.set_system_version(&a, "3")?;
-    fleet.toy.set_payload(&a, (mib << 20) + 1)?;
+    fleet.toy.set_package_count(&a, 0)?;
+    // A payload no update used: built, not found in the store.
+    fleet.toy.set_payload(&a, (mib << 20) + 2)?;
     let started = Instant::now();
     fleet.toy.build_toplevel(&a)?;
     Ok(started.elapsed())

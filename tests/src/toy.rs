@@ -71,6 +71,15 @@ let
   kernelVersion = setting "kernel-version" "6.1.0";
   # Bytes of incompressible data in a package of its own (0: none), for downloads.
   payloadSize = setting "payload-size" "0";
+  # Small packages of their own (4 KiB of random bytes each), for closures of
+  # many paths.
+  packageCount = builtins.fromJSON (setting "package-count" "0");
+  packages = builtins.genList (i: derivation {
+    name = "toy-pkg-${hostName}-${toString i}";
+    inherit system PATH;
+    builder = "/bin/sh";
+    args = [ "-c" "head -c 4096 /dev/urandom > $out" ];
+  }) packageCount;
   # Builders get no PATH without a sandbox's stdenv.
   PATH = "/usr/bin:/bin";
   marker = "${markerDir}/${hostName}.switch";
@@ -114,7 +123,7 @@ let
     echo "$1 $(date +%s)" >> "${marker}"
   '';
 in
-derivation {
+derivation ({
   name = "nixos-system-${hostName}-${version}";
   inherit system version kernelVersion PATH switchScript linux;
   builder = "/bin/sh";
@@ -130,8 +139,9 @@ derivation {
     echo "$system" > "$out/system"
     echo "loglevel=4" > "$out/kernel-params"
     ${if payloadSize == "0" then "" else "ln -s ${payload} $out/payload"}
+    ${if packageCount == 0 then "" else ''mkdir "$out/pkgs"; for p in $packages; do ln -s "$p" "$out/pkgs/"; done''}
   '' ];
-}
+} // (if packageCount == 0 then { } else { inherit packages; }))
 "#;
 
 /// The message of a host made to fail evaluation ([`ToyFleet::break_eval`]).
@@ -366,6 +376,15 @@ in
         write(
             &self.host_dir(dir).join("payload-size"),
             &format!("{bytes}\n"),
+        )
+    }
+
+    /// Gives every system of a host directory `count` small packages of its own
+    /// (0: none): a closure of many paths.
+    pub fn set_package_count(&self, dir: &str, count: u64) -> Result<()> {
+        write(
+            &self.host_dir(dir).join("package-count"),
+            &format!("{count}\n"),
         )
     }
 

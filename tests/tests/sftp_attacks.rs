@@ -731,3 +731,64 @@ fn memory_of_listings_is_returned_when_the_client_leaves() -> Result<()> {
     keep_polling(&server, "good", 1, || true)?;
     Ok(())
 }
+
+/// The server tells its limits (`limits@openssh.com`, as OpenSSH's sftp-server
+/// does), so clients read in large requests instead of 20 KiB ones, and answers
+/// a read of the advertised size whole.
+#[test]
+fn the_server_advertises_its_limits_and_keeps_them() -> Result<()> {
+    let dir = TestDir::new("sftp-limits")?;
+    let stage = dir.path().join("stage").join("a");
+    std::fs::create_dir_all(&stage)?;
+    let big: Vec<u8> = (0..600_000u32).map(|i| (i % 251) as u8).collect();
+    std::fs::write(stage.join("big.bin"), &big)?;
+    let mut server = plain_server(dir.path(), &["a"], "")?;
+    server.start()?;
+    let key = server.key_path("a");
+    let port = server.port();
+    runtime()?.block_on(async {
+        let (h, ok) = login(port, source(1), "a", &key).await?;
+        anyhow::ensure!(ok, "a did not log in");
+        let ch = h.channel_open_session().await?;
+        ch.request_subsystem(true, "sftp").await?;
+        let s = russh_sftp::client::RawSftpSession::new(ch.into_stream());
+        s.set_timeout(10);
+        let version = s.init().await?;
+        anyhow::ensure!(
+            version
+                .extensions
+                .get("limits@openssh.com")
+                .map(String::as_str)
+                == Some("1"),
+            "extensions: {:?}",
+            version.extensions
+        );
+        let limits = s.limits().await?;
+        anyhow::ensure!(
+            limits.max_packet_len == 256 * 1024
+                && limits.max_read_len == 255 * 1024
+                && limits.max_write_len == 255 * 1024
+                && limits.max_open_handles == 64,
+            "limits: {limits:?}"
+        );
+        let handle = s
+            .open(
+                "/config/big.bin",
+                russh_sftp::protocol::OpenFlags::READ,
+                Default::default(),
+            )
+            .await?
+            .handle;
+        let len = limits.max_read_len as u32;
+        let first = s.read(&handle, 0, len).await?.data;
+        anyhow::ensure!(first == big[..len as usize], "{} bytes", first.len());
+        // More than the limit is answered with the limit, never more.
+        let second = s.read(&handle, u64::from(len), 2 * len).await?.data;
+        anyhow::ensure!(
+            second == big[len as usize..2 * len as usize],
+            "{} bytes",
+            second.len()
+        );
+        anyhow::Ok(())
+    })
+}

@@ -1,5 +1,5 @@
 //! One host's SFTP session: protocol version 3 as OpenSSH's `sftp-server` speaks it,
-//! plus `posix-rename@openssh.com`, over [`Jail`].
+//! plus `posix-rename@openssh.com` and `limits@openssh.com`, over [`Jail`].
 
 use std::collections::HashMap;
 use std::fs::File;
@@ -11,7 +11,8 @@ use bento_core::jail::{fstat_file, DirReader, FileStat, Jail, JailError, VPath, 
 use bento_core::report::HEARTBEAT_FILE;
 use bento_core::HostName;
 use russh_sftp::protocol::{
-    Attrs, Data, FileAttributes, Handle, Name, OpenFlags, Packet, Status, StatusCode, Version,
+    Attrs, Data, ExtendedReply, FileAttributes, Handle, Name, OpenFlags, Packet, Status,
+    StatusCode, Version,
 };
 use russh_sftp::server::StatusReply;
 use tracing::{debug, warn};
@@ -19,13 +20,19 @@ use tracing::{debug, warn};
 use super::limits::{FdBudget, FdPermit};
 use super::{HostShared, SessionPlace};
 
-/// Largest read answered at once (OpenSSH clients ask for 32–256 KiB).
-const MAX_READ: u32 = 256 * 1024;
+/// Largest SFTP packet a client may send: russh-sftp's own bound.
+const MAX_PACKET: u32 = 256 * 1024;
+/// Largest read answered (and write taken) at once: a packet's worth, less room
+/// for its header, as OpenSSH's sftp-server does. Advertised by
+/// `limits@openssh.com`, so clients ask for that much per request instead of a
+/// conservative 20 KiB.
+const MAX_READ: u32 = MAX_PACKET - 1024;
 /// Open handles per session.
 const MAX_HANDLES: usize = 64;
 /// Entries per READDIR answer.
 const DIR_BATCH: usize = 128;
 const POSIX_RENAME: &str = "posix-rename@openssh.com";
+const LIMITS: &str = russh_sftp::extensions::LIMITS;
 
 enum Open {
     Read(File),
@@ -295,6 +302,7 @@ impl russh_sftp::server::Handler for SftpSession {
         self.initialized = true;
         let mut v = Version::new();
         v.extensions.insert(POSIX_RENAME.into(), "1".into());
+        v.extensions.insert(LIMITS.into(), "1".into());
         Ok(v)
     }
 
@@ -578,6 +586,12 @@ impl russh_sftp::server::Handler for SftpSession {
         request: String,
         data: Vec<u8>,
     ) -> Result<Packet, Self::Error> {
+        if request == LIMITS {
+            return Ok(Packet::ExtendedReply(ExtendedReply {
+                id,
+                data: limits_reply(),
+            }));
+        }
         if request != POSIX_RENAME {
             debug!(target: "bento::sftp", host = %self.host, request, "unsupported extension");
             return Err(StatusCode::OpUnsupported.into());
@@ -588,4 +602,18 @@ impl russh_sftp::server::Handler for SftpSession {
         };
         self.do_rename(id, &old, &new, true).map(Packet::Status)
     }
+}
+
+/// The answer to `limits@openssh.com`: four uint64s (packet, read, write,
+/// handles), as OpenSSH's PROTOCOL file sets them out.
+fn limits_reply() -> Vec<u8> {
+    [
+        u64::from(MAX_PACKET),
+        u64::from(MAX_READ),
+        u64::from(MAX_READ),
+        MAX_HANDLES as u64,
+    ]
+    .iter()
+    .flat_map(|v| v.to_be_bytes())
+    .collect()
 }
