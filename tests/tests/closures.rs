@@ -353,9 +353,7 @@ fn assert_refused<S: Endpoint>(
 /// A flipped byte in a NAR, a narinfo signed by another key, a forged signature
 /// and a missing one: each refused with a failure report naming the path, nothing
 /// enters the store, the host stays on its system.
-#[test]
-fn tampered_closures_are_refused_and_nothing_enters_the_store() -> Result<()> {
-    let fleet = Fleet::embedded("closure-tamper", &["a"], "", "")?;
+fn tampered<S: Endpoint>(fleet: &Fleet<S>) -> Result<()> {
     let a = fleet.host(0).to_owned();
     fleet.toy.set_kernel(&a, &format!("6.1.0-{a}"))?;
     fleet.deploy()?;
@@ -370,7 +368,7 @@ fn tampered_closures_are_refused_and_nothing_enters_the_store() -> Result<()> {
     let before = agent.active_system();
 
     // 1. A flipped byte in the NAR (its narinfo untouched, so the sizes match).
-    let (top, ni) = next_release(&fleet, &a, "2")?;
+    let (top, ni) = next_release(fleet, &a, "2")?;
     let text = fs::read_to_string(&ni)?;
     let url = text
         .lines()
@@ -383,7 +381,7 @@ fn tampered_closures_are_refused_and_nothing_enters_the_store() -> Result<()> {
         d
     })?;
     assert_refused(
-        &fleet,
+        fleet,
         &agent,
         &a,
         &top,
@@ -392,29 +390,37 @@ fn tampered_closures_are_refused_and_nothing_enters_the_store() -> Result<()> {
     )?;
 
     // 2. Signed by a key this host does not trust.
-    let (top, ni) = next_release(&fleet, &a, "3")?;
+    let (top, ni) = next_release(fleet, &a, "3")?;
     set_sig(&ni, Some(&format!("intruder-1:{FORGED}")))?;
-    assert_refused(&fleet, &agent, &a, &top, &before, "intruder-1")?;
+    assert_refused(fleet, &agent, &a, &top, &before, "intruder-1")?;
 
     // 3. The fleet key's name, a signature it never made.
     let key_name = fleet.public_key()?.split(':').next().unwrap().to_owned();
-    let (top, ni) = next_release(&fleet, &a, "4")?;
+    let (top, ni) = next_release(fleet, &a, "4")?;
     set_sig(&ni, Some(&format!("{key_name}:{FORGED}")))?;
-    assert_refused(&fleet, &agent, &a, &top, &before, "does not match")?;
+    assert_refused(fleet, &agent, &a, &top, &before, "does not match")?;
 
     // 4. No signature at all.
-    let (top, ni) = next_release(&fleet, &a, "5")?;
+    let (top, ni) = next_release(fleet, &a, "5")?;
     set_sig(&ni, None)?;
-    assert_refused(&fleet, &agent, &a, &top, &before, "no signature")?;
+    assert_refused(fleet, &agent, &a, &top, &before, "no signature")?;
     Ok(())
+}
+
+#[test]
+fn openssh_tampered_closures_are_refused_and_nothing_enters_the_store() -> Result<()> {
+    tampered(&Fleet::new("closure-tamper-sshd", &["a"], "")?)
+}
+
+#[test]
+fn embedded_tampered_closures_are_refused_and_nothing_enters_the_store() -> Result<()> {
+    tampered(&Fleet::embedded("closure-tamper-embedded", &["a"], "", "")?)
 }
 
 /// A compromised chroot host swaps the manifest (another expected system, signed by
 /// nobody, or an older release put back): the agent refuses each, and applies the
 /// admin's next real release.
-#[test]
-fn swapped_unsigned_and_older_manifests_are_refused() -> Result<()> {
-    let fleet = Fleet::embedded("closure-manifest", &["a"], "", "")?;
+fn manifests<S: Endpoint>(fleet: &Fleet<S>) -> Result<()> {
     let a = fleet.host(0).to_owned();
     fleet.deploy()?;
     let agent = fleet.agent(&a)?;
@@ -475,11 +481,24 @@ fn swapped_unsigned_and_older_manifests_are_refused() -> Result<()> {
     Ok(())
 }
 
+#[test]
+fn openssh_swapped_unsigned_and_older_manifests_are_refused() -> Result<()> {
+    manifests(&Fleet::new("closure-manifest-sshd", &["a"], "")?)
+}
+
+#[test]
+fn embedded_swapped_unsigned_and_older_manifests_are_refused() -> Result<()> {
+    manifests(&Fleet::embedded(
+        "closure-manifest-embedded",
+        &["a"],
+        "",
+        "",
+    )?)
+}
+
 /// Without a closure (the server only evaluates: `local_build = false`), a host
 /// with `build = "never"` refuses clearly, and one with the default builds.
-#[test]
-fn without_a_closure_never_refuses_and_fallback_builds() -> Result<()> {
-    let fleet = Fleet::embedded("closure-none", &["a"], "local_build = false\n", "")?;
+fn no_closure<S: Endpoint>(fleet: &Fleet<S>) -> Result<()> {
     let a = fleet.host(0).to_owned();
     fleet.deploy()?;
     ensure!(
@@ -505,6 +524,25 @@ fn without_a_closure_never_refuses_and_fallback_builds() -> Result<()> {
         meta.obtained
     );
     Ok(())
+}
+
+#[test]
+fn openssh_without_a_closure_never_refuses_and_fallback_builds() -> Result<()> {
+    no_closure(&Fleet::new(
+        "closure-none-sshd",
+        &["a"],
+        "local_build = false\n",
+    )?)
+}
+
+#[test]
+fn embedded_without_a_closure_never_refuses_and_fallback_builds() -> Result<()> {
+    no_closure(&Fleet::embedded(
+        "closure-none-embedded",
+        &["a"],
+        "local_build = false\n",
+        "",
+    )?)
 }
 
 /// Pruning: a NAR leaves a host's cache with the last kept release that names it,
@@ -553,9 +591,7 @@ fn nars_are_pruned_with_the_releases_that_name_them() -> Result<()> {
 /// The agent is killed (with its `nix copy`) while it imports the closure: no
 /// path is half in the store, nothing was activated, and the next poll imports
 /// from the NARs it kept and activates the server's toplevel.
-#[test]
-fn an_agent_killed_during_the_import_recovers() -> Result<()> {
-    let fleet = Fleet::embedded("closure-killed", &["a"], "", "")?;
+fn killed_import<S: Endpoint>(fleet: &Fleet<S>) -> Result<()> {
     let a = fleet.host(0).to_owned();
     fleet.toy.set_kernel(&a, &format!("6.1.0-{a}"))?;
     fleet.toy.set_payload(&a, 4 << 20)?;
@@ -640,4 +676,14 @@ fn an_agent_killed_during_the_import_recovers() -> Result<()> {
     nixenv::nix_store(std::iter::once("--verify-path").chain(paths.iter().copied()))
         .context("an imported path does not match its hash")?;
     Ok(())
+}
+
+#[test]
+fn openssh_an_agent_killed_during_the_import_recovers() -> Result<()> {
+    killed_import(&Fleet::new("closure-killed-sshd", &["a"], "")?)
+}
+
+#[test]
+fn embedded_an_agent_killed_during_the_import_recovers() -> Result<()> {
+    killed_import(&Fleet::embedded("closure-killed-embedded", &["a"], "", "")?)
 }
