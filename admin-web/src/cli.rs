@@ -80,6 +80,18 @@ pub enum Command {
         /// (they count as "no answer").
         #[arg(long, value_name = "SECS", requires = "wait")]
         timeout: Option<u64>,
+        /// The panel's database, where the rollout is recorded (default: `[web]
+        /// database_url`).
+        #[arg(long)]
+        database: Option<String>,
+    },
+    /// Rollouts: list, show, abort, resume (every deploy is one).
+    Rollout {
+        #[command(subcommand)]
+        action: crate::commands::rollout::RolloutAction,
+        /// The panel's database (default: `[web] database_url`).
+        #[arg(long, global = true)]
+        database: Option<String>,
     },
     /// Show the fleet: what each host runs and its state.
     Status {

@@ -2,6 +2,7 @@
 
 pub mod cli;
 pub mod commands;
+pub mod rollouts;
 pub mod sftp;
 pub mod table;
 pub mod web;

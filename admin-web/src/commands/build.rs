@@ -59,7 +59,12 @@ pub fn build(
     Ok(ExitCode::SUCCESS)
 }
 
-pub fn deploy(bento: &BentoDir, filter: &HostFilter, verify: bool) -> anyhow::Result<ExitCode> {
+pub fn deploy(
+    bento: &BentoDir,
+    filter: &HostFilter,
+    verify: bool,
+    database: &str,
+) -> anyhow::Result<ExitCode> {
     let _lock = bento.try_lock()?;
     let opts = RunOptions {
         only: filter.hosts.clone(),
@@ -67,7 +72,9 @@ pub fn deploy(bento: &BentoDir, filter: &HostFilter, verify: bool) -> anyhow::Re
         publish: true,
     };
     let outcomes = run_with_progress(bento, &opts, verify)?;
-    Ok(exit(summarize(&outcomes, true, false)))
+    let failed = summarize(&outcomes, true, false);
+    super::rollout::record_plain(bento, &outcomes, database);
+    Ok(exit(failed))
 }
 
 fn exit(failed: usize) -> ExitCode {

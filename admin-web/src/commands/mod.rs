@@ -36,13 +36,20 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             verify,
             wait,
             timeout,
+            database,
         } => {
             let b = open(dir)?;
+            let db = database.unwrap_or_else(|| b.database_url());
             if rollout::wanted(&b, wait) {
-                rollout::deploy_wait(&b, &filter, verify, timeout)
+                rollout::deploy_wait(&b, &filter, verify, timeout, &db)
             } else {
-                build::deploy(&b, &filter, verify)
+                build::deploy(&b, &filter, verify, &db)
             }
+        }
+        Command::Rollout { action, database } => {
+            let b = open(dir)?;
+            let db = database.unwrap_or_else(|| b.database_url());
+            rollout::run(&b, action, &db)
         }
         Command::Status { json, once, filter } => status::run(&open(dir)?, json, once, &filter),
         Command::Diff { filter } => diff::run(&open(dir)?, &filter),

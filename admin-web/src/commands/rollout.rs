@@ -1,25 +1,31 @@
-//! `bento deploy --wait`: a deploy driven as a rollout from the command line.
+//! `bento deploy --wait` and `bento rollout`: a deploy driven as a rollout from
+//! the command line, and the rollouts the panel's database records.
 //!
-//! Builds every host, publishes the first wave, follows each host's outcome from
-//! its chroot (reports and heartbeat, see `bento_core::rollout`), and publishes
-//! the next wave only when the decision says so. The deploy lock is held for the
-//! whole rollout, so no other deploy (nor the panel) publishes meanwhile.
+//! `deploy --wait` builds every host, publishes the first wave, follows each
+//! host's outcome from its chroot (reports and heartbeat, see
+//! `bento_core::rollout`), and publishes the next wave only when the decision
+//! says so. The deploy lock is held for the whole rollout, so no other deploy
+//! (nor the panel) publishes meanwhile. Each step is recorded in the panel's
+//! database ([`crate::rollouts`]): the panel's jobs and audit log show it, and
+//! `bento rollout abort` from another terminal stops it before the next wave.
 
 use std::collections::BTreeMap;
 use std::io::Write;
 use std::process::ExitCode;
-use std::time::{Duration, Instant, SystemTime};
+use std::time::{Duration, Instant, UNIX_EPOCH};
 
-use anyhow::Context;
+use anyhow::{bail, Context};
 use bento_core::bentodir::BentoDir;
 use bento_core::chroot::Chroot;
-use bento_core::deploy::RunOptions;
-use bento_core::rollout::{self, Decision, HostProgress, Phase, Wave};
-use bento_core::status::StatusOptions;
+use bento_core::deploy::{HostOutcome, RunOptions};
+use bento_core::rollout::driver::{self, DriveOptions, Follower, Outcome, Published, Start};
+use bento_core::rollout::{self, Decision, HostProgress, Phase, RolloutSettings, Wave};
 use bento_core::text::display_safe;
 use bento_core::HostName;
 
+use super::serve::cli_actor;
 use crate::cli::HostFilter;
+use crate::rollouts::{self, Db, NewRollout};
 
 /// How often the chroot is looked at while a wave is under way: a few stats and
 /// small reads per host of the wave.
@@ -39,11 +45,292 @@ pub fn wanted(b: &BentoDir, wait: bool) -> bool {
     wait || b.settings.rollout.waves.entries() != [rollout::WaveEntry::Rest]
 }
 
+#[derive(Debug, clap::Subcommand)]
+pub enum RolloutAction {
+    /// The newest rollouts: status, wave, outcome.
+    List {
+        /// How many (default 20).
+        #[arg(long, default_value_t = 20)]
+        limit: i64,
+    },
+    /// One rollout: each host's wave, revision and outcome.
+    Show { id: i64 },
+    /// Stop a rollout: no further wave is published (hosts of published waves
+    /// keep what they have; the others keep their current release).
+    Abort { id: i64 },
+    /// Go on with a halted, aborted or interrupted rollout: follow the wave under
+    /// way, then publish the next ones (the same systems: a changed configuration
+    /// is refused).
+    Resume {
+        id: i64,
+        /// Give up on hosts that have not concluded after SECS seconds.
+        #[arg(long, value_name = "SECS")]
+        timeout: Option<u64>,
+    },
+}
+
+pub fn run(bento: &BentoDir, action: RolloutAction, database: &str) -> anyhow::Result<ExitCode> {
+    let db = Db::open(database)?;
+    db.block_on(rollouts::settle(&db.pool, &bento.settings))?;
+    match action {
+        RolloutAction::List { limit } => list(&db, limit),
+        RolloutAction::Show { id } => show(&db, id),
+        RolloutAction::Abort { id } => {
+            let now = db.block_on(rollouts::request_abort(&db.pool, id, &cli_actor(), "cli"))?;
+            if now == rollouts::RUNNING {
+                println!("Rollout {id}: abort asked; its driver publishes no further wave.");
+            } else {
+                println!("Rollout {id} aborted: its unpublished waves keep their release.");
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        RolloutAction::Resume { id, timeout } => resume(bento, &db, id, timeout),
+    }
+}
+
+fn list(db: &Db, limit: i64) -> anyhow::Result<ExitCode> {
+    let rows = db.block_on(rollouts::list(&db.pool, limit.clamp(1, 10_000)))?;
+    if rows.is_empty() {
+        println!("No rollouts yet: `bento deploy` makes one.");
+        return Ok(ExitCode::SUCCESS);
+    }
+    let mut out = std::io::stdout().lock();
+    writeln!(
+        out,
+        "{:>5}  {:<11}  {:<7}  {:<23}  {:<16}  SUMMARY",
+        "ID", "STATUS", "WAVE", "CREATED", "BY"
+    )?;
+    for r in rows {
+        writeln!(
+            out,
+            "{:>5}  {:<11}  {:<7}  {:<23}  {:<16}  {}",
+            r.id,
+            r.status,
+            format!("{}/{}", (r.wave + 1).min(r.waves), r.waves),
+            r.created(),
+            display_safe(&r.created_by),
+            display_safe(&r.summary)
+        )?;
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn show(db: &Db, id: i64) -> anyhow::Result<ExitCode> {
+    let (r, hosts) = db
+        .block_on(rollouts::load(&db.pool, id))?
+        .with_context(|| format!("there is no rollout {id}"))?;
+    let mut out = std::io::stdout().lock();
+    writeln!(
+        out,
+        "Rollout {}: {} (wave {} of {}), by {} ({}) at {}",
+        r.id,
+        r.status,
+        (r.wave + 1).min(r.waves),
+        r.waves,
+        display_safe(&r.created_by),
+        display_safe(&r.source),
+        r.created()
+    )?;
+    if let Some(j) = r.job_id {
+        writeln!(out, "Job: {j}")?;
+    }
+    if let Some(f) = r.finished() {
+        writeln!(out, "Finished: {f}")?;
+    }
+    if !r.summary.is_empty() {
+        writeln!(out, "{}", display_safe(&r.summary))?;
+    }
+    let mut wave = -1;
+    for h in &hosts {
+        if h.wave != wave {
+            wave = h.wave;
+            writeln!(
+                out,
+                "wave {} ({}):",
+                h.wave + 1,
+                display_safe(&h.wave_entry)
+            )?;
+        }
+        let rev = h
+            .revision
+            .as_deref()
+            .map(|r| r.get(..12).unwrap_or(r))
+            .unwrap_or("-");
+        let why = h
+            .reason
+            .as_deref()
+            .map(|r| format!(": {}", display_safe(r)))
+            .unwrap_or_default();
+        writeln!(out, "  {:<24} {:<12} {}{why}", h.host, rev, h.phase)?;
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// Follows a rollout on the terminal and in the panel's database.
+struct CliFollower<'a> {
+    db: Option<&'a Db>,
+    id: i64,
+    job_id: i64,
+    chroot: &'a Chroot,
+    previous: BTreeMap<HostName, Option<String>>,
+    warned: bool,
+}
+
+impl CliFollower<'_> {
+    /// A line for the terminal and the job's log.
+    fn say(&mut self, line: String, stdout: bool) {
+        if stdout {
+            println!("{line}");
+            let _ = std::io::stdout().flush();
+        } else {
+            eprintln!("{line}");
+        }
+        self.record(|db, _, job| {
+            db.block_on(rollouts::job_log(
+                &db.pool,
+                job,
+                std::slice::from_ref(&line),
+            ))
+        });
+    }
+
+    /// Writes to the database; a failure is a warning (once), never the end of
+    /// the rollout: the chroot holds what was published.
+    fn record<T>(&mut self, f: impl FnOnce(&Db, i64, i64) -> Result<T, sqlx::Error>) {
+        let Some(db) = self.db else { return };
+        if let Err(e) = f(db, self.id, self.job_id) {
+            if !self.warned {
+                self.warned = true;
+                eprintln!("warning: cannot record the rollout in the panel's database: {e}");
+            }
+        }
+    }
+}
+
+impl Follower for CliFollower<'_> {
+    fn publishing(&mut self, index: usize, wave: &Wave) -> Result<(), String> {
+        for h in &wave.hosts {
+            self.previous
+                .insert(h.clone(), self.chroot.current_revision(h));
+        }
+        self.say(
+            format!(
+                "Wave {} ({}): publishing to {}",
+                index + 1,
+                wave.entry,
+                join(&wave.hosts)
+            ),
+            true,
+        );
+        Ok(())
+    }
+
+    fn published(&mut self, index: usize, hosts: &[Published]) -> Result<(), String> {
+        let with_previous: Vec<(Published, Option<String>)> = hosts
+            .iter()
+            .map(|p| {
+                let prev = self.previous.get(&p.host).cloned().flatten();
+                // An unchanged host keeps its release: nothing to go back to.
+                (p.clone(), prev.filter(|r| *r != p.revision))
+            })
+            .collect();
+        self.record(|db, id, _| {
+            db.block_on(rollouts::wave_published(
+                &db.pool,
+                id,
+                index,
+                &with_previous,
+            ))
+        });
+        Ok(())
+    }
+
+    fn progress(&mut self, _index: usize, p: &HostProgress) -> Result<(), String> {
+        let why = p
+            .reason
+            .as_deref()
+            .map(|r| format!(": {}", display_safe(r)))
+            .unwrap_or_default();
+        self.say(format!("{}: {}{why}", p.host, p.phase), p.phase.concluded());
+        let p = p.clone();
+        self.record(|db, id, _| db.block_on(rollouts::host_progress(&db.pool, id, &p)));
+        Ok(())
+    }
+
+    fn abort_requested(&mut self) -> bool {
+        match self.db {
+            Some(db) => db
+                .block_on(rollouts::abort_requested(&db.pool, self.id))
+                .unwrap_or(false),
+            None => false,
+        }
+    }
+}
+
+/// The panel's database, or a warning: a deploy never fails for want of it.
+fn open_db(database: &str) -> Option<Db> {
+    match Db::open(database) {
+        Ok(db) => Some(db),
+        Err(e) => {
+            eprintln!(
+                "warning: the rollout is not recorded (the panel and `bento rollout` will not show it): {e:#}"
+            );
+            None
+        }
+    }
+}
+
+/// Every host that built, with its tags.
+fn fleet_of(bento: &BentoDir, built: &[HostOutcome]) -> Vec<(HostName, Vec<String>)> {
+    let tags = tagged_hosts(bento);
+    built
+        .iter()
+        .filter_map(|o| HostName::new(&o.host).ok())
+        .map(|h| {
+            let t = tags
+                .iter()
+                .find(|(x, _)| *x == h)
+                .map(|(_, t)| t.clone())
+                .unwrap_or_default();
+            (h, t)
+        })
+        .collect()
+}
+
+fn systems_of(built: &[HostOutcome]) -> BTreeMap<HostName, String> {
+    built
+        .iter()
+        .filter_map(|o| {
+            let h = HostName::new(&o.host).ok()?;
+            Some((h, o.system.as_ref()?.to_string_lossy().into_owned()))
+        })
+        .collect()
+}
+
+/// Records a plain `bento deploy` (one wave, published at once, followed by
+/// nobody: whoever looks next concludes it from the chroot).
+pub fn record_plain(bento: &BentoDir, outcomes: &[HostOutcome], database: &str) {
+    if outcomes.iter().all(|o| o.published.is_none()) {
+        return;
+    }
+    let Some(db) = open_db(database) else { return };
+    let chroot = Chroot::new(&bento.settings.chroot_dir);
+    let actor = cli_actor();
+    match db.block_on(rollouts::record_published(
+        &db.pool, &chroot, &actor, "cli", None, outcomes,
+    )) {
+        Ok(Some(id)) => eprintln!("Rollout {id}: `bento rollout show {id}` follows the hosts."),
+        Ok(None) => {}
+        Err(e) => eprintln!("warning: the rollout is not recorded: {e:#}"),
+    }
+}
+
 pub fn deploy_wait(
     bento: &BentoDir,
     filter: &HostFilter,
     verify: bool,
     timeout: Option<u64>,
+    database: &str,
 ) -> anyhow::Result<ExitCode> {
     let _lock = bento.try_lock()?;
     let started = Instant::now();
@@ -74,124 +361,375 @@ pub fn deploy_wait(
         );
         return Ok(ExitCode::from(1));
     }
-    let tags = tagged_hosts(bento);
-    let fleet: Vec<(HostName, Vec<String>)> = built
-        .iter()
-        .filter_map(|o| HostName::new(&o.host).ok())
-        .map(|h| {
-            let t = tags
-                .iter()
-                .find(|(x, _)| *x == h)
-                .map(|(_, t)| t.clone())
-                .unwrap_or_default();
-            (h, t)
-        })
-        .collect();
+    let fleet = fleet_of(bento, &built);
     let waves = rollout::plan(&fleet, settings)?;
-    let mut out = std::io::stdout().lock();
-    writeln!(
-        out,
-        "Rollout of {} hosts in {} wave(s):",
-        fleet.len(),
-        waves.len()
-    )?;
-    for (i, w) in waves.iter().enumerate() {
-        writeln!(out, "  wave {} ({}): {}", i + 1, w.entry, join(&w.hosts))?;
-    }
-    out.flush()?;
-
-    let chroot = Chroot::new(&bento.settings.chroot_dir);
-    let mut results: BTreeMap<HostName, HostProgress> = BTreeMap::new();
-    let mut halted: Option<(usize, Decision)> = None;
-    for (i, wave) in waves.iter().enumerate() {
-        writeln!(
-            out,
-            "Wave {} ({}): publishing to {}",
-            i + 1,
-            wave.entry,
-            join(&wave.hosts)
-        )?;
-        out.flush()?;
-        let published = publish(bento, wave, verify)?;
-        let wave_deadline = settings
-            .wave_timeout
-            .map(|t| Instant::now() + Duration::from_secs(t));
-        let deadline = [deadline, wave_deadline].into_iter().flatten().min();
-        let decision = follow(
-            bento,
-            &chroot,
-            &published,
-            deadline,
-            i + 1 == waves.len(),
-            &mut results,
-            &mut out,
-        )?;
-        match decision {
-            Decision::Continue => continue,
-            Decision::Finished => break,
-            d @ Decision::Halt { .. } => {
-                halted = Some((i, d));
-                break;
+    let db = open_db(database);
+    let actor = cli_actor();
+    let ids = match &db {
+        Some(db) => match db.block_on(rollouts::create(
+            &db.pool,
+            &NewRollout {
+                actor: &actor,
+                source: "cli",
+                settings,
+                waves: &waves,
+                systems: &systems_of(&built),
+                driven: true,
+                job_id: None,
+            },
+        )) {
+            Ok(ids) => Some(ids),
+            Err(e) => {
+                eprintln!("warning: the rollout is not recorded: {e:#}");
+                None
             }
-            Decision::Wait => unreachable!("follow returns a final decision"),
-        }
+        },
+        None => None,
+    };
+    let chroot = Chroot::new(&bento.settings.chroot_dir);
+    let mut follower = CliFollower {
+        db: if ids.is_some() { db.as_ref() } else { None },
+        id: ids.map_or(0, |i| i.0),
+        job_id: ids.map_or(0, |i| i.1),
+        chroot: &chroot,
+        previous: BTreeMap::new(),
+        warned: false,
+    };
+    let name = ids
+        .map(|(id, _)| format!("Rollout {id}"))
+        .unwrap_or_else(|| "Rollout".into());
+    follower.say(
+        format!(
+            "{name} of {} hosts in {} wave(s):",
+            fleet.len(),
+            waves.len()
+        ),
+        true,
+    );
+    for (i, w) in waves.iter().enumerate() {
+        follower.say(
+            format!("  wave {} ({}): {}", i + 1, w.entry, join(&w.hosts)),
+            true,
+        );
     }
+    let n = fleet.len();
+    let code = run_waves(
+        bento,
+        &chroot,
+        &waves,
+        settings,
+        deadline,
+        Start::default(),
+        verify,
+        &mut follower,
+        started,
+        n,
+    )?;
+    Ok(code)
+}
 
-    writeln!(out)?;
+/// Drives `waves` from `start`, then records and prints the outcome.
+#[allow(clippy::too_many_arguments)]
+fn run_waves(
+    bento: &BentoDir,
+    chroot: &Chroot,
+    waves: &[Wave],
+    settings: &RolloutSettings,
+    deadline: Option<Instant>,
+    start: Start,
+    verify: bool,
+    follower: &mut CliFollower<'_>,
+    started: Instant,
+    hosts: usize,
+) -> anyhow::Result<ExitCode> {
+    let opts = DriveOptions {
+        poll_interval: Duration::from_secs(bento.settings.poll_interval),
+        offline_after_polls: bento.settings.offline_after_polls,
+        deadline,
+        look_every: LOOK_EVERY,
+    };
+    let mut results: BTreeMap<HostName, HostProgress> = BTreeMap::new();
+    let mut publish = |w: &Wave| publish(bento, w, verify).map_err(|e| format!("{e:#}"));
+    let plan = driver::Plan {
+        chroot,
+        waves,
+        settings,
+    };
+    let outcome = driver::drive(plan, &opts, start, &mut publish, follower, &mut results);
+    let outcome = match outcome {
+        Ok(o) => o,
+        Err(e) => {
+            let msg = format!("the rollout stopped: {e}");
+            follower.record(|db, id, _| {
+                db.block_on(rollouts::finish(&db.pool, id, rollouts::FAILED, &msg))
+            });
+            bail!("{msg}");
+        }
+    };
+
     let count = |p: Phase| results.values().filter(|r| r.phase == p).count();
     let success = count(Phase::Success);
-    writeln!(
-        out,
+    let summary = format!(
         "{success} succeeded, {} failed, {} rolled back, {} no answer, {} skipped ({:.0}s)",
         count(Phase::Failed),
         count(Phase::RolledBack),
         count(Phase::NoAnswer),
         count(Phase::Skipped),
         started.elapsed().as_secs_f64()
-    )?;
-    if let Some((
-        i,
-        Decision::Halt {
-            host,
-            phase,
-            reason,
-            failures,
-            allowed,
-        },
-    )) = &halted
-    {
-        writeln!(
-            out,
-            "Rollout halted in wave {}: {host} {phase}: {} ({failures} failure(s), {allowed} allowed)",
-            i + 1,
-            display_safe(reason)
-        )?;
-        let untouched: Vec<HostName> = waves[i + 1..]
+    );
+    println!();
+    follower.say(summary.clone(), true);
+    let mut status = if success == hosts {
+        rollouts::SUCCEEDED
+    } else {
+        rollouts::FAILED
+    };
+    let mut tail = String::new();
+    let later = |i: usize| -> Vec<HostName> {
+        waves[i..]
             .iter()
             .flat_map(|w| w.hosts.iter().cloned())
-            .collect();
-        if !untouched.is_empty() {
-            writeln!(
-                out,
-                "Not published (they keep their current release): {}",
-                join(&untouched)
-            )?;
+            .collect()
+    };
+    match &outcome {
+        Outcome::Finished => {}
+        Outcome::Halted {
+            wave: i,
+            decision:
+                Decision::Halt {
+                    host,
+                    phase,
+                    reason,
+                    failures,
+                    allowed,
+                },
+        } => {
+            status = rollouts::HALTED;
+            tail = format!(
+                "Rollout halted in wave {}: {host} {phase}: {} ({failures} failure(s), {allowed} allowed)",
+                i + 1,
+                display_safe(reason)
+            );
+            follower.say(tail.clone(), true);
+            let untouched = later(i + 1);
+            if !untouched.is_empty() {
+                follower.say(
+                    format!(
+                        "Not published (they keep their current release): {}",
+                        join(&untouched)
+                    ),
+                    true,
+                );
+            }
+        }
+        Outcome::Halted { .. } => {}
+        Outcome::Aborted { wave } => {
+            status = rollouts::ABORTED;
+            tail = format!("Rollout aborted in wave {}", wave + 1);
+            follower.say(tail.clone(), true);
+            let untouched: Vec<HostName> = later(*wave)
+                .into_iter()
+                .filter(|h| !results.contains_key(h))
+                .collect();
+            if !untouched.is_empty() {
+                follower.say(
+                    format!(
+                        "Not published (they keep their current release): {}",
+                        join(&untouched)
+                    ),
+                    true,
+                );
+            }
         }
     }
-    out.flush()?;
-    Ok(if success == fleet.len() {
+    let summary = if tail.is_empty() {
+        summary
+    } else {
+        format!("{tail}. {summary}")
+    };
+    follower.record(|db, id, _| db.block_on(rollouts::finish(&db.pool, id, status, &summary)));
+    Ok(if status == rollouts::SUCCEEDED {
         ExitCode::SUCCESS
     } else {
         ExitCode::from(1)
     })
 }
 
+fn resume(bento: &BentoDir, db: &Db, id: i64, timeout: Option<u64>) -> anyhow::Result<ExitCode> {
+    let (r, hosts) = db
+        .block_on(rollouts::load(&db.pool, id))?
+        .with_context(|| format!("there is no rollout {id}"))?;
+    match r.status.as_str() {
+        rollouts::HALTED | rollouts::ABORTED | rollouts::INTERRUPTED => {}
+        rollouts::RUNNING if rollouts::driver_alive(&r) => bail!(
+            "rollout {id} is running, driven by process {}",
+            r.driver_pid.unwrap_or(0)
+        ),
+        s => bail!("rollout {id} is {s}: only a halted, aborted or interrupted rollout resumes"),
+    }
+    let _lock = bento.try_lock()?;
+    let started = Instant::now();
+    let settings = rollouts::settings_of(&r)?;
+    let waves = rollouts::waves_of(&hosts)?;
+    let current = usize::try_from(r.wave).unwrap_or(0);
+    let by_host: BTreeMap<&str, &rollouts::HostRow> =
+        hosts.iter().map(|h| (h.host.as_str(), h)).collect();
+    let wave_published = |i: usize| {
+        waves.get(i).is_some_and(|w| {
+            w.hosts
+                .iter()
+                .all(|h| by_host[h.as_str()].revision.is_some())
+        })
+    };
+    // A halted wave concluded: going on means the next one. Otherwise the wave
+    // under way is followed again (published) or published now.
+    let first = if r.status == rollouts::HALTED {
+        current + 1
+    } else {
+        current
+    };
+    let mut start = Start {
+        wave: first,
+        ..Start::default()
+    };
+    // Hosts of earlier waves count in the summary as they concluded.
+    for h in hosts.iter().filter(|h| h.wave < first as i64) {
+        if let Some(p) = Phase::from_id(&h.phase).filter(|p| p.concluded()) {
+            let host = HostName::new(&h.host)?;
+            start.concluded.insert(
+                host.clone(),
+                HostProgress {
+                    host,
+                    phase: p,
+                    reason: h.reason.clone(),
+                },
+            );
+        }
+    }
+    if r.status != rollouts::HALTED && wave_published(current) {
+        let mut published = Vec::new();
+        for h in &waves[current].hosts {
+            let row = by_host[h.as_str()];
+            let at = UNIX_EPOCH
+                + Duration::from_millis(u64::try_from(row.published_at.unwrap_or(0)).unwrap_or(0));
+            published.push(Published {
+                host: h.clone(),
+                revision: row.revision.clone().unwrap_or_default(),
+                at,
+            });
+            if let Some(p) = Phase::from_id(&row.phase).filter(|p| p.concluded()) {
+                start.concluded.insert(
+                    h.clone(),
+                    HostProgress {
+                        host: h.clone(),
+                        phase: p,
+                        reason: row.reason.clone(),
+                    },
+                );
+            }
+        }
+        start.published = Some(published);
+    }
+    // Hosts still to publish get the systems this rollout built, or nothing.
+    let to_publish: Vec<HostName> = waves
+        .iter()
+        .enumerate()
+        .skip(first)
+        .filter(|(i, _)| !(start.published.is_some() && *i == current))
+        .flat_map(|(_, w)| w.hosts.iter().cloned())
+        .collect();
+    if !to_publish.is_empty() {
+        let built = super::build::run_with_progress(
+            bento,
+            &RunOptions {
+                only: to_publish.clone(),
+                dry: false,
+                publish: false,
+            },
+            false,
+        )?;
+        for o in &built {
+            let now = o.system.as_ref().map(|s| s.to_string_lossy().into_owned());
+            let then = by_host.get(o.host.as_str()).and_then(|h| h.system.clone());
+            if !o.ok() || now != then {
+                bail!(
+                    "rollout {id} cannot resume: {} now builds {} where the rollout built {} (the configuration changed: start a new `bento deploy`)",
+                    o.host,
+                    now.as_deref().unwrap_or("nothing"),
+                    then.as_deref().unwrap_or("nothing")
+                );
+            }
+        }
+    }
+    // Claimed: this process drives it now.
+    let (pid, pstart) = rollouts::this_driver();
+    db.block_on(async {
+        sqlx::query(
+            "UPDATE rollouts SET status = 'running', driver_pid = ?, driver_start = ?, abort_requested = 0, \
+             finished_at = NULL, summary = '' WHERE id = ?",
+        )
+        .bind(pid)
+        .bind(pstart)
+        .bind(id)
+        .execute(&db.pool)
+        .await?;
+        if let Some(job) = r.job_id {
+            sqlx::query("UPDATE jobs SET status = 'running', finished_at = NULL WHERE id = ?")
+                .bind(job)
+                .execute(&db.pool)
+                .await?;
+        }
+        sqlx::query(
+            "INSERT INTO audit (at, actor, action, target, detail, source) VALUES (?, ?, 'rollout-resume', ?, ?, 'cli')",
+        )
+        .bind(crate::web::db::now_ms())
+        .bind(cli_actor())
+        .bind(format!("rollout {id}"))
+        .bind(format!("from wave {}", first + 1))
+        .execute(&db.pool)
+        .await?;
+        anyhow::Ok(())
+    })?;
+    let chroot = Chroot::new(&bento.settings.chroot_dir);
+    let mut follower = CliFollower {
+        db: Some(db),
+        id,
+        job_id: r.job_id.unwrap_or(0),
+        chroot: &chroot,
+        previous: BTreeMap::new(),
+        warned: false,
+    };
+    if first >= waves.len() {
+        follower.say(format!("Rollout {id}: no wave is left to publish."), true);
+    } else {
+        follower.say(
+            format!(
+                "Rollout {id} resumes at wave {} of {}",
+                first + 1,
+                waves.len()
+            ),
+            true,
+        );
+        follower.record(|db, id, _| db.block_on(rollouts::set_wave(&db.pool, id, first)));
+    }
+    let deadline = timeout.map(|t| started + Duration::from_secs(t));
+    let n = waves.iter().map(|w| w.hosts.len()).sum();
+    run_waves(
+        bento,
+        &chroot,
+        &waves,
+        &settings,
+        deadline,
+        start,
+        false,
+        &mut follower,
+        started,
+        n,
+    )
+}
+
 /// Publishes one wave; returns each host's revision and publication time.
-fn publish(
-    bento: &BentoDir,
-    wave: &Wave,
-    verify: bool,
-) -> anyhow::Result<Vec<(HostName, String, SystemTime)>> {
+fn publish(bento: &BentoDir, wave: &Wave, verify: bool) -> anyhow::Result<Vec<Published>> {
     let opts = RunOptions {
         only: wave.hosts.clone(),
         dry: false,
@@ -214,65 +752,9 @@ fn publish(
         let at = std::fs::metadata(chroot.last_change_path(&host))
             .and_then(|m| m.modified())
             .with_context(|| format!("cannot read the publication time of {host}"))?;
-        published.push((host, revision, at));
+        published.push(Published { host, revision, at });
     }
     Ok(published)
-}
-
-/// Follows a wave until the decision is not to wait any more.
-#[allow(clippy::too_many_arguments)]
-fn follow(
-    bento: &BentoDir,
-    chroot: &Chroot,
-    published: &[(HostName, String, SystemTime)],
-    deadline: Option<Instant>,
-    last_wave: bool,
-    results: &mut BTreeMap<HostName, HostProgress>,
-    out: &mut impl Write,
-) -> anyhow::Result<Decision> {
-    let settings = &bento.settings;
-    let mut shown: BTreeMap<HostName, Phase> = BTreeMap::new();
-    loop {
-        let timed_out = deadline.is_some_and(|d| Instant::now() >= d);
-        let opts = StatusOptions {
-            now: SystemTime::now(),
-            poll_interval: Duration::from_secs(settings.poll_interval),
-            offline_after_polls: settings.offline_after_polls,
-        };
-        let mut progress = Vec::new();
-        for (host, revision, at) in published {
-            // A concluded host stays concluded: a later report is another story.
-            if let Some(p) = results.get(host).filter(|p| p.phase.concluded()) {
-                progress.push(p.clone());
-                continue;
-            }
-            let mut obs = rollout::observe(chroot, host, revision, *at, None, &opts);
-            obs.timed_out = timed_out;
-            let p = rollout::progress(host, &obs, settings.rollout.offline);
-            if shown.get(host) != Some(&p.phase) {
-                shown.insert(host.clone(), p.phase);
-                let why = p
-                    .reason
-                    .as_deref()
-                    .map(|r| format!(": {}", display_safe(r)))
-                    .unwrap_or_default();
-                if p.phase.concluded() {
-                    writeln!(out, "{host}: {}{why}", p.phase)?;
-                } else {
-                    eprintln!("{host}: {}", p.phase);
-                }
-                out.flush()?;
-            }
-            results.insert(host.clone(), p.clone());
-            progress.push(p);
-        }
-        let decision = rollout::decide(&progress, settings.rollout.max_failures, last_wave);
-        if decision != Decision::Wait {
-            return Ok(decision);
-        }
-        debug_assert!(!timed_out, "every host concludes at the timeout");
-        std::thread::sleep(LOOK_EVERY);
-    }
 }
 
 fn join(hosts: &[HostName]) -> String {

@@ -736,6 +736,11 @@ pub async fn follow(state: AppState, follower: Follower) {
             }
             Err(e) => tracing::error!("cannot read the chroot: {e:#}"),
         }
+        // Rollouts that nobody drives conclude from what the hosts just reported.
+        let settings = state.settings();
+        if let Err(e) = crate::rollouts::settle(&state.db, &settings).await {
+            tracing::warn!("cannot update the rollouts: {e:#}");
+        }
     }
 }
 

@@ -19,7 +19,7 @@ use axum::http::HeaderMap;
 use axum::response::sse::{Event as SseEvent, KeepAlive, Sse};
 use axum::response::{Html, IntoResponse, Redirect, Response};
 use bento_core::bentodir::{BentoDir, HostKind};
-use bento_core::chroot::Published;
+use bento_core::chroot::{Chroot, Published};
 use bento_core::deploy::{self, Event, HostOutcome, RunOptions};
 use bento_core::nix::Nix;
 use bento_core::HostName;
@@ -114,12 +114,14 @@ pub async fn load(db: &SqlitePool, id: i64) -> WebResult<Job> {
         .ok_or_else(|| WebError::NotFound(format!("There is no job {id}.")))
 }
 
-/// Jobs left running by a previous panel that stopped (or crashed).
+/// Jobs left running by a previous panel that stopped (or crashed). A command
+/// line deploy's job is its own process's: `rollouts::settle` ends it when that
+/// process is gone.
 pub async fn fail_interrupted(db: &SqlitePool) -> anyhow::Result<u64> {
     let r = sqlx::query(
         "UPDATE jobs SET status = 'failed', finished_at = ?, \
            summary = 'interrupted: the panel stopped while this job ran' \
-         WHERE status = 'running'",
+         WHERE status = 'running' AND created_by NOT LIKE 'cli:%'",
     )
     .bind(now_ms())
     .execute(db)
@@ -553,6 +555,26 @@ fn execute(state: &AppState, job: &Job, live: &LiveLog) -> Outcome {
         Ok(o) => o,
         Err(e) => return fail(e.to_string()),
     };
+    if kind == JobKind::Deploy {
+        let chroot = Chroot::new(&bento.settings.chroot_dir);
+        let recorded =
+            tokio::runtime::Handle::current().block_on(crate::rollouts::record_published(
+                &state.db,
+                &chroot,
+                &job.created_by,
+                "panel",
+                Some(job.id),
+                &outcomes,
+            ));
+        match recorded {
+            Ok(Some(id)) => live.push(&format!("rollout {id}: following the hosts"), false),
+            Ok(None) => {}
+            Err(e) => live.push(
+                &format!("warning: the rollout is not recorded: {e:#}"),
+                false,
+            ),
+        }
+    }
     summarize(kind, job.host.as_deref(), outcomes)
 }
 

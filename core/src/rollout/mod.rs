@@ -18,6 +18,8 @@ use crate::report::{self, AgentState};
 use crate::status::{self, HostStatus, State, StatusOptions};
 use crate::HostName;
 
+pub mod driver;
+
 /// One entry of `waves`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(try_from = "String", into = "String")]
@@ -365,6 +367,24 @@ impl Phase {
             Phase::NoAnswer => "no-answer",
             Phase::Skipped => "skipped",
         }
+    }
+
+    /// The phase of [`Phase::id`].
+    pub fn from_id(id: &str) -> Option<Phase> {
+        [
+            Phase::Published,
+            Phase::Downloading,
+            Phase::Building,
+            Phase::Fetching,
+            Phase::Activated,
+            Phase::Success,
+            Phase::Failed,
+            Phase::RolledBack,
+            Phase::NoAnswer,
+            Phase::Skipped,
+        ]
+        .into_iter()
+        .find(|p| p.id() == id)
     }
 
     /// The host is done with this release, one way or the other.

@@ -1,0 +1,631 @@
+//! Rollouts in the panel's database: every `bento deploy` (command line or
+//! panel) records one, with its job and audit entry, so `bento rollout` and the
+//! panel show the same thing. The waves and the per-host phases are decided by
+//! `bento_core::rollout`; this module only stores them.
+//!
+//! A rollout is driven by one process at a time (the one holding the deploy
+//! lock), named by its pid and start time. A rollout left `running` by a
+//! process that is gone was interrupted: `bento rollout resume` takes it up.
+//! One published without a driver (a plain `bento deploy`) is concluded by
+//! whoever looks at it next, from the chroot.
+
+use std::collections::BTreeMap;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use anyhow::Context;
+use bento_core::chroot::Chroot;
+use bento_core::config::Settings;
+use bento_core::rollout::driver::Published;
+use bento_core::rollout::{self, HostProgress, Phase, RolloutSettings, Wave};
+use bento_core::status::StatusOptions;
+use bento_core::HostName;
+use sqlx::SqlitePool;
+
+use crate::web::db::{self, from_ms, now_ms, to_ms};
+
+/// A rollout's status.
+pub const RUNNING: &str = "running";
+pub const SUCCEEDED: &str = "succeeded";
+pub const FAILED: &str = "failed";
+pub const HALTED: &str = "halted";
+pub const ABORTED: &str = "aborted";
+pub const INTERRUPTED: &str = "interrupted";
+/// A host whose wave is not published yet.
+pub const PENDING: &str = "pending";
+
+/// One rollout, as listed.
+#[derive(Debug, Clone, sqlx::FromRow)]
+pub struct RolloutRow {
+    pub id: i64,
+    pub job_id: Option<i64>,
+    pub created_by: String,
+    pub source: String,
+    pub created_at: i64,
+    pub status: String,
+    pub settings: String,
+    pub waves: i64,
+    pub wave: i64,
+    pub driver_pid: Option<i64>,
+    pub driver_start: Option<i64>,
+    pub abort_requested: bool,
+    pub finished_at: Option<i64>,
+    pub summary: String,
+}
+
+impl RolloutRow {
+    pub fn created(&self) -> String {
+        views_time(self.created_at)
+    }
+    pub fn finished(&self) -> Option<String> {
+        self.finished_at.map(views_time)
+    }
+}
+
+/// One host of a rollout.
+#[derive(Debug, Clone, sqlx::FromRow)]
+pub struct HostRow {
+    pub host: String,
+    pub wave: i64,
+    pub wave_entry: String,
+    pub system: Option<String>,
+    pub revision: Option<String>,
+    pub previous_revision: Option<String>,
+    pub published_at: Option<i64>,
+    pub phase: String,
+    pub reason: Option<String>,
+    pub updated_at: i64,
+}
+
+fn views_time(ms: i64) -> String {
+    let t = from_ms(ms);
+    format!(
+        "{:04}-{:02}-{:02} {:02}:{:02}:{:02} UTC",
+        t.year(),
+        t.month() as u8,
+        t.day(),
+        t.hour(),
+        t.minute(),
+        t.second()
+    )
+}
+
+/// This process, as a rollout's driver: its pid and start time.
+pub fn this_driver() -> (i64, i64) {
+    let pid = std::process::id();
+    (i64::from(pid), process_start(pid).unwrap_or(0))
+}
+
+/// The start time of `pid` (clock ticks since boot), if it runs.
+fn process_start(pid: u32) -> Option<i64> {
+    let s = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // After the command name (which may hold spaces and parentheses).
+    let rest = &s[s.rfind(')')? + 2..];
+    // Field 22 of proc(5); `rest` starts at field 3.
+    rest.split_whitespace().nth(19)?.parse().ok()
+}
+
+/// Whether the driver recorded for a rollout still runs.
+pub fn driver_alive(r: &RolloutRow) -> bool {
+    match (r.driver_pid, r.driver_start) {
+        (Some(pid), Some(start)) => {
+            u32::try_from(pid).is_ok_and(|p| process_start(p) == Some(start))
+        }
+        _ => false,
+    }
+}
+
+/// What a new rollout starts with.
+pub struct NewRollout<'a> {
+    pub actor: &'a str,
+    pub source: &'a str,
+    pub settings: &'a RolloutSettings,
+    pub waves: &'a [Wave],
+    /// What the server built for each host.
+    pub systems: &'a BTreeMap<HostName, String>,
+    /// Driven by this process (`deploy --wait`), or by nobody (a plain deploy).
+    pub driven: bool,
+    /// The job it belongs to (a panel deploy), else a job is made for it.
+    pub job_id: Option<i64>,
+}
+
+/// The panel's database, for the synchronous command line.
+pub struct Db {
+    rt: tokio::runtime::Runtime,
+    pub pool: SqlitePool,
+}
+
+impl Db {
+    /// Opens the panel's database (made if missing), as the panel does.
+    pub fn open(url: &str) -> anyhow::Result<Db> {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .context("cannot start the async runtime")?;
+        let pool = rt.block_on(db::open(url))?;
+        Ok(Db { rt, pool })
+    }
+
+    pub fn block_on<T>(&self, f: impl std::future::Future<Output = T>) -> T {
+        self.rt.block_on(f)
+    }
+}
+
+/// Records a new rollout and its deploy job (running) and audit entry. Returns
+/// (rollout id, job id).
+pub async fn create(db: &SqlitePool, new: &NewRollout<'_>) -> anyhow::Result<(i64, i64)> {
+    let now = now_ms();
+    let hosts: usize = new.waves.iter().map(|w| w.hosts.len()).sum();
+    let one_host = (hosts == 1)
+        .then(|| new.waves.iter().flat_map(|w| &w.hosts).next())
+        .flatten()
+        .map(|h| h.as_str().to_owned());
+    let mut tx = db.begin().await?;
+    let job_id = match new.job_id {
+        Some(j) => j,
+        None => {
+            let (j,): (i64,) = sqlx::query_as(
+                "INSERT INTO jobs (kind, host, status, created_by, created_at, started_at) \
+                 VALUES ('deploy', ?, 'running', ?, ?, ?) RETURNING id",
+            )
+            .bind(&one_host)
+            .bind(new.actor)
+            .bind(now)
+            .bind(now)
+            .fetch_one(&mut *tx)
+            .await?;
+            j
+        }
+    };
+    let (pid, start) = if new.driven {
+        let (p, s) = this_driver();
+        (Some(p), Some(s))
+    } else {
+        (None, None)
+    };
+    let (id,): (i64,) = sqlx::query_as(
+        "INSERT INTO rollouts (job_id, created_by, source, created_at, status, settings, waves, wave, driver_pid, driver_start) \
+         VALUES (?, ?, ?, ?, 'running', ?, ?, 0, ?, ?) RETURNING id",
+    )
+    .bind(job_id)
+    .bind(new.actor)
+    .bind(new.source)
+    .bind(now)
+    .bind(serde_json::to_string(new.settings)?)
+    .bind(new.waves.len() as i64)
+    .bind(pid)
+    .bind(start)
+    .fetch_one(&mut *tx)
+    .await?;
+    for (i, w) in new.waves.iter().enumerate() {
+        for h in &w.hosts {
+            sqlx::query(
+                "INSERT INTO rollout_hosts (rollout_id, host, wave, wave_entry, system, phase, updated_at) \
+                 VALUES (?, ?, ?, ?, ?, 'pending', ?)",
+            )
+            .bind(id)
+            .bind(h.as_str())
+            .bind(i as i64)
+            .bind(&w.entry)
+            .bind(new.systems.get(h))
+            .bind(now)
+            .execute(&mut *tx)
+            .await?;
+        }
+    }
+    let detail = format!(
+        "job {job_id}: {hosts} host(s) in {} wave(s)",
+        new.waves.len()
+    );
+    audit(
+        &mut tx,
+        new.actor,
+        "deploy",
+        &format!("rollout {id}"),
+        &detail,
+        new.source,
+    )
+    .await?;
+    tx.commit().await?;
+    Ok((id, job_id))
+}
+
+async fn audit(
+    tx: &mut sqlx::SqliteConnection,
+    actor: &str,
+    action: &str,
+    target: &str,
+    detail: &str,
+    source: &str,
+) -> Result<(), sqlx::Error> {
+    sqlx::query(
+        "INSERT INTO audit (at, actor, action, target, detail, source) VALUES (?, ?, ?, ?, ?, ?)",
+    )
+    .bind(now_ms())
+    .bind(actor)
+    .bind(action)
+    .bind(target)
+    .bind(detail)
+    .bind(source)
+    .execute(tx)
+    .await?;
+    Ok(())
+}
+
+/// Records a deploy that published every host at once and that nobody follows
+/// (a plain `bento deploy`, a panel deploy): one wave, concluded by
+/// [`settle`] from the chroot. Returns the rollout's id (`None`: nothing was
+/// published).
+pub async fn record_published(
+    db: &SqlitePool,
+    chroot: &Chroot,
+    actor: &str,
+    source: &str,
+    job_id: Option<i64>,
+    outcomes: &[bento_core::deploy::HostOutcome],
+) -> anyhow::Result<Option<i64>> {
+    let mut rows = Vec::new();
+    let mut systems = BTreeMap::new();
+    for o in outcomes {
+        let (Some(p), Ok(host)) = (&o.published, HostName::new(&o.host)) else {
+            continue;
+        };
+        if let Some(s) = &o.system {
+            systems.insert(host.clone(), s.to_string_lossy().into_owned());
+        }
+        let previous = match p {
+            bento_core::chroot::Published::New { previous, .. } => previous.clone(),
+            bento_core::chroot::Published::Unchanged { .. } => None,
+        };
+        let at = std::fs::metadata(chroot.last_change_path(&host))
+            .and_then(|m| m.modified())
+            .unwrap_or_else(|_| SystemTime::now());
+        rows.push((
+            Published {
+                host,
+                revision: p.revision().to_owned(),
+                at,
+            },
+            previous,
+        ));
+    }
+    if rows.is_empty() {
+        return Ok(None);
+    }
+    let waves = vec![Wave {
+        entry: rollout::WaveEntry::Rest.to_string(),
+        hosts: rows.iter().map(|(p, _)| p.host.clone()).collect(),
+    }];
+    let (id, _) = create(
+        db,
+        &NewRollout {
+            actor,
+            source,
+            settings: &RolloutSettings::default(),
+            waves: &waves,
+            systems: &systems,
+            driven: false,
+            job_id,
+        },
+    )
+    .await?;
+    wave_published(db, id, 0, &rows).await?;
+    Ok(Some(id))
+}
+
+/// Wave `index` is published: its hosts' revisions, times and previous revisions.
+pub async fn wave_published(
+    db: &SqlitePool,
+    id: i64,
+    index: usize,
+    published: &[(Published, Option<String>)],
+) -> Result<(), sqlx::Error> {
+    let mut tx = db.begin().await?;
+    sqlx::query("UPDATE rollouts SET wave = ? WHERE id = ?")
+        .bind(index as i64)
+        .bind(id)
+        .execute(&mut *tx)
+        .await?;
+    for (p, previous) in published {
+        sqlx::query(
+            "UPDATE rollout_hosts SET revision = ?, published_at = ?, previous_revision = ?, \
+             phase = 'published', reason = NULL, updated_at = ? WHERE rollout_id = ? AND host = ?",
+        )
+        .bind(&p.revision)
+        .bind(to_ms(p.at))
+        .bind(previous)
+        .bind(now_ms())
+        .bind(id)
+        .bind(p.host.as_str())
+        .execute(&mut *tx)
+        .await?;
+    }
+    tx.commit().await
+}
+
+/// Wave `index` is under way (the driver moved on to it).
+pub async fn set_wave(db: &SqlitePool, id: i64, index: usize) -> Result<(), sqlx::Error> {
+    sqlx::query("UPDATE rollouts SET wave = ? WHERE id = ?")
+        .bind(index as i64)
+        .bind(id)
+        .execute(db)
+        .await
+        .map(|_| ())
+}
+
+/// A host moved to another phase.
+pub async fn host_progress(db: &SqlitePool, id: i64, p: &HostProgress) -> Result<(), sqlx::Error> {
+    sqlx::query(
+        "UPDATE rollout_hosts SET phase = ?, reason = ?, updated_at = ? WHERE rollout_id = ? AND host = ?",
+    )
+    .bind(p.phase.id())
+    .bind(p.reason.as_deref().map(|r| crate::web::views::clip(r, 2000)))
+    .bind(now_ms())
+    .bind(id)
+    .bind(p.host.as_str())
+    .execute(db)
+    .await
+    .map(|_| ())
+}
+
+/// Whether someone asked the rollout to stop.
+pub async fn abort_requested(db: &SqlitePool, id: i64) -> Result<bool, sqlx::Error> {
+    let (a,): (bool,) = sqlx::query_as("SELECT abort_requested FROM rollouts WHERE id = ?")
+        .bind(id)
+        .fetch_one(db)
+        .await?;
+    Ok(a)
+}
+
+/// Appends lines to the rollout's job log (what the panel's job page shows).
+pub async fn job_log(db: &SqlitePool, job_id: i64, lines: &[String]) -> Result<(), sqlx::Error> {
+    let mut tx = db.begin().await?;
+    let (next,): (i64,) =
+        sqlx::query_as("SELECT COALESCE(MAX(seq), 0) + 1 FROM job_log WHERE job_id = ?")
+            .bind(job_id)
+            .fetch_one(&mut *tx)
+            .await?;
+    for (i, l) in lines.iter().enumerate() {
+        sqlx::query("INSERT INTO job_log (job_id, seq, line) VALUES (?, ?, ?)")
+            .bind(job_id)
+            .bind(next + i as i64)
+            .bind(crate::web::views::clip(l, 4000))
+            .execute(&mut *tx)
+            .await?;
+    }
+    tx.commit().await
+}
+
+/// Ends the rollout (and its job, with each host's outcome in `job_hosts`).
+pub async fn finish(
+    db: &SqlitePool,
+    id: i64,
+    status: &str,
+    summary: &str,
+) -> Result<(), sqlx::Error> {
+    let now = now_ms();
+    let mut tx = db.begin().await?;
+    sqlx::query(
+        "UPDATE rollouts SET status = ?, summary = ?, finished_at = ?, driver_pid = NULL, driver_start = NULL WHERE id = ?",
+    )
+    .bind(status)
+    .bind(crate::web::views::clip(summary, 2000))
+    .bind(now)
+    .bind(id)
+    .execute(&mut *tx)
+    .await?;
+    let job: Option<(Option<i64>,)> = sqlx::query_as("SELECT job_id FROM rollouts WHERE id = ?")
+        .bind(id)
+        .fetch_optional(&mut *tx)
+        .await?;
+    if let Some((Some(job_id),)) = job {
+        sqlx::query("UPDATE jobs SET status = ?, finished_at = ?, summary = ? WHERE id = ?")
+            .bind(if status == SUCCEEDED {
+                "succeeded"
+            } else {
+                "failed"
+            })
+            .bind(now)
+            .bind(crate::web::views::clip(summary, 2000))
+            .bind(job_id)
+            .execute(&mut *tx)
+            .await?;
+        sqlx::query(
+            "INSERT OR REPLACE INTO job_hosts (job_id, host, ok, system, revision, published, error, elapsed_ms) \
+             SELECT ?, host, phase = 'success', system, revision, revision IS NOT NULL, \
+               CASE WHEN phase = 'success' THEN NULL ELSE phase || COALESCE(': ' || reason, '') END, \
+               COALESCE(updated_at - published_at, 0) \
+             FROM rollout_hosts WHERE rollout_id = ?",
+        )
+        .bind(job_id)
+        .bind(id)
+        .execute(&mut *tx)
+        .await?;
+    }
+    tx.commit().await
+}
+
+/// The newest rollouts first.
+pub async fn list(db: &SqlitePool, limit: i64) -> Result<Vec<RolloutRow>, sqlx::Error> {
+    sqlx::query_as("SELECT * FROM rollouts ORDER BY id DESC LIMIT ?")
+        .bind(limit)
+        .fetch_all(db)
+        .await
+}
+
+/// One rollout and its hosts (wave by wave, by name), if it exists.
+pub async fn load(
+    db: &SqlitePool,
+    id: i64,
+) -> Result<Option<(RolloutRow, Vec<HostRow>)>, sqlx::Error> {
+    let Some(r) = sqlx::query_as::<_, RolloutRow>("SELECT * FROM rollouts WHERE id = ?")
+        .bind(id)
+        .fetch_optional(db)
+        .await?
+    else {
+        return Ok(None);
+    };
+    let hosts = sqlx::query_as(
+        "SELECT host, wave, wave_entry, system, revision, previous_revision, published_at, phase, reason, updated_at \
+         FROM rollout_hosts WHERE rollout_id = ? ORDER BY wave, host",
+    )
+    .bind(id)
+    .fetch_all(db)
+    .await?;
+    Ok(Some((r, hosts)))
+}
+
+/// Asks a rollout to stop: its driver publishes no further wave. A rollout that
+/// nobody drives stops at once. Returns what the rollout's status is now.
+pub async fn request_abort(
+    db: &SqlitePool,
+    id: i64,
+    actor: &str,
+    source: &str,
+) -> anyhow::Result<String> {
+    let (r, _) = load(db, id)
+        .await?
+        .with_context(|| format!("there is no rollout {id}"))?;
+    if r.status != RUNNING && r.status != INTERRUPTED && r.status != HALTED {
+        anyhow::bail!("rollout {id} is {}: there is nothing to abort", r.status);
+    }
+    let mut tx = db.begin().await?;
+    sqlx::query("UPDATE rollouts SET abort_requested = 1 WHERE id = ?")
+        .bind(id)
+        .execute(&mut *tx)
+        .await?;
+    audit(
+        &mut tx,
+        actor,
+        "rollout-abort",
+        &format!("rollout {id}"),
+        "",
+        source,
+    )
+    .await?;
+    tx.commit().await?;
+    if driver_alive(&r) {
+        return Ok(RUNNING.into());
+    }
+    finish(
+        db,
+        id,
+        ABORTED,
+        &format!("aborted by {actor}; unpublished waves keep their release"),
+    )
+    .await?;
+    Ok(ABORTED.into())
+}
+
+/// The `[rollout]` settings a rollout was planned with.
+pub fn settings_of(r: &RolloutRow) -> anyhow::Result<RolloutSettings> {
+    serde_json::from_str(&r.settings)
+        .with_context(|| format!("rollout {}: its stored settings do not parse", r.id))
+}
+
+/// The waves of a rollout, rebuilt from its hosts.
+pub fn waves_of(hosts: &[HostRow]) -> anyhow::Result<Vec<Wave>> {
+    let mut waves: Vec<Wave> = Vec::new();
+    for h in hosts {
+        let i = usize::try_from(h.wave).context("negative wave")?;
+        while waves.len() <= i {
+            waves.push(Wave {
+                entry: String::new(),
+                hosts: Vec::new(),
+            });
+        }
+        waves[i].entry = h.wave_entry.clone();
+        waves[i].hosts.push(HostName::new(&h.host)?);
+    }
+    Ok(waves)
+}
+
+/// Brings running rollouts up to date with what their hosts did: one whose
+/// driver is gone is marked interrupted; one published without a driver (a plain
+/// `bento deploy`) gets its hosts' phases from the chroot and ends when every
+/// host concluded.
+pub async fn settle(db: &SqlitePool, settings: &Settings) -> anyhow::Result<()> {
+    let running: Vec<RolloutRow> =
+        sqlx::query_as("SELECT * FROM rollouts WHERE status = 'running' ORDER BY id")
+            .fetch_all(db)
+            .await?;
+    let chroot = Chroot::new(&settings.chroot_dir);
+    for r in running {
+        if r.driver_pid.is_some() {
+            if !driver_alive(&r) {
+                sqlx::query(
+                    "UPDATE rollouts SET status = 'interrupted', driver_pid = NULL, driver_start = NULL, \
+                     summary = 'interrupted: the process that drove it ended; `bento rollout resume` goes on' \
+                     WHERE id = ? AND status = 'running'",
+                )
+                .bind(r.id)
+                .execute(db)
+                .await?;
+                if let Some(job) = r.job_id {
+                    sqlx::query(
+                        "UPDATE jobs SET status = 'failed', finished_at = ?, \
+                         summary = 'interrupted: the deploy stopped while its rollout ran' WHERE id = ? AND status = 'running'",
+                    )
+                    .bind(now_ms())
+                    .bind(job)
+                    .execute(db)
+                    .await?;
+                }
+            }
+            continue;
+        }
+        let Some((r, hosts)) = load(db, r.id).await? else {
+            continue;
+        };
+        let planned = settings_of(&r)?;
+        let opts = StatusOptions {
+            now: SystemTime::now(),
+            poll_interval: Duration::from_secs(settings.poll_interval),
+            offline_after_polls: settings.offline_after_polls,
+        };
+        let mut all = Vec::new();
+        for h in &hosts {
+            let phase = Phase::from_id(&h.phase);
+            let (Some(rev), Some(at), Some(phase)) = (&h.revision, h.published_at, phase) else {
+                continue;
+            };
+            if phase.concluded() {
+                all.push(phase);
+                continue;
+            }
+            let host = HostName::new(&h.host)?;
+            let at = UNIX_EPOCH + Duration::from_millis(u64::try_from(at).unwrap_or(0));
+            let obs = rollout::observe(&chroot, &host, rev, at, None, &opts);
+            let p = rollout::progress(&host, &obs, planned.offline);
+            if p.phase != phase {
+                host_progress(db, r.id, &p).await?;
+            }
+            all.push(p.phase);
+        }
+        if all.len() == hosts.len() && all.iter().all(|p| p.concluded()) {
+            let (status, summary) = summary_of(&all);
+            finish(db, r.id, status, &summary).await?;
+        }
+    }
+    Ok(())
+}
+
+/// The final status and one-line summary of hosts that all concluded.
+pub fn summary_of(phases: &[Phase]) -> (&'static str, String) {
+    let count = |p: Phase| phases.iter().filter(|x| **x == p).count();
+    let status = if phases.iter().any(|p| p.is_failure()) {
+        FAILED
+    } else {
+        SUCCEEDED
+    };
+    (
+        status,
+        format!(
+            "{} succeeded, {} failed, {} rolled back, {} no answer, {} skipped",
+            count(Phase::Success),
+            count(Phase::Failed),
+            count(Phase::RolledBack),
+            count(Phase::NoAnswer),
+            count(Phase::Skipped)
+        ),
+    )
+}
