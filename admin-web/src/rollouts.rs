@@ -309,6 +309,22 @@ pub async fn record_published(
     )
     .await?;
     wave_published(db, id, 0, &rows).await?;
+    if job_id.is_none() {
+        // The command line is done once it published, as a panel deploy job is;
+        // the rollout's outcome replaces this when the hosts conclude.
+        sqlx::query(
+            "UPDATE jobs SET status = 'succeeded', finished_at = ?, summary = ? \
+             WHERE id = (SELECT job_id FROM rollouts WHERE id = ?)",
+        )
+        .bind(now_ms())
+        .bind(format!(
+            "published to {} host(s); rollout {id} follows them",
+            rows.len()
+        ))
+        .bind(id)
+        .execute(db)
+        .await?;
+    }
     Ok(Some(id))
 }
 

@@ -205,3 +205,40 @@ async fn a_job_running_when_the_server_dies_is_marked_failed() -> Result<()> {
     assert_eq!(done["status"], "succeeded", "{done}");
     Ok(())
 }
+
+/// A deploy from the command line is a rollout in the panel's database: the
+/// panel lists its job (by the Unix user who ran it) and the audit log names it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_command_line_deploy_shows_in_the_panels_jobs_and_audit() -> Result<()> {
+    let mut p = PanelServer::start("panel-jobs")?;
+    let host = toy_host(&mut p)?;
+    let s = p.login().await?;
+    p.bento_stdin(&["deploy"], "")?;
+    let jobs = s.json("/api/v1/jobs").await?;
+    let job = jobs
+        .as_array()
+        .and_then(|a| a.iter().find(|j| j["kind"] == "deploy"))
+        .cloned()
+        .unwrap_or_else(|| panic!("no deploy job: {jobs}"));
+    assert!(
+        job["created_by"].as_str().is_some_and(|c| c.starts_with("cli:")),
+        "{job}"
+    );
+    assert_eq!(job["host"], host.as_str());
+    let id = job["id"].as_i64().expect("a job id");
+    let page = s.page(&format!("/jobs/{id}")).await?;
+    assert!(page.contains(&host), "the job page lacks the host");
+    let audit = s.page("/audit").await?;
+    assert!(audit.contains("rollout 1"), "{audit}");
+    assert!(audit.contains(&format!("job {id}: 1 host(s) in 1 wave(s)")), "{audit}");
+    // The panel's restart does not take the command line's job for its own.
+    p.restart()?;
+    let s = p.login().await?;
+    let job = s.json(&format!("/api/v1/jobs/{id}")).await?;
+    assert_ne!(
+        job["summary"],
+        "interrupted: the panel stopped while this job ran",
+        "{job}"
+    );
+    Ok(())
+}

@@ -17,10 +17,16 @@ use agent_common::{Agent, Fleet, AGENT_TIMEOUT};
 
 /// `bento deploy ARGS` in the background, stdout and stderr to files.
 fn spawn_deploy(fleet: &Fleet<EmbeddedSftp>, args: &[&str], name: &str) -> Result<Child> {
+    let mut all = vec!["deploy"];
+    all.extend_from_slice(args);
+    spawn_bento(fleet, &all, name)
+}
+
+/// `bento ARGS` in the background, stdout and stderr to files.
+fn spawn_bento(fleet: &Fleet<EmbeddedSftp>, args: &[&str], name: &str) -> Result<Child> {
     let out = fs::File::create(fleet.dir.join(format!("{name}.out")))?;
     let err = fs::File::create(fleet.dir.join(format!("{name}.err")))?;
     Ok(Command::new(bins::bin("bento"))
-        .arg("deploy")
         .args(args)
         .env("BENTO_DIR", fleet.bento_dir())
         .env("NIX_PATH", fleet.toy.nix_path())
@@ -40,6 +46,39 @@ fn output(fleet: &Fleet<EmbeddedSftp>, name: &str) -> String {
         read("out"),
         read("err")
     )
+}
+
+/// `bento ARGS` to its end: (exit code, stdout and stderr).
+fn bento(fleet: &Fleet<EmbeddedSftp>, args: &[&str]) -> Result<(Option<i32>, String)> {
+    let out = Command::new(bins::bin("bento"))
+        .args(args)
+        .env("BENTO_DIR", fleet.bento_dir())
+        .env("NIX_PATH", fleet.toy.nix_path())
+        .env_remove("NAME")
+        .envs(nixenv::nix_env())
+        .output()
+        .with_context(|| format!("bento {args:?}"))?;
+    Ok((
+        out.status.code(),
+        format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        ),
+    ))
+}
+
+/// Tags `host` in bento.toml (`[hosts.<host>] tags`).
+fn tag(fleet: &Fleet<EmbeddedSftp>, host: &str, tag: &str) -> Result<()> {
+    let toml = fleet.bento_dir().join("bento.toml");
+    let text = fs::read_to_string(&toml)?;
+    let header = format!("[hosts.{host}]\n");
+    ensure!(text.contains(&header), "{text}");
+    fs::write(
+        &toml,
+        text.replace(&header, &format!("{header}tags = [\"{tag}\"]\n")),
+    )?;
+    Ok(())
 }
 
 fn publication_time(fleet: &Fleet<EmbeddedSftp>, host: &str) -> Result<SystemTime> {
@@ -79,7 +118,7 @@ fn drive(
     let Some(status) = status else {
         let _ = deploy.kill();
         let _ = deploy.wait();
-        anyhow::bail!("bento deploy --wait did not end");
+        anyhow::bail!("bento (deploy --wait or rollout resume) did not end");
     };
     Ok((status.code(), ran))
 }
@@ -249,5 +288,142 @@ fn a_watching_daemon_starts_the_update_within_two_seconds_of_publication() -> Re
         "the update started {latency:.3}s after publication:\n{}",
         agent.spawned_log("daemon")
     );
+    Ok(())
+}
+
+/// The id in "Rollout N of ..." (the first line `deploy --wait` prints).
+fn rollout_id(out: &str) -> Option<i64> {
+    out.lines()
+        .find_map(|l| l.strip_prefix("Rollout ")?.split(' ').next()?.parse().ok())
+}
+
+/// Every deploy is a rollout in the panel's database: a plain deploy concludes
+/// from the hosts' reports, a halted one resumes with the systems it built (the
+/// canary's failure still counted), and an abort from another terminal stops a
+/// rollout before its next wave.
+#[test]
+fn rollouts_are_recorded_a_halted_one_resumes_and_an_abort_stops_the_next_wave() -> Result<()> {
+    let fleet = Fleet::embedded("rollout-record", &["canary", "web"], "", "")?;
+    let (canary, web) = (fleet.host(0).to_owned(), fleet.host(1).to_owned());
+    for h in [&canary, &web] {
+        fleet.toy.set_system_version(h, "1")?;
+    }
+    // 1. A plain deploy, followed by nobody: concluded from the reports.
+    fleet.deploy()?;
+    let (a_canary, a_web) = (fleet.agent(&canary)?, fleet.agent(&web)?);
+    let (code, list) = bento(&fleet, &["rollout", "list"])?;
+    assert_eq!(code, Some(0), "{list}");
+    assert!(list.contains("running"), "{list}");
+    for a in [&a_canary, &a_web] {
+        let run = a.run_once()?;
+        ensure!(run.ok(), "{}", run.stderr);
+    }
+    let (_, list) = bento(&fleet, &["rollout", "list"])?;
+    let first = list
+        .lines()
+        .find(|l| l.trim_start().starts_with("1 "))
+        .with_context(|| format!("rollout 1 is not listed:\n{list}"))?;
+    assert!(
+        first.contains("succeeded") && first.contains("2 succeeded, 0 failed"),
+        "{list}"
+    );
+
+    // 2. Waves, and a canary that fails: halted.
+    fleet.write_config("[rollout]\nwaves = [\"tag:canary\", \"rest\"]\n")?;
+    tag(&fleet, &canary, "canary")?;
+    fleet
+        .toy
+        .set_version_activation_failure(&canary, "2", true)?;
+    for h in [&canary, &web] {
+        fleet.toy.set_system_version(h, "2")?;
+    }
+    let rev1_web = fleet.published(&web)?;
+    let mut deploy = spawn_deploy(&fleet, &["--wait", "--timeout", "300"], "deploy2")?;
+    let (code, _) = drive(&fleet, &[&a_canary, &a_web], &mut deploy)?;
+    let out = output(&fleet, "deploy2");
+    assert_eq!(code, Some(1), "{out}");
+    let id = rollout_id(&out).with_context(|| format!("no rollout id:\n{out}"))?;
+    let (_, show) = bento(&fleet, &["rollout", "show", &id.to_string()])?;
+    assert!(show.contains(&format!("Rollout {id}: halted")), "{show}");
+    let line = |show: &str, host: &str| {
+        show.lines()
+            .find(|l| l.trim_start().starts_with(host))
+            .unwrap_or_default()
+            .to_owned()
+    };
+    assert!(line(&show, &web).contains("pending"), "{show}");
+    assert!(
+        line(&show, &canary).contains("rolled-back") || line(&show, &canary).contains("failed"),
+        "{show}"
+    );
+    assert_eq!(fleet.published(&web)?, rev1_web);
+
+    // 3. Resumed: the rest wave gets the system this rollout built.
+    let mut resume = spawn_bento(&fleet, &["rollout", "resume", &id.to_string()], "resume")?;
+    let (code, ran) = drive(&fleet, &[&a_canary, &a_web], &mut resume)?;
+    let out = output(&fleet, "resume");
+    assert_eq!(code, Some(1), "the canary's failure still counts:\n{out}");
+    assert!(
+        out.contains(&format!("Rollout {id} resumes at wave 2 of 2")),
+        "{out}"
+    );
+    assert!(out.contains(&format!("{web}: success")), "{out}");
+    assert!(out.contains("1 succeeded"), "{out}");
+    assert_ne!(fleet.published(&web)?, rev1_web);
+    assert_eq!(ran.get(&web).map(Vec::len), Some(1), "{ran:?}");
+    assert!(!ran.contains_key(&canary), "{ran:?}");
+    let (_, show) = bento(&fleet, &["rollout", "show", &id.to_string()])?;
+    assert!(show.contains(&format!("Rollout {id}: failed")), "{show}");
+    assert!(line(&show, &web).contains("success"), "{show}");
+    // Resuming again: nothing is left to resume.
+    let (code, again) = bento(&fleet, &["rollout", "resume", &id.to_string()])?;
+    assert_eq!(code, Some(2), "an error: {again}");
+    assert!(
+        again.contains("only a halted, aborted or interrupted rollout resumes"),
+        "{again}"
+    );
+
+    // 4. Aborted while its canary wave is under way: the next wave is never published.
+    for h in [&canary, &web] {
+        fleet.toy.set_system_version(h, "3")?;
+    }
+    let rev2_web = fleet.published(&web)?;
+    let rev2_canary = fleet.published(&canary)?;
+    let mut deploy = spawn_deploy(&fleet, &["--wait", "--timeout", "300"], "deploy3")?;
+    let id3 = wait_for(AGENT_TIMEOUT, || {
+        let out = output(&fleet, "deploy3");
+        (fleet.published(&canary).ok()? != rev2_canary)
+            .then(|| rollout_id(&out))
+            .flatten()
+    })
+    .with_context(|| {
+        format!(
+            "the canary wave was not published:\n{}",
+            output(&fleet, "deploy3")
+        )
+    })?;
+    let (code, said) = bento(&fleet, &["rollout", "abort", &id3.to_string()])?;
+    assert_eq!(code, Some(0), "{said}");
+    assert!(said.contains("abort asked"), "{said}");
+    let status = wait_for(AGENT_TIMEOUT, || deploy.try_wait().ok().flatten());
+    let out = output(&fleet, "deploy3");
+    let Some(status) = status else {
+        let _ = deploy.kill();
+        anyhow::bail!("deploy --wait did not stop on abort:\n{out}");
+    };
+    assert_eq!(status.code(), Some(1), "{out}");
+    assert!(out.contains("Rollout aborted in wave 1"), "{out}");
+    assert!(
+        out.contains(&format!(
+            "Not published (they keep their current release): {web}"
+        )),
+        "{out}"
+    );
+    assert_eq!(fleet.published(&web)?, rev2_web);
+    let (_, show) = bento(&fleet, &["rollout", "show", &id3.to_string()])?;
+    assert!(show.contains(&format!("Rollout {id3}: aborted")), "{show}");
+    // The abort is in the audit log, as the deploys are.
+    let (_, list) = bento(&fleet, &["rollout", "list"])?;
+    assert!(list.lines().count() >= 4, "{list}");
     Ok(())
 }
