@@ -221,23 +221,47 @@ async fn a_command_line_deploy_shows_in_the_panels_jobs_and_audit() -> Result<()
         .cloned()
         .unwrap_or_else(|| panic!("no deploy job: {jobs}"));
     assert!(
-        job["created_by"].as_str().is_some_and(|c| c.starts_with("cli:")),
+        job["created_by"]
+            .as_str()
+            .is_some_and(|c| c.starts_with("cli:")),
         "{job}"
     );
     assert_eq!(job["host"], host.as_str());
     let id = job["id"].as_i64().expect("a job id");
     let page = s.page(&format!("/jobs/{id}")).await?;
     assert!(page.contains(&host), "the job page lacks the host");
+    assert!(
+        page.contains("href=\"/rollouts/1\""),
+        "the job page lacks its rollout"
+    );
+    let list = s.page("/rollouts").await?;
+    assert!(list.contains("href=\"/rollouts/1\""), "{list}");
+    let rollout = s.page("/rollouts/1").await?;
+    assert!(
+        rollout.contains(&format!("href=\"/hosts/{host}\"")),
+        "{rollout}"
+    );
+    assert!(rollout.contains(">published<"), "{rollout}");
+    // Abort from the panel: nobody drives this rollout, so it ends at once.
+    assert!(rollout.contains("/rollouts/1/abort"), "{rollout}");
+    let res = s.post("/rollouts/1/abort", &[]).await?;
+    assert_eq!(res.status(), StatusCode::SEE_OTHER);
+    let rollout = s.page("/rollouts/1").await?;
+    assert!(rollout.contains(">aborted<"), "{rollout}");
+    assert!(!rollout.contains("/rollouts/1/abort"), "{rollout}");
     let audit = s.page("/audit").await?;
+    assert!(audit.contains("rollout-abort"), "{audit}");
     assert!(audit.contains("rollout 1"), "{audit}");
-    assert!(audit.contains(&format!("job {id}: 1 host(s) in 1 wave(s)")), "{audit}");
+    assert!(
+        audit.contains(&format!("job {id}: 1 host(s) in 1 wave(s)")),
+        "{audit}"
+    );
     // The panel's restart does not take the command line's job for its own.
     p.restart()?;
     let s = p.login().await?;
     let job = s.json(&format!("/api/v1/jobs/{id}")).await?;
     assert_ne!(
-        job["summary"],
-        "interrupted: the panel stopped while this job ran",
+        job["summary"], "interrupted: the panel stopped while this job ran",
         "{job}"
     );
     Ok(())

@@ -15,13 +15,15 @@ use reqwest::StatusCode;
 const XSS: &str = "<script>alert('owned')</script><img src=x onerror=alert(1)>";
 
 /// Every route of the panel (`web::router`), with a concrete path.
-const PAGES: [&str; 8] = [
+const PAGES: [&str; 10] = [
     "/",
     "/hosts/web1",
     "/hosts/web1/logs/20240101-0000_sys_success.log.gz",
     "/hosts/web1/diff",
     "/jobs",
     "/jobs/1",
+    "/rollouts",
+    "/rollouts/1",
     "/audit",
     "/events",
 ];
@@ -34,7 +36,7 @@ const API: [&str; 6] = [
     "/api/v1/jobs/1",
     "/metrics",
 ];
-const FORMS: [&str; 3] = ["/jobs", "/jobs/1/cancel", "/logout"];
+const FORMS: [&str; 4] = ["/jobs", "/jobs/1/cancel", "/rollouts/1/abort", "/logout"];
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_route_but_login_healthz_and_static_needs_a_session() -> Result<()> {

@@ -835,6 +835,8 @@ struct JobPage {
     hosts: Vec<JobHostView>,
     started: String,
     finished: String,
+    /// The deploy's rollout.
+    rollout: Option<i64>,
 }
 
 struct JobHostView {
@@ -915,6 +917,7 @@ pub async fn page(
             .collect(),
         started: views::full_time_ms(job.started_at),
         finished: views::full_time_ms(job.finished_at),
+        rollout: super::rollouts::of_job(&state, job.id).await,
         job: JobView::new(&job),
     };
     Ok(Html(page.render().map_err(WebError::internal)?))

@@ -20,6 +20,7 @@ pub mod host;
 pub mod ingest;
 pub mod jobs;
 pub mod metrics;
+pub mod rollouts;
 pub mod security;
 pub mod sse;
 pub mod static_files;
@@ -238,6 +239,9 @@ pub fn router(state: AppState) -> Router {
         .route("/jobs/{id}", get(jobs::page))
         .route("/jobs/{id}/log", get(jobs::log_stream))
         .route("/jobs/{id}/cancel", post(jobs::cancel))
+        .route("/rollouts", get(rollouts::list))
+        .route("/rollouts/{id}", get(rollouts::page))
+        .route("/rollouts/{id}/abort", post(rollouts::abort))
         .route("/audit", get(audit::page))
         .route("/events", get(sse::events))
         .route("/api/v1/hosts", get(api::hosts))

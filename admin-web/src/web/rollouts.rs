@@ -1,0 +1,164 @@
+//! The Rollouts pages: every deploy's waves and each host's outcome, as
+//! `bento rollout list|show` print them, and Abort.
+
+use askama::Template;
+use axum::extract::{Path, State};
+use axum::response::{Html, Redirect};
+
+use super::auth::{CsrfForm, Empty, SessionUser};
+use super::error::{WebError, WebResult};
+use super::views::{self, Nav};
+use super::AppState;
+use crate::rollouts::{self, HostRow, RolloutRow};
+
+struct RolloutView {
+    id: i64,
+    job_id: Option<i64>,
+    status: String,
+    class: &'static str,
+    wave: String,
+    created: String,
+    created_by: String,
+    source: String,
+    finished: String,
+    summary: String,
+    running: bool,
+}
+
+impl RolloutView {
+    fn new(r: &RolloutRow) -> Self {
+        RolloutView {
+            id: r.id,
+            job_id: r.job_id,
+            class: match r.status.as_str() {
+                rollouts::HALTED | rollouts::ABORTED | rollouts::INTERRUPTED => "bad",
+                s => views::status_class(s),
+            },
+            status: r.status.clone(),
+            wave: format!("{} of {}", (r.wave + 1).min(r.waves), r.waves),
+            created: views::full_time_ms(Some(r.created_at)),
+            created_by: r.created_by.clone(),
+            source: r.source.clone(),
+            finished: views::full_time_ms(r.finished_at),
+            summary: views::clip(&r.summary, 300),
+            running: r.status == rollouts::RUNNING,
+        }
+    }
+}
+
+struct HostView {
+    host: String,
+    wave: String,
+    phase: String,
+    class: &'static str,
+    revision: String,
+    published: String,
+    reason: String,
+}
+
+impl HostView {
+    fn new(h: &HostRow) -> Self {
+        HostView {
+            host: h.host.clone(),
+            wave: format!("{} ({})", h.wave + 1, h.wave_entry),
+            class: match h.phase.as_str() {
+                "success" => "ok",
+                "failed" | "rolled-back" | "no-answer" => "bad",
+                "pending" | "skipped" => "pending",
+                _ => "busy",
+            },
+            phase: h.phase.clone(),
+            revision: h
+                .revision
+                .as_deref()
+                .map(|r| r.get(..12).unwrap_or(r).to_owned())
+                .unwrap_or_default(),
+            published: views::full_time_ms(h.published_at),
+            reason: h.reason.clone().unwrap_or_default(),
+        }
+    }
+}
+
+#[derive(Template)]
+#[template(path = "rollouts.html")]
+struct ListPage {
+    nav: Nav,
+    rollouts: Vec<RolloutView>,
+}
+
+#[derive(Template)]
+#[template(path = "rollout.html")]
+struct ShowPage {
+    nav: Nav,
+    r: RolloutView,
+    hosts: Vec<HostView>,
+    can_abort: bool,
+}
+
+async fn settle(state: &AppState) {
+    if let Err(e) = rollouts::settle(&state.db, &state.settings()).await {
+        tracing::warn!("cannot update the rollouts: {e:#}");
+    }
+}
+
+pub async fn list(State(state): State<AppState>, user: SessionUser) -> WebResult<Html<String>> {
+    settle(&state).await;
+    let rows = rollouts::list(&state.db, 100).await?;
+    let page = ListPage {
+        nav: Nav::new(&user, "rollouts"),
+        rollouts: rows.iter().map(RolloutView::new).collect(),
+    };
+    Ok(Html(page.render().map_err(WebError::internal)?))
+}
+
+fn parse_id(s: &str) -> WebResult<i64> {
+    s.parse::<i64>().ok().filter(|i| *i > 0).ok_or_else(|| {
+        WebError::BadRequest(format!("{:?} is not a rollout number.", views::clip(s, 20)))
+    })
+}
+
+pub async fn page(
+    State(state): State<AppState>,
+    user: SessionUser,
+    Path(id): Path<String>,
+) -> WebResult<Html<String>> {
+    let id = parse_id(&id)?;
+    settle(&state).await;
+    let (r, hosts) = rollouts::load(&state.db, id)
+        .await?
+        .ok_or_else(|| WebError::NotFound(format!("There is no rollout {id}.")))?;
+    let can_abort = matches!(
+        r.status.as_str(),
+        rollouts::RUNNING | rollouts::HALTED | rollouts::INTERRUPTED
+    ) && !r.abort_requested;
+    let page = ShowPage {
+        nav: Nav::new(&user, "rollouts"),
+        r: RolloutView::new(&r),
+        hosts: hosts.iter().map(HostView::new).collect(),
+        can_abort,
+    };
+    Ok(Html(page.render().map_err(WebError::internal)?))
+}
+
+pub async fn abort(
+    State(state): State<AppState>,
+    Path(id): Path<String>,
+    f: CsrfForm<Empty>,
+) -> WebResult<Redirect> {
+    let id = parse_id(&id)?;
+    rollouts::request_abort(&state.db, id, &f.user.actor(), &f.user.source)
+        .await
+        .map_err(|e| WebError::BadRequest(format!("{e:#}")))?;
+    Ok(Redirect::to(&format!("/rollouts/{id}")))
+}
+
+/// The rollout of a deploy job, if it has one.
+pub async fn of_job(state: &AppState, job: i64) -> Option<i64> {
+    sqlx::query_as::<_, (i64,)>("SELECT id FROM rollouts WHERE job_id = ? ORDER BY id DESC LIMIT 1")
+        .bind(job)
+        .fetch_optional(&state.db)
+        .await
+        .ok()
+        .flatten()
+        .map(|(id,)| id)
+}
