@@ -331,9 +331,28 @@ async fn metrics_and_health() -> Result<()> {
         "bento_hosts_reboot_pending 1",
         "bento_hosts_offline 1",
         "# TYPE bento_job_duration_seconds histogram",
+        // Per host, in the node/exporter conventions.
+        "bento_host_state{host=\"web1\",state=\"up-to-date\"} 1",
+        "bento_host_state{host=\"web2\",state=\"failing\"} 1",
+        "bento_host_state{host=\"db1\",state=\"rolled-back\"} 1",
+        "bento_host_reboot_pending{host=\"db1\"} 1",
+        "bento_host_reboot_pending{host=\"web1\"} 0",
+        "bento_host_offline{host=\"cache1\"} 1",
+        "bento_host_offline{host=\"web1\"} 0",
+        "# TYPE bento_rollout_hosts gauge",
     ] {
         assert!(m.contains(line), "{line} missing:\n{m}");
     }
+    let seen = m
+        .lines()
+        .find_map(|l| l.strip_prefix("bento_host_last_seen_timestamp_seconds{host=\"web1\"} "))
+        .and_then(|v| v.parse::<i64>().ok())
+        .unwrap_or_else(|| panic!("no last-seen time for web1:\n{m}"));
+    let now = OffsetDateTime::now_utc().unix_timestamp();
+    assert!(
+        (now - 3600..=now + 5).contains(&seen),
+        "web1 last seen at {seen}, now {now}"
+    );
     let res = panel_common::client().get(p.url("/healthz")).send().await?;
     assert_eq!(res.text().await?, "ok\n");
     Ok(())

@@ -242,6 +242,14 @@ async fn a_command_line_deploy_shows_in_the_panels_jobs_and_audit() -> Result<()
         "{rollout}"
     );
     assert!(rollout.contains(">published<"), "{rollout}");
+    let m = s.get("/metrics").await?.text().await?;
+    for line in [
+        "bento_rollout_status{rollout=\"1\",status=\"running\"} 1",
+        "bento_rollout_wave{rollout=\"1\"} 1",
+        "bento_rollout_hosts{rollout=\"1\",phase=\"published\"} 1",
+    ] {
+        assert!(m.contains(line), "{line} missing:\n{m}");
+    }
     // Abort from the panel: nobody drives this rollout, so it ends at once.
     assert!(rollout.contains("/rollouts/1/abort"), "{rollout}");
     let res = s.post("/rollouts/1/abort", &[]).await?;

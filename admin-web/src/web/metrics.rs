@@ -7,7 +7,7 @@ use std::sync::atomic::Ordering;
 use axum::extract::State;
 use axum::http::{header, StatusCode};
 use axum::response::{IntoResponse, Response};
-use bento_core::status::State as HostState;
+use bento_core::status::{HostStatus, State as HostState};
 
 use super::auth::ApiUser;
 use super::error::ApiResult;
@@ -17,6 +17,112 @@ use super::AppState;
 const BUCKETS: [f64; 10] = [
     1.0, 5.0, 15.0, 30.0, 60.0, 120.0, 300.0, 600.0, 1800.0, 3600.0,
 ];
+
+/// One series per host (host names are `[a-z0-9-]`: no label escaping needed):
+/// its state (value 1, as kube-state-metrics does for phases), when it was last
+/// seen, whether a reboot is pending and whether it is offline.
+fn per_host<'a>(out: &mut String, hosts: impl Iterator<Item = &'a HostStatus> + Clone) {
+    out.push_str(
+        "# HELP bento_host_state The host's state (1 for the state it is in).\n# TYPE bento_host_state gauge\n",
+    );
+    for h in hosts.clone() {
+        let _ = writeln!(
+            out,
+            "bento_host_state{{host=\"{}\",state=\"{}\"}} 1",
+            h.host,
+            h.state.id()
+        );
+    }
+    out.push_str(
+        "# HELP bento_host_last_seen_timestamp_seconds When the host last reported or sent its heartbeat (Unix time).\n\
+         # TYPE bento_host_last_seen_timestamp_seconds gauge\n",
+    );
+    for h in hosts.clone() {
+        if let Some(t) = h.last_seen {
+            let _ = writeln!(
+                out,
+                "bento_host_last_seen_timestamp_seconds{{host=\"{}\"}} {}",
+                h.host,
+                t.unix_timestamp()
+            );
+        }
+    }
+    out.push_str(
+        "# HELP bento_host_reboot_pending Whether the host runs an older kernel than it built.\n\
+         # TYPE bento_host_reboot_pending gauge\n",
+    );
+    for h in hosts.clone() {
+        let _ = writeln!(
+            out,
+            "bento_host_reboot_pending{{host=\"{}\"}} {}",
+            h.host,
+            u8::from(h.reboot_pending)
+        );
+    }
+    out.push_str(
+        "# HELP bento_host_offline Whether the host's heartbeat is late.\n# TYPE bento_host_offline gauge\n",
+    );
+    for h in hosts {
+        let _ = writeln!(
+            out,
+            "bento_host_offline{{host=\"{}\"}} {}",
+            h.host,
+            u8::from(h.offline)
+        );
+    }
+}
+
+/// The rollouts under way and the last one that ended: status, wave, and hosts
+/// per phase.
+async fn rollouts(out: &mut String, state: &AppState) -> Result<(), sqlx::Error> {
+    let shown: Vec<(i64, String, i64, i64)> = sqlx::query_as(
+        "SELECT id, status, wave, waves FROM rollouts WHERE status = 'running' \
+         UNION SELECT * FROM (SELECT id, status, wave, waves FROM rollouts WHERE status != 'running' ORDER BY id DESC LIMIT 1) \
+         ORDER BY id",
+    )
+    .fetch_all(&state.db)
+    .await?;
+    out.push_str(
+        "# HELP bento_rollout_status A rollout's status (1), for those under way and the last one that ended.\n\
+         # TYPE bento_rollout_status gauge\n",
+    );
+    for (id, status, _, _) in &shown {
+        let _ = writeln!(
+            out,
+            "bento_rollout_status{{rollout=\"{id}\",status=\"{status}\"}} 1"
+        );
+    }
+    out.push_str(
+        "# HELP bento_rollout_wave The wave under way (from 1) and the waves planned.\n# TYPE bento_rollout_wave gauge\n",
+    );
+    for (id, _, wave, waves) in &shown {
+        let _ = writeln!(
+            out,
+            "bento_rollout_wave{{rollout=\"{id}\"}} {}",
+            (wave + 1).min(*waves)
+        );
+        let _ = writeln!(out, "bento_rollout_waves{{rollout=\"{id}\"}} {waves}");
+    }
+    out.push_str(
+        "# HELP bento_rollout_hosts A rollout's hosts per phase (pending: its wave is not published).\n\
+         # TYPE bento_rollout_hosts gauge\n",
+    );
+    for (id, _, _, _) in &shown {
+        let phases: Vec<(String, i64)> = sqlx::query_as(
+            "SELECT phase, COUNT(*) FROM rollout_hosts WHERE rollout_id = ? GROUP BY phase ORDER BY phase",
+        )
+        .bind(id)
+        .fetch_all(&state.db)
+        .await?;
+        for (phase, n) in phases {
+            let _ = writeln!(
+                out,
+                "bento_rollout_hosts{{rollout=\"{id}\",phase=\"{phase}\"}} {n}"
+            );
+        }
+    }
+    Ok(())
+}
 
 pub async fn metrics(State(state): State<AppState>, _user: ApiUser) -> ApiResult<Response> {
     let mut out = String::with_capacity(4096);
@@ -45,7 +151,9 @@ pub async fn metrics(State(state): State<AppState>, _user: ApiUser) -> ApiResult
             "# HELP bento_hosts_offline Hosts whose heartbeat is late.\n\
              # TYPE bento_hosts_offline gauge\nbento_hosts_offline {offline}"
         );
+        per_host(&mut out, cache.hosts.values().map(|h| &**h));
     }
+    rollouts(&mut out, &state).await?;
     let failing = state
         .builds()
         .hosts
