@@ -48,3 +48,40 @@ CREATE TABLE rollout_hosts (
     PRIMARY KEY (rollout_id, host)
 ) WITHOUT ROWID;
 CREATE INDEX rollout_hosts_host ON rollout_hosts(host, rollout_id);
+
+-- Alerts (`[alerts]`): the conditions alerted on (one alert each until it
+-- recovers, across restarts) and the outbox of deliveries, retried with backoff.
+CREATE TABLE alert_active (
+    host TEXT NOT NULL,
+    event TEXT NOT NULL,
+    since INTEGER NOT NULL,
+    PRIMARY KEY (host, event)
+) WITHOUT ROWID;
+
+CREATE TABLE alert_deliveries (
+    id INTEGER PRIMARY KEY,
+    created_at INTEGER NOT NULL,
+    event TEXT NOT NULL,
+    host TEXT,
+    rollout INTEGER,
+    recovered INTEGER NOT NULL,
+    message TEXT NOT NULL,
+    -- the alert as sent (JSON)
+    alert TEXT NOT NULL,
+    -- "webhook:N" (its index in [[alerts.webhook]]) and where it went
+    channel TEXT NOT NULL,
+    target TEXT NOT NULL,
+    -- pending | sent | failed (gave up)
+    status TEXT NOT NULL,
+    attempts INTEGER NOT NULL DEFAULT 0,
+    next_try INTEGER NOT NULL,
+    last_error TEXT,
+    sent_at INTEGER
+);
+CREATE INDEX alert_deliveries_due ON alert_deliveries(status, next_try);
+
+-- Rollouts already alerted on (halted / finished).
+CREATE TABLE alert_rollouts (
+    rollout_id INTEGER PRIMARY KEY,
+    status TEXT NOT NULL
+);

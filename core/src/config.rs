@@ -383,6 +383,9 @@ pub struct Settings {
     /// `[rollout]`: waves and their gates (see `rollout`); without it, one wave.
     #[serde(default)]
     pub rollout: crate::rollout::RolloutSettings,
+    /// `[alerts]`: where `bento serve` sends what goes wrong.
+    #[serde(default)]
+    pub alerts: crate::alerts::AlertSettings,
 }
 
 fn default_signing_key() -> PathBuf {
@@ -437,6 +440,7 @@ impl Settings {
             signing_key: default_signing_key(),
             export_closures: true,
             rollout: Default::default(),
+            alerts: Default::default(),
         }
     }
 

@@ -5,6 +5,7 @@
 
 pub mod activate;
 pub mod agent_proto;
+pub mod alerts;
 pub mod bentodir;
 pub mod buildstate;
 pub mod check;

@@ -15,7 +15,7 @@ use reqwest::StatusCode;
 const XSS: &str = "<script>alert('owned')</script><img src=x onerror=alert(1)>";
 
 /// Every route of the panel (`web::router`), with a concrete path.
-const PAGES: [&str; 10] = [
+const PAGES: [&str; 11] = [
     "/",
     "/hosts/web1",
     "/hosts/web1/logs/20240101-0000_sys_success.log.gz",
@@ -24,6 +24,7 @@ const PAGES: [&str; 10] = [
     "/jobs/1",
     "/rollouts",
     "/rollouts/1",
+    "/alerts",
     "/audit",
     "/events",
 ];

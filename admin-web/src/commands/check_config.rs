@@ -24,6 +24,7 @@ pub fn run(b: &BentoDir, chroot: bool) -> anyhow::Result<ExitCode> {
             .rollout
             .problems(&crate::commands::rollout::tagged_hosts(b)),
     );
+    errors.extend(b.settings.alerts.problems());
     if !errors.is_empty() {
         for e in &errors {
             eprintln!("error: {e}");

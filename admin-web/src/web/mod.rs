@@ -9,6 +9,7 @@
 //! bearer token) or [`auth::CsrfForm`] (every POST) — a handler without one of
 //! them does not get the user, and the route table below is checked by tests.
 
+pub mod alerts;
 pub mod api;
 pub mod audit;
 pub mod auth;
@@ -193,6 +194,7 @@ impl Panel {
             tasks.push(tokio::spawn(jobs::runner(state.clone())));
         }
         tasks.push(tokio::spawn(auth::expire_sessions(state.clone())));
+        tasks.push(tokio::spawn(alerts::run(state.clone())));
         Ok(Panel { state, stop, tasks })
     }
 
@@ -242,6 +244,7 @@ pub fn router(state: AppState) -> Router {
         .route("/rollouts", get(rollouts::list))
         .route("/rollouts/{id}", get(rollouts::page))
         .route("/rollouts/{id}/abort", post(rollouts::abort))
+        .route("/alerts", get(alerts::page))
         .route("/audit", get(audit::page))
         .route("/events", get(sse::events))
         .route("/api/v1/hosts", get(api::hosts))
