@@ -374,22 +374,33 @@ async fn cut_elements(c: &Client, css: &str) -> Result<Vec<String>> {
     Ok(serde_json::from_value(v)?)
 }
 
-/// Sets the viewport (the window's inner size) to `w`×`h` CSS pixels.
+/// Sets the viewport (the window's inner size) to `w`×`h` CSS pixels. The
+/// window's frame, if any, is not part of the viewport, and a resize may land
+/// after the call returns: the outer size is corrected by the difference until
+/// the viewport says it is right.
 async fn viewport(c: &Client, w: u32, h: u32) -> Result<()> {
     c.set_window_size(w, h).await?;
-    // The window's frame, if any, is not part of the viewport: grow by the difference.
-    let inner = js(c, "return [window.innerWidth, window.innerHeight];").await?;
-    let (iw, ih) = (
-        inner[0].as_u64().unwrap_or(0) as u32,
-        inner[1].as_u64().unwrap_or(0) as u32,
-    );
-    if (iw, ih) != (w, h) {
-        c.set_window_size(w + w.saturating_sub(iw), h + h.saturating_sub(ih))
-            .await?;
+    let deadline = Instant::now() + Duration::from_secs(15);
+    loop {
+        let inner = js(c, "return [window.innerWidth, window.innerHeight];").await?;
+        if inner == serde_json::json!([w, h]) {
+            return Ok(());
+        }
+        assert!(
+            Instant::now() < deadline,
+            "viewport size: {inner}, not [{w}, {h}]"
+        );
+        let (iw, ih) = (
+            inner[0].as_i64().unwrap_or(0),
+            inner[1].as_i64().unwrap_or(0),
+        );
+        let (ow, oh) = c.get_window_size().await?;
+        let grow = |outer: u64, want: u32, got: i64| {
+            (outer as i64 + i64::from(want) - got).max(i64::from(want)) as u32
+        };
+        c.set_window_size(grow(ow, w, iw), grow(oh, h, ih)).await?;
+        tokio::time::sleep(Duration::from_millis(50)).await;
     }
-    let inner = js(c, "return [window.innerWidth, window.innerHeight];").await?;
-    assert_eq!(inner, serde_json::json!([w, h]), "viewport size");
-    Ok(())
 }
 
 /// The lines of the log page's viewer that a reader cannot see, even scrolled to
