@@ -21,7 +21,8 @@ use bento_core::status::StatusOptions;
 use bento_core::HostName;
 use sqlx::SqlitePool;
 
-use crate::web::db::{self, from_ms, now_ms, to_ms};
+use crate::web::db::{self, now_ms, to_ms};
+use crate::web::{audit, views};
 
 /// A rollout's status.
 pub const RUNNING: &str = "running";
@@ -54,10 +55,10 @@ pub struct RolloutRow {
 
 impl RolloutRow {
     pub fn created(&self) -> String {
-        views_time(self.created_at)
+        views::full_time_ms(Some(self.created_at))
     }
     pub fn finished(&self) -> Option<String> {
-        self.finished_at.map(views_time)
+        self.finished_at.map(|t| views::full_time_ms(Some(t)))
     }
 }
 
@@ -74,19 +75,6 @@ pub struct HostRow {
     pub phase: String,
     pub reason: Option<String>,
     pub updated_at: i64,
-}
-
-fn views_time(ms: i64) -> String {
-    let t = from_ms(ms);
-    format!(
-        "{:04}-{:02}-{:02} {:02}:{:02}:{:02} UTC",
-        t.year(),
-        t.month() as u8,
-        t.day(),
-        t.hour(),
-        t.minute(),
-        t.second()
-    )
 }
 
 /// This process, as a rollout's driver: its pid and start time.
@@ -216,8 +204,8 @@ pub async fn create(db: &SqlitePool, new: &NewRollout<'_>) -> anyhow::Result<(i6
         "job {job_id}: {hosts} host(s) in {} wave(s)",
         new.waves.len()
     );
-    audit(
-        &mut tx,
+    audit::record(
+        &mut *tx,
         new.actor,
         "deploy",
         &format!("rollout {id}"),
@@ -227,28 +215,6 @@ pub async fn create(db: &SqlitePool, new: &NewRollout<'_>) -> anyhow::Result<(i6
     .await?;
     tx.commit().await?;
     Ok((id, job_id))
-}
-
-async fn audit(
-    tx: &mut sqlx::SqliteConnection,
-    actor: &str,
-    action: &str,
-    target: &str,
-    detail: &str,
-    source: &str,
-) -> Result<(), sqlx::Error> {
-    sqlx::query(
-        "INSERT INTO audit (at, actor, action, target, detail, source) VALUES (?, ?, ?, ?, ?, ?)",
-    )
-    .bind(now_ms())
-    .bind(actor)
-    .bind(action)
-    .bind(target)
-    .bind(detail)
-    .bind(source)
-    .execute(tx)
-    .await?;
-    Ok(())
 }
 
 /// Records a deploy that published every host at once and that nobody follows
@@ -374,7 +340,7 @@ pub async fn host_progress(db: &SqlitePool, id: i64, p: &HostProgress) -> Result
         "UPDATE rollout_hosts SET phase = ?, reason = ?, updated_at = ? WHERE rollout_id = ? AND host = ?",
     )
     .bind(p.phase.id())
-    .bind(p.reason.as_deref().map(|r| crate::web::views::clip(r, 2000)))
+    .bind(p.reason.as_deref().map(|r| views::clip(r, 2000)))
     .bind(now_ms())
     .bind(id)
     .bind(p.host.as_str())
@@ -404,7 +370,7 @@ pub async fn job_log(db: &SqlitePool, job_id: i64, lines: &[String]) -> Result<(
         sqlx::query("INSERT INTO job_log (job_id, seq, line) VALUES (?, ?, ?)")
             .bind(job_id)
             .bind(next + i as i64)
-            .bind(crate::web::views::clip(l, 4000))
+            .bind(views::clip(l, 4000))
             .execute(&mut *tx)
             .await?;
     }
@@ -424,7 +390,7 @@ pub async fn finish(
         "UPDATE rollouts SET status = ?, summary = ?, finished_at = ?, driver_pid = NULL, driver_start = NULL WHERE id = ?",
     )
     .bind(status)
-    .bind(crate::web::views::clip(summary, 2000))
+    .bind(views::clip(summary, 2000))
     .bind(now)
     .bind(id)
     .execute(&mut *tx)
@@ -441,7 +407,7 @@ pub async fn finish(
                 "failed"
             })
             .bind(now)
-            .bind(crate::web::views::clip(summary, 2000))
+            .bind(views::clip(summary, 2000))
             .bind(job_id)
             .execute(&mut *tx)
             .await?;
@@ -509,8 +475,8 @@ pub async fn request_abort(
         .bind(id)
         .execute(&mut *tx)
         .await?;
-    audit(
-        &mut tx,
+    audit::record(
+        &mut *tx,
         actor,
         "rollout-abort",
         &format!("rollout {id}"),

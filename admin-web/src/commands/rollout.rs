@@ -511,16 +511,7 @@ fn run_waves(
                 display_safe(reason)
             );
             follower.say(tail.clone(), true);
-            let untouched = later(i + 1);
-            if !untouched.is_empty() {
-                follower.say(
-                    format!(
-                        "Not published (they keep their current release): {}",
-                        join(&untouched)
-                    ),
-                    true,
-                );
-            }
+            not_published(follower, &later(i + 1));
         }
         Outcome::Halted { .. } => {}
         Outcome::Aborted { wave } => {
@@ -531,15 +522,7 @@ fn run_waves(
                 .into_iter()
                 .filter(|h| !results.contains_key(h))
                 .collect();
-            if !untouched.is_empty() {
-                follower.say(
-                    format!(
-                        "Not published (they keep their current release): {}",
-                        join(&untouched)
-                    ),
-                    true,
-                );
-            }
+            not_published(follower, &untouched);
         }
     }
     let summary = if tail.is_empty() {
@@ -755,6 +738,19 @@ fn publish(bento: &BentoDir, wave: &Wave, verify: bool) -> anyhow::Result<Vec<Pu
         published.push(Published { host, revision, at });
     }
     Ok(published)
+}
+
+/// Names the hosts a stopped rollout never published to.
+fn not_published(follower: &mut CliFollower<'_>, hosts: &[HostName]) {
+    if !hosts.is_empty() {
+        follower.say(
+            format!(
+                "Not published (they keep their current release): {}",
+                join(hosts)
+            ),
+            true,
+        );
+    }
 }
 
 fn join(hosts: &[HostName]) -> String {

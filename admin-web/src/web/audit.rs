@@ -5,7 +5,6 @@ use askama::Template;
 use axum::extract::{Query, State};
 use axum::response::Html;
 use serde::Deserialize;
-use sqlx::SqlitePool;
 
 use super::auth::SessionUser;
 use super::db::now_ms;
@@ -16,7 +15,7 @@ use super::AppState;
 /// Adds an entry. Fields are clipped: a user name typed at the login form is
 /// attacker-controlled.
 pub async fn record(
-    db: &SqlitePool,
+    db: impl sqlx::SqliteExecutor<'_>,
     actor: &str,
     action: &str,
     target: &str,

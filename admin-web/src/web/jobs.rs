@@ -924,9 +924,7 @@ pub async fn page(
 }
 
 pub fn parse_id(s: &str) -> WebResult<i64> {
-    s.parse::<i64>().ok().filter(|i| *i > 0).ok_or_else(|| {
-        WebError::BadRequest(format!("{:?} is not a job number.", views::clip(s, 20)))
-    })
+    views::parse_number(s, "job")
 }
 
 pub async fn cancel(

@@ -112,9 +112,7 @@ pub async fn list(State(state): State<AppState>, user: SessionUser) -> WebResult
 }
 
 fn parse_id(s: &str) -> WebResult<i64> {
-    s.parse::<i64>().ok().filter(|i| *i > 0).ok_or_else(|| {
-        WebError::BadRequest(format!("{:?} is not a rollout number.", views::clip(s, 20)))
-    })
+    views::parse_number(s, "rollout")
 }
 
 pub async fn page(

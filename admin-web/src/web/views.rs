@@ -159,6 +159,13 @@ pub fn status_class(status: &str) -> &'static str {
     }
 }
 
+/// The number of a job or rollout in a URL (from 1), or a clear refusal.
+pub fn parse_number(s: &str, what: &str) -> super::error::WebResult<i64> {
+    s.parse::<i64>().ok().filter(|i| *i > 0).ok_or_else(|| {
+        super::error::WebError::BadRequest(format!("{:?} is not a {what} number.", clip(s, 20)))
+    })
+}
+
 /// At most `max` characters, with an ellipsis when cut.
 pub fn clip(s: &str, max: usize) -> String {
     match s.char_indices().nth(max) {
