@@ -9,7 +9,8 @@ want=(nix-bin openssh-client sqlite3 ca-certificates build-essential pkg-config)
 if [ "${1:-}" = "--tests" ]; then
   # openssh-server: the OpenSSH-mode tests and the benchmarks start their own sshd.
   # rsync: the status tests move a chroot with `rsync -a` as an admin would.
-  want+=(openssh-server rsync chromium chromium-driver dbus-daemon dbus xvfb xfce4-panel x11-utils imagemagick
+  # python3-aiosmtpd: the SMTP sink the email alert test starts.
+  want+=(openssh-server rsync python3-aiosmtpd chromium chromium-driver dbus-daemon dbus xvfb xfce4-panel x11-utils imagemagick
          fonts-dejavu-core fonts-noto-color-emoji dunst wrk hyperfine curl systemd
          libwebkit2gtk-4.1-dev libgtk-3-dev libsoup-3.0-dev)
 fi

@@ -92,12 +92,61 @@ impl Webhook {
     }
 }
 
+/// How `[alerts.email]` talks to its server.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum SmtpTls {
+    /// Plain SMTP, then STARTTLS (required).
+    #[default]
+    Starttls,
+    /// TLS from the first byte (port 465).
+    Tls,
+    /// No TLS at all: a relay on this machine or a trusted network only.
+    None,
+}
+
+/// `[alerts.email]`: alerts by mail, over SMTP.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Email {
+    /// The SMTP server's name or address.
+    pub server: String,
+    /// Default: 587 (STARTTLS), 465 (TLS), 25 (none).
+    pub port: Option<u16>,
+    #[serde(default)]
+    pub tls: SmtpTls,
+    /// `bento <bento@example.org>`.
+    pub from: String,
+    pub to: Vec<String>,
+    pub username: Option<String>,
+    /// A file holding the password (never the password in bento.toml).
+    pub password_file: Option<std::path::PathBuf>,
+    /// The events sent (default: all).
+    #[serde(default)]
+    pub events: Option<Vec<Event>>,
+}
+
+impl Email {
+    pub fn port(&self) -> u16 {
+        self.port.unwrap_or(match self.tls {
+            SmtpTls::Starttls => 587,
+            SmtpTls::Tls => 465,
+            SmtpTls::None => 25,
+        })
+    }
+
+    pub fn wants(&self, e: Event) -> bool {
+        self.events.as_ref().is_none_or(|es| es.contains(&e))
+    }
+}
+
 /// `[alerts]`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct AlertSettings {
     #[serde(default)]
     pub webhook: Vec<Webhook>,
+    pub email: Option<Email>,
     /// Seconds a reboot may be pending before it is an alert (default a day).
     #[serde(default = "default_reboot_after")]
     pub reboot_pending_after: u64,
@@ -117,6 +166,7 @@ impl Default for AlertSettings {
     fn default() -> Self {
         AlertSettings {
             webhook: Vec::new(),
+            email: None,
             reboot_pending_after: default_reboot_after(),
             max_per_minute: default_per_minute(),
         }
@@ -133,6 +183,17 @@ impl AlertSettings {
                     "alerts.webhook[{i}].url {:?}: only http:// and https:// URLs are supported",
                     w.url
                 ));
+            }
+        }
+        if let Some(e) = &self.email {
+            if e.to.is_empty() {
+                out.push("alerts.email.to names nobody".into());
+            }
+            if e.server.is_empty() {
+                out.push("alerts.email.server is empty".into());
+            }
+            if e.username.is_some() != e.password_file.is_some() {
+                out.push("alerts.email: username and password_file go together".into());
             }
         }
         if self.max_per_minute == 0 {
@@ -272,13 +333,18 @@ pub struct Body {
 }
 
 impl Body {
-    pub fn of(alert: &Alert, format: Format) -> Body {
-        let title = match (alert.recovered, &alert.host, alert.rollout) {
+    /// The one-line title of an alert (a mail's subject, ntfy's `Title`).
+    pub fn title(alert: &Alert) -> String {
+        match (alert.recovered, &alert.host, alert.rollout) {
             (true, Some(h), _) => format!("bento: {h} recovered"),
             (false, Some(h), _) => format!("bento: {h} {}", alert.event),
             (_, None, Some(r)) => format!("bento: rollout {r} {}", alert.event),
             _ => format!("bento: {}", alert.event),
-        };
+        }
+    }
+
+    pub fn of(alert: &Alert, format: Format) -> Body {
+        let title = Body::title(alert);
         match format {
             Format::Json => Body {
                 content_type: "application/json",

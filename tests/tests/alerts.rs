@@ -193,3 +193,84 @@ async fn a_failed_update_is_alerted_once_then_recovered_and_a_down_receiver_gets
     assert!(page.contains("the receiver answered 503"), "{page}");
     Ok(())
 }
+
+/// A local SMTP sink (Debian's python3-aiosmtpd) printing what it receives.
+struct SmtpSink {
+    child: std::process::Child,
+    port: u16,
+    out: std::path::PathBuf,
+}
+
+impl SmtpSink {
+    fn start(dir: &std::path::Path) -> Result<SmtpSink> {
+        let port = TcpListener::bind("127.0.0.1:0")?.local_addr()?.port();
+        let out = dir.join("smtp-sink.out");
+        let child = std::process::Command::new("/usr/bin/python3")
+            .args(["-m", "aiosmtpd", "-n", "-l", &format!("127.0.0.1:{port}")])
+            .env("PYTHONUNBUFFERED", "1")
+            .stdout(std::fs::File::create(&out)?)
+            .stderr(std::process::Stdio::inherit())
+            .spawn()
+            .map_err(|e| {
+                anyhow::anyhow!("python3-aiosmtpd (scripts/setup-debian.sh --tests): {e}")
+            })?;
+        let sink = SmtpSink { child, port, out };
+        bento_tests::wait_for(Duration::from_secs(20), || {
+            std::net::TcpStream::connect(("127.0.0.1", port)).ok()
+        })
+        .ok_or_else(|| anyhow::anyhow!("the SMTP sink does not answer on {port}"))?;
+        Ok(sink)
+    }
+
+    fn received(&self) -> String {
+        std::fs::read_to_string(&self.out).unwrap_or_default()
+    }
+}
+
+impl Drop for SmtpSink {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failed_update_is_mailed() -> Result<()> {
+    let dir = bento_tests::TestDir::new("alerts-smtp")?;
+    let sink = SmtpSink::start(dir.path())?;
+    let p = PanelServer::start_with(
+        "alerts-mail",
+        &format!(
+            "[alerts.email]\nserver = \"127.0.0.1\"\nport = {}\ntls = \"none\"\nfrom = \"bento <bento@fleet.example>\"\nto = [\"admin@fleet.example\"]\nevents = [\"failed\"]\n",
+            sink.port
+        ),
+    )?;
+    p.add_host("web1", Some(&system("web1", 2)), Duration::from_secs(3600))?;
+    p.report(
+        "web1",
+        &system("web1", 2),
+        ReportStatus::Success,
+        "done\n",
+        None,
+    )?;
+    let s = p.login().await?;
+    s.wait_for_host("web1").await?;
+    p.report(
+        "web1",
+        &system("web1", 2),
+        ReportStatus::Failure,
+        "error: builder failed\n",
+        Some("build of system failed"),
+    )?;
+    let mail = eventually(Duration::from_secs(15), "the alert mail", || async {
+        let got = sink.received();
+        Ok(got.contains("web1: the update failed").then_some(got))
+    })
+    .await?;
+    assert!(mail.contains("Subject: bento: web1 failed"), "{mail}");
+    assert!(mail.contains("To: admin@fleet.example"), "{mail}");
+    assert!(mail.contains("build of system failed"), "{mail}");
+    let page = s.page("/alerts").await?;
+    assert!(page.contains("smtp://127.0.0.1"), "{page}");
+    Ok(())
+}

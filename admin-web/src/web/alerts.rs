@@ -12,7 +12,9 @@ use std::time::{Duration, Instant};
 use askama::Template;
 use axum::extract::State;
 use axum::response::Html;
-use bento_core::alerts::{Alert, AlertSettings, Body, Event, HostFacts, Tracker};
+use bento_core::alerts::{
+    Alert, AlertSettings, Body, Email, Event, HostFacts, SmtpTls, Tracker, Webhook,
+};
 use bento_core::status::State as HostState;
 use sqlx::SqlitePool;
 
@@ -71,7 +73,7 @@ pub async fn run(state: AppState) {
         }
         let settings = state.settings();
         let alerts = &settings.alerts;
-        if alerts.webhook.is_empty() {
+        if alerts.webhook.is_empty() && alerts.email.is_none() {
             continue;
         }
         let mut new = look(&state, alerts, &mut tracker, &mut reboot_seen);
@@ -215,8 +217,72 @@ async fn enqueue(db: &SqlitePool, settings: &AlertSettings, a: &Alert) -> anyhow
         .execute(&mut *tx)
         .await?;
     }
+    if let Some(e) = settings.email.as_ref().filter(|e| e.wants(a.event)) {
+        sqlx::query(
+            "INSERT INTO alert_deliveries (created_at, event, host, rollout, recovered, message, alert, channel, target, status, next_try) \
+             VALUES (?, ?, ?, ?, ?, ?, ?, 'email', ?, 'pending', ?)",
+        )
+        .bind(now)
+        .bind(a.event.id())
+        .bind(&a.host)
+        .bind(a.rollout)
+        .bind(a.recovered)
+        .bind(views::clip(&a.message, 2000))
+        .bind(&json)
+        .bind(format!("smtp://{}:{}", e.server, e.port()))
+        .bind(now)
+        .execute(&mut *tx)
+        .await?;
+    }
     tx.commit().await?;
     Ok(())
+}
+
+/// Sends one alert by mail.
+async fn send_mail(e: &Email, alert: &Alert) -> Result<(), String> {
+    use lettre::message::{header::ContentType, Mailbox};
+    use lettre::transport::smtp::authentication::Credentials;
+    use lettre::{AsyncSmtpTransport, AsyncTransport, Message, Tokio1Executor};
+    let from: Mailbox = e
+        .from
+        .parse()
+        .map_err(|err| format!("alerts.email.from {:?}: {err}", e.from))?;
+    let mut m = Message::builder()
+        .from(from)
+        .subject(Body::title(alert))
+        .header(ContentType::TEXT_PLAIN);
+    for to in &e.to {
+        let to: Mailbox = to
+            .parse()
+            .map_err(|err| format!("alerts.email.to {to:?}: {err}"))?;
+        m = m.to(to);
+    }
+    let mail = m
+        .body(format!("{}\n", alert.message))
+        .map_err(|err| format!("cannot make the mail: {err}"))?;
+    let builder = match e.tls {
+        SmtpTls::None => Ok(AsyncSmtpTransport::<Tokio1Executor>::builder_dangerous(
+            &e.server,
+        )),
+        SmtpTls::Starttls => AsyncSmtpTransport::<Tokio1Executor>::starttls_relay(&e.server),
+        SmtpTls::Tls => AsyncSmtpTransport::<Tokio1Executor>::relay(&e.server),
+    }
+    .map_err(|err| format!("{}: {err}", e.server))?;
+    let mut builder = builder.port(e.port()).timeout(Some(SEND_TIMEOUT));
+    if let (Some(user), Some(file)) = (&e.username, &e.password_file) {
+        let password = std::fs::read_to_string(file)
+            .map_err(|err| format!("alerts.email.password_file {}: {err}", file.display()))?;
+        builder = builder.credentials(Credentials::new(
+            user.clone(),
+            password.trim_end().to_owned(),
+        ));
+    }
+    builder
+        .build()
+        .send(mail)
+        .await
+        .map(|_| ())
+        .map_err(|err| format!("the SMTP server refused or could not be reached: {err}"))
 }
 
 /// Sends what is due, within each receiver's rate.
@@ -238,7 +304,8 @@ async fn deliver(
             .strip_prefix("webhook:")
             .and_then(|i| i.parse::<usize>().ok())
             .and_then(|i| settings.webhook.get(i));
-        let Some(hook) = hook else {
+        let email = settings.email.as_ref().filter(|_| channel == "email");
+        if hook.is_none() && email.is_none() {
             fail(
                 db,
                 id,
@@ -248,7 +315,7 @@ async fn deliver(
             )
             .await?;
             continue;
-        };
+        }
         let (sent_last_minute,): (i64,) = sqlx::query_as(
             "SELECT COUNT(*) FROM alert_deliveries WHERE channel = ? AND sent_at >= ?",
         )
@@ -271,22 +338,10 @@ async fn deliver(
                 continue;
             }
         };
-        let body = Body::of(&alert, hook.format);
-        let mut req = client
-            .post(&hook.url)
-            .header(reqwest::header::CONTENT_TYPE, body.content_type)
-            .header(
-                reqwest::header::USER_AGENT,
-                concat!("bento/", env!("CARGO_PKG_VERSION")),
-            );
-        for (k, v) in &body.headers {
-            req = req.header(*k, v);
-        }
-        let result = match req.body(body.body).send().await {
-            Ok(r) if r.status().is_success() => Ok(()),
-            Ok(r) => Err(format!("the receiver answered {}", r.status())),
-            // reqwest's message names the URL: keep only what went wrong.
-            Err(e) => Err(describe(&e)),
+        let result = match (hook, email) {
+            (Some(hook), _) => post(client, hook, &alert).await,
+            (None, Some(e)) => send_mail(e, &alert).await,
+            (None, None) => unreachable!("checked above"),
         };
         match result {
             Ok(()) => {
@@ -305,6 +360,27 @@ async fn deliver(
         }
     }
     Ok(())
+}
+
+/// Posts one alert to a webhook.
+async fn post(client: &reqwest::Client, hook: &Webhook, alert: &Alert) -> Result<(), String> {
+    let body = Body::of(alert, hook.format);
+    let mut req = client
+        .post(&hook.url)
+        .header(reqwest::header::CONTENT_TYPE, body.content_type)
+        .header(
+            reqwest::header::USER_AGENT,
+            concat!("bento/", env!("CARGO_PKG_VERSION")),
+        );
+    for (k, v) in &body.headers {
+        req = req.header(*k, v);
+    }
+    match req.body(body.body).send().await {
+        Ok(r) if r.status().is_success() => Ok(()),
+        Ok(r) => Err(format!("the receiver answered {}", r.status())),
+        // reqwest's message names the URL: keep only what went wrong.
+        Err(e) => Err(describe(&e)),
+    }
 }
 
 fn describe(e: &reqwest::Error) -> String {
@@ -420,7 +496,10 @@ pub async fn page(State(state): State<AppState>, user: SessionUser) -> WebResult
     let page = AlertsPage {
         nav: Nav::new(&user, "alerts"),
         deliveries,
-        receivers: state.settings().alerts.webhook.len(),
+        receivers: {
+            let a = &state.settings().alerts;
+            a.webhook.len() + usize::from(a.email.is_some())
+        },
     };
     Ok(Html(page.render().map_err(WebError::internal)?))
 }
