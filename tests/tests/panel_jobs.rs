@@ -274,3 +274,60 @@ async fn a_command_line_deploy_shows_in_the_panels_jobs_and_audit() -> Result<()
     );
     Ok(())
 }
+
+/// A panel deploy with `[rollout]` waves is a rollout the panel drives: only
+/// the first wave is published, and Abort on its page stops it there.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_panel_deploy_in_waves_publishes_the_first_and_stops_on_abort() -> Result<()> {
+    let prefix = unique_prefix();
+    let (first, second) = (format!("{prefix}-a"), format!("{prefix}-b"));
+    let mut p = PanelServer::start_with(
+        "panel-jobs",
+        &format!("[rollout]\nwaves = [\"host:{first}\", \"rest\"]\n"),
+    )?;
+    for h in [&first, &second] {
+        p.fx.fleet.flake_host(h, &[h])?;
+    }
+    let s = p.login().await?;
+    let res = s
+        .post(
+            "/jobs",
+            &[("kind", "deploy"), ("host", ""), ("mode", "waves")],
+        )
+        .await?;
+    assert_eq!(res.status(), StatusCode::SEE_OTHER);
+    let job = eventually(BUILD, "the first wave", || async {
+        let jobs = s.json("/api/v1/jobs").await?;
+        let id = jobs
+            .as_array()
+            .and_then(|a| a.first())
+            .and_then(|j| j["id"].as_i64());
+        Ok(id.filter(|_| current_release(&p.fx.host_chroot(&first)).is_some()))
+    })
+    .await?;
+    // The first wave is out, the job still runs: it waits for the host.
+    assert!(current_release(&p.fx.host_chroot(&second)).is_none());
+    let page = s.page("/rollouts/1").await?;
+    assert!(page.contains(">running<"), "{page}");
+    assert_eq!(
+        s.json(&format!("/api/v1/jobs/{job}")).await?["status"],
+        "running"
+    );
+    let res = s.post("/rollouts/1/abort", &[]).await?;
+    assert_eq!(res.status(), StatusCode::SEE_OTHER);
+    let (lines, status) = read_job_log(&s, job, BUILD).await?;
+    assert_eq!(status, "failed", "{lines:#?}");
+    let text = lines.join("\n");
+    assert!(
+        text.contains(&format!("wave 1 (host:{first}): publishing to {first}")),
+        "{text}"
+    );
+    assert!(text.contains("rollout 1: aborted in wave 1"), "{text}");
+    assert!(
+        current_release(&p.fx.host_chroot(&second)).is_none(),
+        "the second wave was published after the abort"
+    );
+    let page = s.page("/rollouts/1").await?;
+    assert!(page.contains(">aborted<"), "{page}");
+    Ok(())
+}

@@ -467,14 +467,13 @@ fn run_waves(
         }
     };
 
-    let count = |p: Phase| results.values().filter(|r| r.phase == p).count();
-    let success = count(Phase::Success);
+    let success = results
+        .values()
+        .filter(|r| r.phase == Phase::Success)
+        .count();
     let summary = format!(
-        "{success} succeeded, {} failed, {} rolled back, {} no answer, {} skipped ({:.0}s)",
-        count(Phase::Failed),
-        count(Phase::RolledBack),
-        count(Phase::NoAnswer),
-        count(Phase::Skipped),
+        "{} ({:.0}s)",
+        driver::summary(&results),
         started.elapsed().as_secs_f64()
     );
     println!();
@@ -724,20 +723,7 @@ fn publish(bento: &BentoDir, wave: &Wave, verify: bool) -> anyhow::Result<Vec<Pu
         anyhow::bail!("the wave could not be published; later waves were not published");
     }
     let chroot = Chroot::new(&bento.settings.chroot_dir);
-    let mut published = Vec::new();
-    for o in outcomes {
-        let host = HostName::new(&o.host)?;
-        let revision = o
-            .published
-            .as_ref()
-            .map(|p| p.revision().to_owned())
-            .with_context(|| format!("{host} was built but not published"))?;
-        let at = std::fs::metadata(chroot.last_change_path(&host))
-            .and_then(|m| m.modified())
-            .with_context(|| format!("cannot read the publication time of {host}"))?;
-        published.push(Published { host, revision, at });
-    }
-    Ok(published)
+    driver::published_of(&chroot, &outcomes).map_err(anyhow::Error::msg)
 }
 
 /// Names the hosts a stopped rollout never published to.

@@ -151,6 +151,9 @@ pub struct NewJob {
     kind: String,
     #[serde(default)]
     host: Option<String>,
+    /// A deploy: `waves` (default, `[rollout]`) or `all`.
+    #[serde(default)]
+    mode: Option<String>,
 }
 
 pub async fn create_job(
@@ -168,6 +171,7 @@ pub async fn create_job(
         &state,
         &req.kind,
         req.host.as_deref().unwrap_or(""),
+        req.mode.as_deref().unwrap_or(""),
         &user.actor,
         &user.source,
     )

@@ -22,6 +22,7 @@ use bento_core::bentodir::{BentoDir, HostKind};
 use bento_core::chroot::{Chroot, Published};
 use bento_core::deploy::{self, Event, HostOutcome, RunOptions};
 use bento_core::nix::Nix;
+use bento_core::rollout;
 use bento_core::HostName;
 use futures_util::Stream;
 use serde::{Deserialize, Serialize};
@@ -93,6 +94,8 @@ pub struct Job {
     pub started_at: Option<i64>,
     pub finished_at: Option<i64>,
     pub summary: String,
+    /// A deploy's publication: `''` or `waves` (`[rollout]`), `all` (at once).
+    pub mode: String,
 }
 
 impl Job {
@@ -155,7 +158,7 @@ impl LiveLog {
     }
 
     /// Adds a line (seq numbers start at 1). Nix output beyond the cap is dropped.
-    fn push(&self, line: &str, output: bool) {
+    pub(super) fn push(&self, line: &str, output: bool) {
         let mut g = self.inner.lock().expect("job log");
         if output {
             if g.output_lines >= MAX_OUTPUT_LINES {
@@ -200,7 +203,7 @@ impl LiveLog {
         self.inner.lock().expect("job log").flushed = upto;
     }
 
-    fn event(&self, e: &Event) {
+    pub(super) fn event(&self, e: &Event) {
         match e {
             Event::Planned { hosts } => {
                 let shown: Vec<&str> = hosts.iter().take(50).map(String::as_str).collect();
@@ -294,10 +297,21 @@ pub async fn enqueue(
     state: &AppState,
     kind: &str,
     host: &str,
+    mode: &str,
     actor: &str,
     source: &str,
 ) -> WebResult<i64> {
     let kind = JobKind::parse(kind.trim())?;
+    let mode = match mode.trim() {
+        "" | "waves" => "",
+        "all" => "all",
+        m => {
+            return Err(WebError::BadRequest(format!(
+                "{:?} is not a way to deploy: \"waves\" ([rollout] in bento.toml) or \"all\" (every host at once).",
+                views::clip(m, 20)
+            )))
+        }
+    };
     let host = host.trim();
     let host = if host.is_empty() {
         None
@@ -312,22 +326,24 @@ pub async fn enqueue(
         Some(h.to_string())
     };
     let existing: Option<(i64,)> = sqlx::query_as(
-        "SELECT id FROM jobs WHERE status = 'queued' AND kind = ? AND host IS ? ORDER BY id LIMIT 1",
+        "SELECT id FROM jobs WHERE status = 'queued' AND kind = ? AND host IS ? AND mode = ? ORDER BY id LIMIT 1",
     )
     .bind(kind.as_str())
     .bind(&host)
+    .bind(mode)
     .fetch_optional(&state.db)
     .await?;
     if let Some((id,)) = existing {
         return Ok(id);
     }
     let id: (i64,) = sqlx::query_as(
-        "INSERT INTO jobs (kind, host, status, created_by, created_at) VALUES (?, ?, 'queued', ?, ?) RETURNING id",
+        "INSERT INTO jobs (kind, host, status, created_by, created_at, mode) VALUES (?, ?, 'queued', ?, ?, ?) RETURNING id",
     )
     .bind(kind.as_str())
     .bind(&host)
     .bind(actor)
     .bind(now_ms())
+    .bind(mode)
     .fetch_one(&state.db)
     .await?;
     audit::record(
@@ -392,10 +408,10 @@ pub async fn runner(state: AppState) {
 }
 
 /// What a job did.
-struct Outcome {
-    ok: bool,
-    summary: String,
-    hosts: Vec<HostOutcome>,
+pub(super) struct Outcome {
+    pub(super) ok: bool,
+    pub(super) summary: String,
+    pub(super) hosts: Vec<HostOutcome>,
 }
 
 async fn run(state: &AppState, job: Job) -> anyhow::Result<()> {
@@ -545,6 +561,12 @@ fn execute(state: &AppState, job: &Job, live: &LiveLog) -> Outcome {
     } else {
         None
     };
+    if kind == JobKind::Deploy
+        && job.mode != "all"
+        && bento.settings.rollout.waves.entries() != [rollout::WaveEntry::Rest]
+    {
+        return super::job_rollout::run(state, job, &bento, only, live);
+    }
     let opts = RunOptions {
         only,
         dry: kind == JobKind::DryBuild,
@@ -809,6 +831,9 @@ pub struct NewJob {
     kind: String,
     #[serde(default)]
     host: String,
+    /// A deploy: `waves` (default) or `all`.
+    #[serde(default)]
+    mode: String,
 }
 
 pub async fn create(State(state): State<AppState>, f: CsrfForm<NewJob>) -> WebResult<Redirect> {
@@ -816,6 +841,7 @@ pub async fn create(State(state): State<AppState>, f: CsrfForm<NewJob>) -> WebRe
         &state,
         &f.form.kind,
         &f.form.host,
+        &f.form.mode,
         &f.user.actor(),
         &f.user.source,
     )

@@ -19,6 +19,7 @@ pub mod error;
 pub mod fleet;
 pub mod host;
 pub mod ingest;
+pub mod job_rollout;
 pub mod jobs;
 pub mod metrics;
 pub mod rollouts;

@@ -177,3 +177,38 @@ fn follow(
         std::thread::sleep(opts.look_every);
     }
 }
+
+/// The hosts of a wave as published: each host's revision and the time of its
+/// `last_change_date`. A host that was built but not published is an error.
+pub fn published_of(
+    chroot: &Chroot,
+    outcomes: &[crate::deploy::HostOutcome],
+) -> Result<Vec<Published>, String> {
+    let mut out = Vec::new();
+    for o in outcomes {
+        let host = HostName::new(&o.host).map_err(|e| e.to_string())?;
+        let revision = o
+            .published
+            .as_ref()
+            .map(|p| p.revision().to_owned())
+            .ok_or_else(|| format!("{host} was built but not published"))?;
+        let at = std::fs::metadata(chroot.last_change_path(&host))
+            .and_then(|m| m.modified())
+            .map_err(|e| format!("cannot read the publication time of {host}: {e}"))?;
+        out.push(Published { host, revision, at });
+    }
+    Ok(out)
+}
+
+/// The one-line count of how the hosts concluded.
+pub fn summary(results: &BTreeMap<HostName, HostProgress>) -> String {
+    let count = |p: Phase| results.values().filter(|r| r.phase == p).count();
+    format!(
+        "{} succeeded, {} failed, {} rolled back, {} no answer, {} skipped",
+        count(Phase::Success),
+        count(Phase::Failed),
+        count(Phase::RolledBack),
+        count(Phase::NoAnswer),
+        count(Phase::Skipped)
+    )
+}

@@ -1,0 +1,278 @@
+//! A panel deploy as a rollout: the job builds every host, then publishes wave
+//! by wave through `bento_core::rollout::driver`, as `bento deploy --wait`
+//! does, holding the deploy lock for the whole rollout. Each step goes to the
+//! job's live log and to the rollout's record; Abort on the Rollouts page stops
+//! it before its next wave. A panel stopped meanwhile leaves the rollout
+//! interrupted: `bento rollout resume` goes on.
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use bento_core::bentodir::BentoDir;
+use bento_core::chroot::Chroot;
+use bento_core::deploy::{self, Event, RunOptions};
+use bento_core::rollout::driver::{self, DriveOptions, Follower, Outcome as Ended, Published};
+use bento_core::rollout::{self, Decision, HostProgress, Phase, Wave};
+use bento_core::HostName;
+use sqlx::SqlitePool;
+
+use super::jobs::{Job, LiveLog, Outcome};
+use super::AppState;
+use crate::rollouts::{self, NewRollout};
+
+/// How often the chroot is looked at while a wave is under way.
+const LOOK_EVERY: Duration = Duration::from_millis(250);
+
+struct PanelFollower<'a> {
+    db: &'a SqlitePool,
+    rt: tokio::runtime::Handle,
+    id: i64,
+    live: &'a LiveLog,
+    chroot: &'a Chroot,
+    previous: BTreeMap<HostName, Option<String>>,
+}
+
+impl PanelFollower<'_> {
+    fn record<T>(&self, f: impl std::future::Future<Output = Result<T, sqlx::Error>>) {
+        if let Err(e) = self.rt.block_on(f) {
+            self.live
+                .push(&format!("warning: cannot record the rollout: {e}"), false);
+        }
+    }
+}
+
+impl Follower for PanelFollower<'_> {
+    fn publishing(&mut self, index: usize, wave: &Wave) -> Result<(), String> {
+        for h in &wave.hosts {
+            self.previous
+                .insert(h.clone(), self.chroot.current_revision(h));
+        }
+        let names: Vec<&str> = wave.hosts.iter().map(HostName::as_str).collect();
+        self.live.push(
+            &format!(
+                "wave {} ({}): publishing to {}",
+                index + 1,
+                wave.entry,
+                names.join(", ")
+            ),
+            false,
+        );
+        Ok(())
+    }
+
+    fn published(&mut self, index: usize, hosts: &[Published]) -> Result<(), String> {
+        let rows: Vec<(Published, Option<String>)> = hosts
+            .iter()
+            .map(|p| {
+                let prev = self.previous.get(&p.host).cloned().flatten();
+                (p.clone(), prev.filter(|r| *r != p.revision))
+            })
+            .collect();
+        self.record(rollouts::wave_published(self.db, self.id, index, &rows));
+        Ok(())
+    }
+
+    fn progress(&mut self, _index: usize, p: &HostProgress) -> Result<(), String> {
+        let why = p
+            .reason
+            .as_deref()
+            .map(|r| format!(": {r}"))
+            .unwrap_or_default();
+        self.live
+            .push(&format!("{}: {}{why}", p.host, p.phase), false);
+        self.record(rollouts::host_progress(self.db, self.id, p));
+        Ok(())
+    }
+
+    fn abort_requested(&mut self) -> bool {
+        self.rt
+            .block_on(rollouts::abort_requested(self.db, self.id))
+            .unwrap_or(false)
+    }
+}
+
+/// Runs the deploy job `job` as a rollout (in the job's blocking thread, the
+/// deploy lock held by the caller).
+pub(super) fn run(
+    state: &AppState,
+    job: &Job,
+    bento: &BentoDir,
+    only: Vec<HostName>,
+    live: &LiveLog,
+) -> Outcome {
+    let fail = |summary: String| Outcome {
+        ok: false,
+        summary,
+        hosts: Vec::new(),
+    };
+    let on_event = |e: Event| live.event(&e);
+    let built = match deploy::run(
+        bento,
+        &RunOptions {
+            only,
+            dry: false,
+            publish: false,
+        },
+        &on_event,
+    ) {
+        Ok(b) => b,
+        Err(e) => return fail(e.to_string()),
+    };
+    let failed: Vec<&str> = built
+        .iter()
+        .filter(|o| !o.ok())
+        .map(|o| o.host.as_str())
+        .collect();
+    if !failed.is_empty() {
+        return Outcome {
+            ok: false,
+            summary: format!("nothing published: {} did not build", failed.join(", ")),
+            hosts: built,
+        };
+    }
+    let tags = crate::commands::rollout::tagged_hosts(bento);
+    let fleet: Vec<(HostName, Vec<String>)> = built
+        .iter()
+        .filter_map(|o| HostName::new(&o.host).ok())
+        .map(|h| {
+            let t = tags
+                .iter()
+                .find(|(x, _)| *x == h)
+                .map(|(_, t)| t.clone())
+                .unwrap_or_default();
+            (h, t)
+        })
+        .collect();
+    let settings = &bento.settings.rollout;
+    let waves = match rollout::plan(&fleet, settings) {
+        Ok(w) => w,
+        Err(e) => return fail(e.to_string()),
+    };
+    let systems = built
+        .iter()
+        .filter_map(|o| {
+            Some((
+                HostName::new(&o.host).ok()?,
+                o.system.as_ref()?.to_string_lossy().into_owned(),
+            ))
+        })
+        .collect();
+    let rt = tokio::runtime::Handle::current();
+    let id = match rt.block_on(rollouts::create(
+        &state.db,
+        &NewRollout {
+            actor: &job.created_by,
+            source: "panel",
+            settings,
+            waves: &waves,
+            systems: &systems,
+            driven: true,
+            job_id: Some(job.id),
+        },
+    )) {
+        Ok((id, _)) => id,
+        Err(e) => return fail(format!("cannot record the rollout: {e:#}")),
+    };
+    live.push(
+        &format!(
+            "rollout {id}: {} hosts in {} wave(s)",
+            fleet.len(),
+            waves.len()
+        ),
+        false,
+    );
+    let chroot = Chroot::new(&bento.settings.chroot_dir);
+    let mut follower = PanelFollower {
+        db: &state.db,
+        rt: rt.clone(),
+        id,
+        live,
+        chroot: &chroot,
+        previous: BTreeMap::new(),
+    };
+    let mut publish = |w: &Wave| -> Result<Vec<Published>, String> {
+        let outcomes = deploy::run(
+            bento,
+            &RunOptions {
+                only: w.hosts.clone(),
+                dry: false,
+                publish: true,
+            },
+            &on_event,
+        )
+        .map_err(|e| e.to_string())?;
+        if let Some(o) = outcomes.iter().find(|o| !o.ok()) {
+            return Err(format!(
+                "{} could not be published: {}; later waves were not published",
+                o.host,
+                o.error.as_deref().unwrap_or("")
+            ));
+        }
+        driver::published_of(&chroot, &outcomes)
+    };
+    let opts = DriveOptions {
+        poll_interval: Duration::from_secs(bento.settings.poll_interval),
+        offline_after_polls: bento.settings.offline_after_polls,
+        deadline: None,
+        look_every: LOOK_EVERY,
+    };
+    let mut results = BTreeMap::new();
+    let plan = driver::Plan {
+        chroot: &chroot,
+        waves: &waves,
+        settings,
+    };
+    let ended = driver::drive(
+        plan,
+        &opts,
+        driver::Start::default(),
+        &mut publish,
+        &mut follower,
+        &mut results,
+    );
+    let counts = driver::summary(&results);
+    let (status, summary) = match ended {
+        Err(e) => (rollouts::FAILED, format!("the rollout stopped: {e}")),
+        Ok(Ended::Finished) => {
+            let ok = results.values().all(|p| p.phase == Phase::Success);
+            (
+                if ok {
+                    rollouts::SUCCEEDED
+                } else {
+                    rollouts::FAILED
+                },
+                counts,
+            )
+        }
+        Ok(Ended::Halted {
+            wave,
+            decision:
+                Decision::Halt {
+                    host,
+                    phase,
+                    reason,
+                    ..
+                },
+        }) => (
+            rollouts::HALTED,
+            format!(
+                "halted in wave {}: {host} {phase}: {reason}. {counts}",
+                wave + 1
+            ),
+        ),
+        Ok(Ended::Halted { wave, .. }) => (
+            rollouts::HALTED,
+            format!("halted in wave {}. {counts}", wave + 1),
+        ),
+        Ok(Ended::Aborted { wave }) => (
+            rollouts::ABORTED,
+            format!("aborted in wave {}. {counts}", wave + 1),
+        ),
+    };
+    follower.record(rollouts::finish(&state.db, id, status, &summary));
+    Outcome {
+        ok: status == rollouts::SUCCEEDED,
+        summary: format!("rollout {id}: {summary}"),
+        hosts: Vec::new(),
+    }
+}
