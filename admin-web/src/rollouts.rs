@@ -15,7 +15,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use anyhow::Context;
 use bento_core::chroot::Chroot;
 use bento_core::config::Settings;
-use bento_core::rollout::driver::Published;
+use bento_core::rollout::driver::{Published, Start};
 use bento_core::rollout::{self, HostProgress, Phase, RolloutSettings, Wave};
 use bento_core::status::StatusOptions;
 use bento_core::HostName;
@@ -610,4 +610,175 @@ pub fn summary_of(phases: &[Phase]) -> (&'static str, String) {
             count(Phase::Skipped)
         ),
     )
+}
+
+/// Where a halted, aborted or interrupted rollout goes on.
+pub struct ResumePlan {
+    pub waves: Vec<Wave>,
+    pub settings: RolloutSettings,
+    /// The wave to follow or publish first, what of it is out, and the hosts
+    /// that concluded before (they count in the summary).
+    pub start: Start,
+    /// Hosts still to publish: they must build the systems the rollout built.
+    pub to_publish: Vec<HostName>,
+}
+
+impl ResumePlan {
+    /// The line saying where it resumes.
+    pub fn announce(&self, id: i64) -> String {
+        if self.start.wave >= self.waves.len() {
+            format!("Rollout {id}: no wave is left to publish.")
+        } else {
+            format!(
+                "Rollout {id} resumes at wave {} of {}",
+                self.start.wave + 1,
+                self.waves.len()
+            )
+        }
+    }
+}
+
+/// Plans going on with rollout `r`: a halted one at its next wave (going on
+/// despite the failures), an aborted or interrupted one at the wave under way
+/// (followed again when it was published, else published now).
+pub fn plan_resume(r: &RolloutRow, hosts: &[HostRow]) -> anyhow::Result<ResumePlan> {
+    let id = r.id;
+    match r.status.as_str() {
+        HALTED | ABORTED | INTERRUPTED => {}
+        RUNNING if driver_alive(r) => anyhow::bail!(
+            "rollout {id} is running, driven by process {}",
+            r.driver_pid.unwrap_or(0)
+        ),
+        s => anyhow::bail!(
+            "rollout {id} is {s}: only a halted, aborted or interrupted rollout resumes"
+        ),
+    }
+    let settings = settings_of(r)?;
+    let waves = waves_of(hosts)?;
+    let current = usize::try_from(r.wave).unwrap_or(0);
+    let by_host: BTreeMap<&str, &HostRow> = hosts.iter().map(|h| (h.host.as_str(), h)).collect();
+    let first = if r.status == HALTED {
+        current + 1
+    } else {
+        current
+    };
+    let concluded = |h: &HostRow| -> anyhow::Result<Option<HostProgress>> {
+        Ok(Phase::from_id(&h.phase)
+            .filter(|p| p.concluded())
+            .map(|phase| {
+                HostName::new(&h.host).map(|host| HostProgress {
+                    host,
+                    phase,
+                    reason: h.reason.clone(),
+                })
+            })
+            .transpose()?)
+    };
+    let mut start = Start {
+        wave: first,
+        ..Start::default()
+    };
+    for h in hosts.iter().filter(|h| h.wave < first as i64) {
+        if let Some(p) = concluded(h)? {
+            start.concluded.insert(p.host.clone(), p);
+        }
+    }
+    let current_out = waves.get(current).is_some_and(|w| {
+        w.hosts
+            .iter()
+            .all(|h| by_host[h.as_str()].revision.is_some())
+    });
+    if r.status != HALTED && current_out {
+        let mut published = Vec::new();
+        for h in &waves[current].hosts {
+            let row = by_host[h.as_str()];
+            published.push(Published {
+                host: h.clone(),
+                revision: row.revision.clone().unwrap_or_default(),
+                at: UNIX_EPOCH
+                    + Duration::from_millis(
+                        u64::try_from(row.published_at.unwrap_or(0)).unwrap_or(0),
+                    ),
+            });
+            if let Some(p) = concluded(row)? {
+                start.concluded.insert(p.host.clone(), p);
+            }
+        }
+        start.published = Some(published);
+    }
+    let to_publish = waves
+        .iter()
+        .enumerate()
+        .skip(first)
+        .filter(|(i, _)| !(start.published.is_some() && *i == current))
+        .flat_map(|(_, w)| w.hosts.iter().cloned())
+        .collect();
+    Ok(ResumePlan {
+        waves,
+        settings,
+        start,
+        to_publish,
+    })
+}
+
+/// Refuses a resume whose hosts no longer build what the rollout built.
+pub fn check_systems(
+    id: i64,
+    hosts: &[HostRow],
+    built: &[bento_core::deploy::HostOutcome],
+) -> anyhow::Result<()> {
+    for o in built {
+        let now = o.system.as_ref().map(|s| s.to_string_lossy().into_owned());
+        let then = hosts
+            .iter()
+            .find(|h| h.host == o.host)
+            .and_then(|h| h.system.clone());
+        if !o.ok() || now != then {
+            anyhow::bail!(
+                "rollout {id} cannot resume: {} now builds {} where the rollout built {} (the configuration changed: start a new `bento deploy`)",
+                o.host,
+                now.as_deref().unwrap_or("nothing"),
+                then.as_deref().unwrap_or("nothing")
+            );
+        }
+    }
+    Ok(())
+}
+
+/// This process drives rollout `r` from now on, from wave `first`.
+pub async fn claim(
+    db: &SqlitePool,
+    r: &RolloutRow,
+    first: usize,
+    actor: &str,
+    source: &str,
+) -> Result<(), sqlx::Error> {
+    let (pid, start) = this_driver();
+    let mut tx = db.begin().await?;
+    sqlx::query(
+        "UPDATE rollouts SET status = 'running', driver_pid = ?, driver_start = ?, abort_requested = 0, \
+         finished_at = NULL, summary = '', wave = MAX(wave, ?) WHERE id = ?",
+    )
+    .bind(pid)
+    .bind(start)
+    .bind(first as i64)
+    .bind(r.id)
+    .execute(&mut *tx)
+    .await?;
+    if let Some(job) = r.job_id {
+        sqlx::query("UPDATE jobs SET status = 'running', finished_at = NULL WHERE id = ?")
+            .bind(job)
+            .execute(&mut *tx)
+            .await?;
+    }
+    audit::record(
+        &mut *tx,
+        actor,
+        "rollout-resume",
+        &format!("rollout {}", r.id),
+        &format!("from wave {}", first + 1),
+        source,
+    )
+    .await?;
+    tx.commit().await
 }

@@ -12,7 +12,7 @@
 use std::collections::BTreeMap;
 use std::io::Write;
 use std::process::ExitCode;
-use std::time::{Duration, Instant, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context};
 use bento_core::bentodir::BentoDir;
@@ -541,137 +541,28 @@ fn resume(bento: &BentoDir, db: &Db, id: i64, timeout: Option<u64>) -> anyhow::R
     let (r, hosts) = db
         .block_on(rollouts::load(&db.pool, id))?
         .with_context(|| format!("there is no rollout {id}"))?;
-    match r.status.as_str() {
-        rollouts::HALTED | rollouts::ABORTED | rollouts::INTERRUPTED => {}
-        rollouts::RUNNING if rollouts::driver_alive(&r) => bail!(
-            "rollout {id} is running, driven by process {}",
-            r.driver_pid.unwrap_or(0)
-        ),
-        s => bail!("rollout {id} is {s}: only a halted, aborted or interrupted rollout resumes"),
-    }
+    let plan = rollouts::plan_resume(&r, &hosts)?;
     let _lock = bento.try_lock()?;
     let started = Instant::now();
-    let settings = rollouts::settings_of(&r)?;
-    let waves = rollouts::waves_of(&hosts)?;
-    let current = usize::try_from(r.wave).unwrap_or(0);
-    let by_host: BTreeMap<&str, &rollouts::HostRow> =
-        hosts.iter().map(|h| (h.host.as_str(), h)).collect();
-    let wave_published = |i: usize| {
-        waves.get(i).is_some_and(|w| {
-            w.hosts
-                .iter()
-                .all(|h| by_host[h.as_str()].revision.is_some())
-        })
-    };
-    // A halted wave concluded: going on means the next one. Otherwise the wave
-    // under way is followed again (published) or published now.
-    let first = if r.status == rollouts::HALTED {
-        current + 1
-    } else {
-        current
-    };
-    let mut start = Start {
-        wave: first,
-        ..Start::default()
-    };
-    // Hosts of earlier waves count in the summary as they concluded.
-    for h in hosts.iter().filter(|h| h.wave < first as i64) {
-        if let Some(p) = Phase::from_id(&h.phase).filter(|p| p.concluded()) {
-            let host = HostName::new(&h.host)?;
-            start.concluded.insert(
-                host.clone(),
-                HostProgress {
-                    host,
-                    phase: p,
-                    reason: h.reason.clone(),
-                },
-            );
-        }
-    }
-    if r.status != rollouts::HALTED && wave_published(current) {
-        let mut published = Vec::new();
-        for h in &waves[current].hosts {
-            let row = by_host[h.as_str()];
-            let at = UNIX_EPOCH
-                + Duration::from_millis(u64::try_from(row.published_at.unwrap_or(0)).unwrap_or(0));
-            published.push(Published {
-                host: h.clone(),
-                revision: row.revision.clone().unwrap_or_default(),
-                at,
-            });
-            if let Some(p) = Phase::from_id(&row.phase).filter(|p| p.concluded()) {
-                start.concluded.insert(
-                    h.clone(),
-                    HostProgress {
-                        host: h.clone(),
-                        phase: p,
-                        reason: row.reason.clone(),
-                    },
-                );
-            }
-        }
-        start.published = Some(published);
-    }
-    // Hosts still to publish get the systems this rollout built, or nothing.
-    let to_publish: Vec<HostName> = waves
-        .iter()
-        .enumerate()
-        .skip(first)
-        .filter(|(i, _)| !(start.published.is_some() && *i == current))
-        .flat_map(|(_, w)| w.hosts.iter().cloned())
-        .collect();
-    if !to_publish.is_empty() {
+    if !plan.to_publish.is_empty() {
         let built = super::build::run_with_progress(
             bento,
             &RunOptions {
-                only: to_publish.clone(),
+                only: plan.to_publish.clone(),
                 dry: false,
                 publish: false,
             },
             false,
         )?;
-        for o in &built {
-            let now = o.system.as_ref().map(|s| s.to_string_lossy().into_owned());
-            let then = by_host.get(o.host.as_str()).and_then(|h| h.system.clone());
-            if !o.ok() || now != then {
-                bail!(
-                    "rollout {id} cannot resume: {} now builds {} where the rollout built {} (the configuration changed: start a new `bento deploy`)",
-                    o.host,
-                    now.as_deref().unwrap_or("nothing"),
-                    then.as_deref().unwrap_or("nothing")
-                );
-            }
-        }
+        rollouts::check_systems(id, &hosts, &built)?;
     }
-    // Claimed: this process drives it now.
-    let (pid, pstart) = rollouts::this_driver();
-    db.block_on(async {
-        sqlx::query(
-            "UPDATE rollouts SET status = 'running', driver_pid = ?, driver_start = ?, abort_requested = 0, \
-             finished_at = NULL, summary = '' WHERE id = ?",
-        )
-        .bind(pid)
-        .bind(pstart)
-        .bind(id)
-        .execute(&db.pool)
-        .await?;
-        if let Some(job) = r.job_id {
-            sqlx::query("UPDATE jobs SET status = 'running', finished_at = NULL WHERE id = ?")
-                .bind(job)
-                .execute(&db.pool)
-                .await?;
-        }
-        sqlx::query(
-            "INSERT INTO audit (at, actor, action, target, detail, source) VALUES (?, ?, 'rollout-resume', ?, ?, 'cli')",
-        )
-        .bind(crate::web::db::now_ms())
-        .bind(cli_actor())
-        .bind(format!("rollout {id}"))
-        .bind(format!("from wave {}", first + 1))
-        .execute(&db.pool)
-        .await?;
-        anyhow::Ok(())
-    })?;
+    db.block_on(rollouts::claim(
+        &db.pool,
+        &r,
+        plan.start.wave,
+        &cli_actor(),
+        "cli",
+    ))?;
     let chroot = Chroot::new(&bento.settings.chroot_dir);
     let mut follower = CliFollower {
         db: Some(db),
@@ -681,28 +572,16 @@ fn resume(bento: &BentoDir, db: &Db, id: i64, timeout: Option<u64>) -> anyhow::R
         previous: BTreeMap::new(),
         warned: false,
     };
-    if first >= waves.len() {
-        follower.say(format!("Rollout {id}: no wave is left to publish."), true);
-    } else {
-        follower.say(
-            format!(
-                "Rollout {id} resumes at wave {} of {}",
-                first + 1,
-                waves.len()
-            ),
-            true,
-        );
-        follower.record(|db, id, _| db.block_on(rollouts::set_wave(&db.pool, id, first)));
-    }
+    follower.say(plan.announce(id), true);
     let deadline = timeout.map(|t| started + Duration::from_secs(t));
-    let n = waves.iter().map(|w| w.hosts.len()).sum();
+    let n = plan.waves.iter().map(|w| w.hosts.len()).sum();
     run_waves(
         bento,
         &chroot,
-        &waves,
-        &settings,
+        &plan.waves,
+        &plan.settings,
         deadline,
-        start,
+        plan.start,
         false,
         &mut follower,
         started,
