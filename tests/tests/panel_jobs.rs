@@ -331,3 +331,66 @@ async fn a_panel_deploy_in_waves_publishes_the_first_and_stops_on_abort() -> Res
     assert!(page.contains(">aborted<"), "{page}");
     Ok(())
 }
+
+/// The host's success report for the release it was published, as its agent
+/// writes it.
+fn report_success(p: &PanelServer, host: &str) -> Result<()> {
+    let (revision, _) = current_release(&p.fx.host_chroot(host)).expect("published");
+    let states =
+        bento_core::chroot::parse_states(&std::fs::read_to_string(p.chroot().join("states.txt"))?);
+    let system = states.get(host).cloned().expect("an expected system");
+    bento_tests::reports::Report {
+        log: "activated\n",
+        time: time::OffsetDateTime::now_utc(),
+        ..bento_tests::reports::Report::agent(
+            host,
+            &system,
+            bento_core::report::ReportStatus::Success,
+            &revision,
+        )
+    }
+    .write(&p.logs(host))?;
+    Ok(())
+}
+
+/// A panel killed in the middle of the rollout it drives takes it up again when
+/// it starts: the next wave is published once the first one succeeded.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_rollout_driven_by_the_panel_survives_its_restart() -> Result<()> {
+    let prefix = unique_prefix();
+    let (first, second) = (format!("{prefix}-a"), format!("{prefix}-b"));
+    let mut p = PanelServer::start_with(
+        "panel-jobs",
+        &format!("[rollout]\nwaves = [\"host:{first}\", \"rest\"]\n"),
+    )?;
+    for h in [&first, &second] {
+        p.fx.fleet.flake_host(h, &[h])?;
+    }
+    let s = p.login().await?;
+    s.post("/jobs", &[("kind", "deploy"), ("host", "")]).await?;
+    eventually(BUILD, "the first wave", || async {
+        Ok(current_release(&p.fx.host_chroot(&first)).map(|_| ()))
+    })
+    .await?;
+    let page = s.page("/rollouts/1").await?;
+    assert!(page.contains(">running<"), "{page}");
+
+    // Killed mid-rollout (SIGKILL), started again on the same database.
+    p.restart()?;
+    let s = p.login().await?;
+    report_success(&p, &first)?;
+    eventually(BUILD, "the second wave after the restart", || async {
+        Ok(current_release(&p.fx.host_chroot(&second)).map(|_| ()))
+    })
+    .await?;
+    report_success(&p, &second)?;
+    let page = eventually(BUILD, "the rollout's end", || async {
+        let page = s.page("/rollouts/1").await?;
+        Ok(page.contains(">succeeded<").then_some(page))
+    })
+    .await?;
+    assert!(page.contains("2 succeeded, 0 failed"), "{page}");
+    let audit = s.page("/audit").await?;
+    assert!(audit.contains("rollout-resume"), "{audit}");
+    Ok(())
+}

@@ -37,7 +37,13 @@ const API: [&str; 6] = [
     "/api/v1/jobs/1",
     "/metrics",
 ];
-const FORMS: [&str; 4] = ["/jobs", "/jobs/1/cancel", "/rollouts/1/abort", "/logout"];
+const FORMS: [&str; 5] = [
+    "/jobs",
+    "/jobs/1/cancel",
+    "/rollouts/1/abort",
+    "/rollouts/1/resume",
+    "/logout",
+];
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_route_but_login_healthz_and_static_needs_a_session() -> Result<()> {

@@ -12,7 +12,7 @@ use bento_core::bentodir::BentoDir;
 use bento_core::chroot::Chroot;
 use bento_core::deploy::{self, Event, RunOptions};
 use bento_core::rollout::driver::{self, DriveOptions, Follower, Outcome as Ended, Published};
-use bento_core::rollout::{self, Decision, HostProgress, Phase, Wave};
+use bento_core::rollout::{self, Decision, HostProgress, Phase, RolloutSettings, Wave};
 use bento_core::HostName;
 use sqlx::SqlitePool;
 
@@ -181,10 +181,96 @@ pub(super) fn run(
         ),
         false,
     );
+    drive(
+        state,
+        bento,
+        id,
+        &waves,
+        settings,
+        driver::Start::default(),
+        live,
+    )
+}
+
+/// Goes on with rollout `id` (halted, aborted, or interrupted by a restart of
+/// the panel): the resume job's work.
+pub(super) fn resume(
+    state: &AppState,
+    job: &Job,
+    bento: &BentoDir,
+    id: i64,
+    live: &LiveLog,
+) -> Outcome {
+    let fail = |summary: String| Outcome {
+        ok: false,
+        summary,
+        hosts: Vec::new(),
+    };
+    let rt = tokio::runtime::Handle::current();
+    let (r, hosts) = match rt.block_on(rollouts::load(&state.db, id)) {
+        Ok(Some(x)) => x,
+        Ok(None) => return fail(format!("there is no rollout {id}")),
+        Err(e) => return fail(e.to_string()),
+    };
+    let plan = match rollouts::plan_resume(&r, &hosts) {
+        Ok(p) => p,
+        Err(e) => return fail(format!("{e:#}")),
+    };
+    if !plan.to_publish.is_empty() {
+        let on_event = |e: Event| live.event(&e);
+        let built = match deploy::run(
+            bento,
+            &RunOptions {
+                only: plan.to_publish.clone(),
+                dry: false,
+                publish: false,
+            },
+            &on_event,
+        ) {
+            Ok(b) => b,
+            Err(e) => return fail(e.to_string()),
+        };
+        if let Err(e) = rollouts::check_systems(id, &hosts, &built) {
+            return fail(format!("{e:#}"));
+        }
+    }
+    if let Err(e) = rt.block_on(rollouts::claim(
+        &state.db,
+        &r,
+        plan.start.wave,
+        &job.created_by,
+        "panel",
+    )) {
+        return fail(format!("cannot claim rollout {id}: {e}"));
+    }
+    live.push(&plan.announce(id), false);
+    drive(
+        state,
+        bento,
+        id,
+        &plan.waves,
+        &plan.settings,
+        plan.start,
+        live,
+    )
+}
+
+/// Drives rollout `id` from `start` and records how it ended.
+fn drive(
+    state: &AppState,
+    bento: &BentoDir,
+    id: i64,
+    waves: &[Wave],
+    settings: &RolloutSettings,
+    start: driver::Start,
+    live: &LiveLog,
+) -> Outcome {
+    let rt = tokio::runtime::Handle::current();
+    let on_event = |e: Event| live.event(&e);
     let chroot = Chroot::new(&bento.settings.chroot_dir);
     let mut follower = PanelFollower {
         db: &state.db,
-        rt: rt.clone(),
+        rt,
         id,
         live,
         chroot: &chroot,
@@ -219,22 +305,23 @@ pub(super) fn run(
     let mut results = BTreeMap::new();
     let plan = driver::Plan {
         chroot: &chroot,
-        waves: &waves,
+        waves,
         settings,
     };
     let ended = driver::drive(
         plan,
         &opts,
-        driver::Start::default(),
+        start,
         &mut publish,
         &mut follower,
         &mut results,
     );
     let counts = driver::summary(&results);
+    let hosts: usize = waves.iter().map(|w| w.hosts.len()).sum();
     let (status, summary) = match ended {
         Err(e) => (rollouts::FAILED, format!("the rollout stopped: {e}")),
         Ok(Ended::Finished) => {
-            let ok = results.values().all(|p| p.phase == Phase::Success);
+            let ok = results.len() == hosts && results.values().all(|p| p.phase == Phase::Success);
             (
                 if ok {
                     rollouts::SUCCEEDED

@@ -303,8 +303,15 @@ pub async fn enqueue(
 ) -> WebResult<i64> {
     let kind = JobKind::parse(kind.trim())?;
     let mode = match mode.trim() {
-        "" | "waves" => "",
-        "all" => "all",
+        "" | "waves" => "".to_owned(),
+        "all" => "all".to_owned(),
+        m if kind == JobKind::Deploy
+            && m
+                .strip_prefix("resume:")
+                .is_some_and(|n| n.parse::<i64>().is_ok_and(|n| n > 0)) =>
+        {
+            m.to_owned()
+        }
         m => {
             return Err(WebError::BadRequest(format!(
                 "{:?} is not a way to deploy: \"waves\" ([rollout] in bento.toml) or \"all\" (every host at once).",
@@ -330,7 +337,7 @@ pub async fn enqueue(
     )
     .bind(kind.as_str())
     .bind(&host)
-    .bind(mode)
+    .bind(&mode)
     .fetch_optional(&state.db)
     .await?;
     if let Some((id,)) = existing {
@@ -343,7 +350,7 @@ pub async fn enqueue(
     .bind(&host)
     .bind(actor)
     .bind(now_ms())
-    .bind(mode)
+    .bind(&mode)
     .fetch_one(&state.db)
     .await?;
     audit::record(
@@ -561,6 +568,13 @@ fn execute(state: &AppState, job: &Job, live: &LiveLog) -> Outcome {
     } else {
         None
     };
+    if let Some(id) = job
+        .mode
+        .strip_prefix("resume:")
+        .and_then(|n| n.parse::<i64>().ok())
+    {
+        return super::job_rollout::resume(state, job, &bento, id, live);
+    }
     if kind == JobKind::Deploy
         && job.mode != "all"
         && bento.settings.rollout.waves.entries() != [rollout::WaveEntry::Rest]

@@ -190,6 +190,11 @@ impl Panel {
         }));
         let follower = ingest::watch(&state);
         ingest::full_scan(&state).await?;
+        if state.config.run_jobs {
+            if let Err(e) = rollouts::resume_interrupted(&state).await {
+                tracing::warn!("cannot take up the interrupted rollouts: {e:#}");
+            }
+        }
         let mut tasks = vec![tokio::spawn(ingest::follow(state.clone(), follower))];
         if state.config.run_jobs {
             tasks.push(tokio::spawn(jobs::runner(state.clone())));
@@ -245,6 +250,7 @@ pub fn router(state: AppState) -> Router {
         .route("/rollouts", get(rollouts::list))
         .route("/rollouts/{id}", get(rollouts::page))
         .route("/rollouts/{id}/abort", post(rollouts::abort))
+        .route("/rollouts/{id}/resume", post(rollouts::resume))
         .route("/alerts", get(alerts::page))
         .route("/audit", get(audit::page))
         .route("/events", get(sse::events))

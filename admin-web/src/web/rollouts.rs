@@ -93,6 +93,7 @@ struct ShowPage {
     r: RolloutView,
     hosts: Vec<HostView>,
     can_abort: bool,
+    can_resume: bool,
 }
 
 async fn settle(state: &AppState) {
@@ -125,6 +126,7 @@ pub async fn page(
     let (r, hosts) = rollouts::load(&state.db, id)
         .await?
         .ok_or_else(|| WebError::NotFound(format!("There is no rollout {id}.")))?;
+    let can_resume = resumable(&r);
     let can_abort = matches!(
         r.status.as_str(),
         rollouts::RUNNING | rollouts::HALTED | rollouts::INTERRUPTED
@@ -134,6 +136,7 @@ pub async fn page(
         r: RolloutView::new(&r),
         hosts: hosts.iter().map(HostView::new).collect(),
         can_abort,
+        can_resume,
     };
     Ok(Html(page.render().map_err(WebError::internal)?))
 }
@@ -148,6 +151,67 @@ pub async fn abort(
         .await
         .map_err(|e| WebError::BadRequest(format!("{e:#}")))?;
     Ok(Redirect::to(&format!("/rollouts/{id}")))
+}
+
+/// Resume: a deploy job that goes on with the rollout (queued like any job,
+/// after the deploy lock).
+pub async fn resume(
+    State(state): State<AppState>,
+    Path(id): Path<String>,
+    f: CsrfForm<Empty>,
+) -> WebResult<Redirect> {
+    let id = parse_id(&id)?;
+    let (r, _) = rollouts::load(&state.db, id)
+        .await?
+        .ok_or_else(|| WebError::NotFound(format!("There is no rollout {id}.")))?;
+    if !resumable(&r) {
+        return Err(WebError::BadRequest(format!(
+            "Rollout {id} is {}: only a halted, aborted or interrupted rollout resumes.",
+            r.status
+        )));
+    }
+    let job = super::jobs::enqueue(
+        &state,
+        "deploy",
+        "",
+        &format!("resume:{id}"),
+        &f.user.actor(),
+        &f.user.source,
+    )
+    .await?;
+    Ok(Redirect::to(&format!("/jobs/{job}")))
+}
+
+fn resumable(r: &RolloutRow) -> bool {
+    matches!(
+        r.status.as_str(),
+        rollouts::HALTED | rollouts::ABORTED | rollouts::INTERRUPTED
+    )
+}
+
+/// At the panel's start: the rollouts it drove that its stop interrupted are
+/// taken up again, each by a resume job.
+pub async fn resume_interrupted(state: &AppState) -> anyhow::Result<()> {
+    rollouts::settle(&state.db, &state.settings()).await?;
+    let ids: Vec<(i64,)> = sqlx::query_as(
+        "SELECT id FROM rollouts WHERE status = 'interrupted' AND source = 'panel' ORDER BY id",
+    )
+    .fetch_all(&state.db)
+    .await?;
+    for (id,) in ids {
+        let job = super::jobs::enqueue(
+            state,
+            "deploy",
+            "",
+            &format!("resume:{id}"),
+            "panel",
+            "restart",
+        )
+        .await
+        .map_err(|e| anyhow::anyhow!("{e:?}"))?;
+        tracing::info!("rollout {id} was interrupted by the panel's stop: job {job} resumes it");
+    }
+    Ok(())
 }
 
 /// The rollout of a deploy job, if it has one.
