@@ -123,3 +123,16 @@ pub fn set_mtime(path: &Path, t: SystemTime) -> Result<()> {
         .set_modified(t)?;
     Ok(())
 }
+
+/// A store path basename for a made-up system of `host`, version `v` (a
+/// 32-character hash, as nix's).
+pub fn toy_system(host: &str, v: u32) -> String {
+    use std::hash::{Hash, Hasher};
+    let mut h = std::collections::hash_map::DefaultHasher::new();
+    (host, v).hash(&mut h);
+    let a = h.finish();
+    format!(
+        "{a:016x}{:016x}-nixos-system-{host}-{v}",
+        a.rotate_left(17) ^ 0x5bd1_e995
+    )
+}

@@ -242,16 +242,7 @@ impl Drop for PanelServer {
 }
 
 /// A store path basename for a made-up system of `host`, version `v`.
-pub fn system(host: &str, v: u32) -> String {
-    use std::hash::{Hash, Hasher};
-    let mut h = std::collections::hash_map::DefaultHasher::new();
-    (host, v).hash(&mut h);
-    let a = h.finish();
-    format!(
-        "{a:016x}{:016x}-nixos-system-{host}-{v}",
-        a.rotate_left(17) ^ 0x5bd1_e995
-    )
-}
+pub use bento_tests::reports::toy_system as system;
 
 /// An HTTP client that follows no redirect and keeps no cookie: tests see both.
 pub fn client() -> reqwest::Client {
