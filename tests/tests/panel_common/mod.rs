@@ -242,6 +242,8 @@ impl Drop for PanelServer {
 }
 
 /// A store path basename for a made-up system of `host`, version `v`.
+// Not every test that includes this module uses it.
+#[allow(unused_imports)]
 pub use bento_tests::reports::toy_system as system;
 
 /// An HTTP client that follows no redirect and keeps no cookie: tests see both.
