@@ -373,11 +373,22 @@ impl Body {
             Format::Slack => Body {
                 content_type: "application/json",
                 headers: Vec::new(),
-                body: serde_json::json!({ "text": format!("*{title}*\n{}", alert.message) })
-                    .to_string(),
+                // Slack's control sequences (`<!channel>`, `<url|text>`) come
+                // from `<`, `>` and `&`: a host's text is escaped as Slack asks.
+                body: serde_json::json!({
+                    "text": format!("*{}*\n{}", slack_escape(&title), slack_escape(&alert.message))
+                })
+                .to_string(),
             },
         }
     }
+}
+
+/// `&`, `<` and `>` as Slack's message format wants them escaped.
+fn slack_escape(s: &str) -> String {
+    s.replace('&', "&amp;")
+        .replace('<', "&lt;")
+        .replace('>', "&gt;")
 }
 
 #[cfg(test)]
@@ -473,6 +484,12 @@ mod tests {
             .any(|(k, v)| *k == "Title" && v == "bento: web1 failed"));
         let s = Body::of(&a, Format::Slack);
         let v: serde_json::Value = serde_json::from_str(&s.body).unwrap();
-        assert!(v["text"].as_str().unwrap().contains("web1 failed"));
+        let text = v["text"].as_str().unwrap();
+        assert!(text.contains("web1 failed"));
+        // A compromised host's text cannot ping the channel or hide a link.
+        assert!(
+            text.contains("&lt;b&gt;x&lt;/b&gt;") && !text.contains('<'),
+            "{text}"
+        );
     }
 }
