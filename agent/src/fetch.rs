@@ -23,7 +23,7 @@ use crate::remote::{Remote, RemoteError};
 /// Paths fetched at once: a closure of many small paths is not one round trip
 /// after another (over Tor each costs a second). A large NAR's reads are
 /// pipelined on their own, so memory stays bounded by this many read windows
-/// (8 × 2 MiB at most).
+/// (8 × 1 MiB at most).
 const PARALLEL: usize = 8;
 
 /// What a fetch did.
