@@ -15,7 +15,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use anyhow::Context;
 use bento_core::chroot::Chroot;
 use bento_core::config::Settings;
-use bento_core::rollout::driver::{Published, Start};
+use bento_core::rollout::driver::{self, Published, Start};
 use bento_core::rollout::{self, HostProgress, Phase, RolloutSettings, Wave};
 use bento_core::status::StatusOptions;
 use bento_core::HostName;
@@ -217,6 +217,37 @@ pub async fn create(db: &SqlitePool, new: &NewRollout<'_>) -> anyhow::Result<(i6
     Ok((id, job_id))
 }
 
+/// Every host that built, with its `[hosts.<name>] tags`.
+pub fn fleet_of(
+    bento: &bento_core::bentodir::BentoDir,
+    built: &[bento_core::deploy::HostOutcome],
+) -> Vec<(HostName, Vec<String>)> {
+    built
+        .iter()
+        .filter_map(|o| HostName::new(&o.host).ok())
+        .map(|h| {
+            let tags = bento
+                .settings
+                .hosts
+                .get(&h)
+                .map(|s| s.tags.clone())
+                .unwrap_or_default();
+            (h, tags)
+        })
+        .collect()
+}
+
+/// What the server built for each host.
+pub fn systems_of(built: &[bento_core::deploy::HostOutcome]) -> BTreeMap<HostName, String> {
+    built
+        .iter()
+        .filter_map(|o| {
+            let h = HostName::new(&o.host).ok()?;
+            Some((h, o.system.as_ref()?.to_string_lossy().into_owned()))
+        })
+        .collect()
+}
+
 /// Records a deploy that published every host at once and that nobody follows
 /// (a plain `bento deploy`, a panel deploy): one wave, concluded by
 /// [`settle`] from the chroot. Returns the rollout's id (`None`: nothing was
@@ -229,37 +260,14 @@ pub async fn record_published(
     job_id: Option<i64>,
     outcomes: &[bento_core::deploy::HostOutcome],
 ) -> anyhow::Result<Option<i64>> {
-    let mut rows = Vec::new();
-    let mut systems = BTreeMap::new();
-    for o in outcomes {
-        let (Some(p), Ok(host)) = (&o.published, HostName::new(&o.host)) else {
-            continue;
-        };
-        if let Some(s) = &o.system {
-            systems.insert(host.clone(), s.to_string_lossy().into_owned());
-        }
-        let previous = match p {
-            bento_core::chroot::Published::New { previous, .. } => previous.clone(),
-            bento_core::chroot::Published::Unchanged { .. } => None,
-        };
-        let at = std::fs::metadata(chroot.last_change_path(&host))
-            .and_then(|m| m.modified())
-            .unwrap_or_else(|_| SystemTime::now());
-        rows.push((
-            Published {
-                host,
-                revision: p.revision().to_owned(),
-                at,
-            },
-            previous,
-        ));
-    }
+    let rows = driver::published_of(chroot, outcomes).map_err(anyhow::Error::msg)?;
+    let systems = systems_of(outcomes);
     if rows.is_empty() {
         return Ok(None);
     }
     let waves = vec![Wave {
         entry: rollout::WaveEntry::Rest.to_string(),
-        hosts: rows.iter().map(|(p, _)| p.host.clone()).collect(),
+        hosts: rows.iter().map(|p| p.host.clone()).collect(),
     }];
     let (id, _) = create(
         db,
@@ -299,7 +307,7 @@ pub async fn wave_published(
     db: &SqlitePool,
     id: i64,
     index: usize,
-    published: &[(Published, Option<String>)],
+    published: &[Published],
 ) -> Result<(), sqlx::Error> {
     let mut tx = db.begin().await?;
     sqlx::query("UPDATE rollouts SET wave = ? WHERE id = ?")
@@ -307,14 +315,14 @@ pub async fn wave_published(
         .bind(id)
         .execute(&mut *tx)
         .await?;
-    for (p, previous) in published {
+    for p in published {
         sqlx::query(
             "UPDATE rollout_hosts SET revision = ?, published_at = ?, previous_revision = ?, \
              phase = 'published', reason = NULL, updated_at = ? WHERE rollout_id = ? AND host = ?",
         )
         .bind(&p.revision)
         .bind(to_ms(p.at))
-        .bind(previous)
+        .bind(&p.previous)
         .bind(now_ms())
         .bind(id)
         .bind(p.host.as_str())
@@ -593,23 +601,12 @@ pub async fn settle(db: &SqlitePool, settings: &Settings) -> anyhow::Result<()> 
 
 /// The final status and one-line summary of hosts that all concluded.
 pub fn summary_of(phases: &[Phase]) -> (&'static str, String) {
-    let count = |p: Phase| phases.iter().filter(|x| **x == p).count();
     let status = if phases.iter().any(|p| p.is_failure()) {
         FAILED
     } else {
         SUCCEEDED
     };
-    (
-        status,
-        format!(
-            "{} succeeded, {} failed, {} rolled back, {} no answer, {} skipped",
-            count(Phase::Success),
-            count(Phase::Failed),
-            count(Phase::RolledBack),
-            count(Phase::NoAnswer),
-            count(Phase::Skipped)
-        ),
-    )
+    (status, driver::summary_of(phases.iter().copied()))
 }
 
 /// Where a halted, aborted or interrupted rollout goes on.
@@ -695,6 +692,7 @@ pub fn plan_resume(r: &RolloutRow, hosts: &[HostRow]) -> anyhow::Result<ResumePl
             published.push(Published {
                 host: h.clone(),
                 revision: row.revision.clone().unwrap_or_default(),
+                previous: row.previous_revision.clone(),
                 at: UNIX_EPOCH
                     + Duration::from_millis(
                         u64::try_from(row.published_at.unwrap_or(0)).unwrap_or(0),

@@ -205,6 +205,7 @@ fn publish_wave(root: &Path, w: &Wave) -> Result<Vec<Published>> {
             host: h.clone(),
             revision: "r2".into(),
             at,
+            previous: Some("r1".into()),
         });
     }
     let text: String = states.iter().map(|(h, s)| format!("{h}={s}\n")).collect();

@@ -171,8 +171,6 @@ struct CliFollower<'a> {
     db: Option<&'a Db>,
     id: i64,
     job_id: i64,
-    chroot: &'a Chroot,
-    previous: BTreeMap<HostName, Option<String>>,
     warned: bool,
 }
 
@@ -209,10 +207,6 @@ impl CliFollower<'_> {
 
 impl Follower for CliFollower<'_> {
     fn publishing(&mut self, index: usize, wave: &Wave) -> Result<(), String> {
-        for h in &wave.hosts {
-            self.previous
-                .insert(h.clone(), self.chroot.current_revision(h));
-        }
         self.say(
             format!(
                 "Wave {} ({}): publishing to {}",
@@ -226,22 +220,7 @@ impl Follower for CliFollower<'_> {
     }
 
     fn published(&mut self, index: usize, hosts: &[Published]) -> Result<(), String> {
-        let with_previous: Vec<(Published, Option<String>)> = hosts
-            .iter()
-            .map(|p| {
-                let prev = self.previous.get(&p.host).cloned().flatten();
-                // An unchanged host keeps its release: nothing to go back to.
-                (p.clone(), prev.filter(|r| *r != p.revision))
-            })
-            .collect();
-        self.record(|db, id, _| {
-            db.block_on(rollouts::wave_published(
-                &db.pool,
-                id,
-                index,
-                &with_previous,
-            ))
-        });
+        self.record(|db, id, _| db.block_on(rollouts::wave_published(&db.pool, id, index, hosts)));
         Ok(())
     }
 
@@ -278,33 +257,6 @@ fn open_db(database: &str) -> Option<Db> {
             None
         }
     }
-}
-
-/// Every host that built, with its tags.
-fn fleet_of(bento: &BentoDir, built: &[HostOutcome]) -> Vec<(HostName, Vec<String>)> {
-    let tags = tagged_hosts(bento);
-    built
-        .iter()
-        .filter_map(|o| HostName::new(&o.host).ok())
-        .map(|h| {
-            let t = tags
-                .iter()
-                .find(|(x, _)| *x == h)
-                .map(|(_, t)| t.clone())
-                .unwrap_or_default();
-            (h, t)
-        })
-        .collect()
-}
-
-fn systems_of(built: &[HostOutcome]) -> BTreeMap<HostName, String> {
-    built
-        .iter()
-        .filter_map(|o| {
-            let h = HostName::new(&o.host).ok()?;
-            Some((h, o.system.as_ref()?.to_string_lossy().into_owned()))
-        })
-        .collect()
 }
 
 /// Records a plain `bento deploy` (one wave, published at once, followed by
@@ -361,7 +313,7 @@ pub fn deploy_wait(
         );
         return Ok(ExitCode::from(1));
     }
-    let fleet = fleet_of(bento, &built);
+    let fleet = rollouts::fleet_of(bento, &built);
     let waves = rollout::plan(&fleet, settings)?;
     let db = open_db(database);
     let actor = cli_actor();
@@ -373,7 +325,7 @@ pub fn deploy_wait(
                 source: "cli",
                 settings,
                 waves: &waves,
-                systems: &systems_of(&built),
+                systems: &rollouts::systems_of(&built),
                 driven: true,
                 job_id: None,
             },
@@ -391,8 +343,6 @@ pub fn deploy_wait(
         db: if ids.is_some() { db.as_ref() } else { None },
         id: ids.map_or(0, |i| i.0),
         job_id: ids.map_or(0, |i| i.1),
-        chroot: &chroot,
-        previous: BTreeMap::new(),
         warned: false,
     };
     let name = ids
@@ -568,8 +518,6 @@ fn resume(bento: &BentoDir, db: &Db, id: i64, timeout: Option<u64>) -> anyhow::R
         db: Some(db),
         id,
         job_id: r.job_id.unwrap_or(0),
-        chroot: &chroot,
-        previous: BTreeMap::new(),
         warned: false,
     };
     follower.say(plan.announce(id), true);

@@ -196,10 +196,17 @@ async fn enqueue(db: &SqlitePool, settings: &AlertSettings, a: &Alert) -> anyhow
         }
     }
     let json = serde_json::to_string(a)?;
-    for (i, w) in settings.webhook.iter().enumerate() {
-        if !w.wants(a.event) {
-            continue;
-        }
+    let mut receivers: Vec<(String, String)> = settings
+        .webhook
+        .iter()
+        .enumerate()
+        .filter(|(_, w)| w.wants(a.event))
+        .map(|(i, w)| (format!("webhook:{i}"), redacted(&w.url)))
+        .collect();
+    if let Some(e) = settings.email.as_ref().filter(|e| e.wants(a.event)) {
+        receivers.push(("email".into(), format!("smtp://{}:{}", e.server, e.port())));
+    }
+    for (channel, target) in receivers {
         sqlx::query(
             "INSERT INTO alert_deliveries (created_at, event, host, rollout, recovered, message, alert, channel, target, status, next_try) \
              VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, 'pending', ?)",
@@ -211,25 +218,8 @@ async fn enqueue(db: &SqlitePool, settings: &AlertSettings, a: &Alert) -> anyhow
         .bind(a.recovered)
         .bind(views::clip(&a.message, 2000))
         .bind(&json)
-        .bind(format!("webhook:{i}"))
-        .bind(redacted(&w.url))
-        .bind(now)
-        .execute(&mut *tx)
-        .await?;
-    }
-    if let Some(e) = settings.email.as_ref().filter(|e| e.wants(a.event)) {
-        sqlx::query(
-            "INSERT INTO alert_deliveries (created_at, event, host, rollout, recovered, message, alert, channel, target, status, next_try) \
-             VALUES (?, ?, ?, ?, ?, ?, ?, 'email', ?, 'pending', ?)",
-        )
-        .bind(now)
-        .bind(a.event.id())
-        .bind(&a.host)
-        .bind(a.rollout)
-        .bind(a.recovered)
-        .bind(views::clip(&a.message, 2000))
-        .bind(&json)
-        .bind(format!("smtp://{}:{}", e.server, e.port()))
+        .bind(channel)
+        .bind(target)
         .bind(now)
         .execute(&mut *tx)
         .await?;

@@ -28,8 +28,6 @@ struct PanelFollower<'a> {
     rt: tokio::runtime::Handle,
     id: i64,
     live: &'a LiveLog,
-    chroot: &'a Chroot,
-    previous: BTreeMap<HostName, Option<String>>,
 }
 
 impl PanelFollower<'_> {
@@ -43,10 +41,6 @@ impl PanelFollower<'_> {
 
 impl Follower for PanelFollower<'_> {
     fn publishing(&mut self, index: usize, wave: &Wave) -> Result<(), String> {
-        for h in &wave.hosts {
-            self.previous
-                .insert(h.clone(), self.chroot.current_revision(h));
-        }
         let names: Vec<&str> = wave.hosts.iter().map(HostName::as_str).collect();
         self.live.push(
             &format!(
@@ -61,14 +55,7 @@ impl Follower for PanelFollower<'_> {
     }
 
     fn published(&mut self, index: usize, hosts: &[Published]) -> Result<(), String> {
-        let rows: Vec<(Published, Option<String>)> = hosts
-            .iter()
-            .map(|p| {
-                let prev = self.previous.get(&p.host).cloned().flatten();
-                (p.clone(), prev.filter(|r| *r != p.revision))
-            })
-            .collect();
-        self.record(rollouts::wave_published(self.db, self.id, index, &rows));
+        self.record(rollouts::wave_published(self.db, self.id, index, hosts));
         Ok(())
     }
 
@@ -91,6 +78,15 @@ impl Follower for PanelFollower<'_> {
     }
 }
 
+/// A job that ended before any wave, saying why.
+fn fail(summary: String) -> Outcome {
+    Outcome {
+        ok: false,
+        summary,
+        hosts: Vec::new(),
+    }
+}
+
 /// Runs the deploy job `job` as a rollout (in the job's blocking thread, the
 /// deploy lock held by the caller).
 pub(super) fn run(
@@ -100,11 +96,6 @@ pub(super) fn run(
     only: Vec<HostName>,
     live: &LiveLog,
 ) -> Outcome {
-    let fail = |summary: String| Outcome {
-        ok: false,
-        summary,
-        hosts: Vec::new(),
-    };
     let on_event = |e: Event| live.event(&e);
     let built = match deploy::run(
         bento,
@@ -130,33 +121,13 @@ pub(super) fn run(
             hosts: built,
         };
     }
-    let tags = crate::commands::rollout::tagged_hosts(bento);
-    let fleet: Vec<(HostName, Vec<String>)> = built
-        .iter()
-        .filter_map(|o| HostName::new(&o.host).ok())
-        .map(|h| {
-            let t = tags
-                .iter()
-                .find(|(x, _)| *x == h)
-                .map(|(_, t)| t.clone())
-                .unwrap_or_default();
-            (h, t)
-        })
-        .collect();
+    let fleet = rollouts::fleet_of(bento, &built);
     let settings = &bento.settings.rollout;
     let waves = match rollout::plan(&fleet, settings) {
         Ok(w) => w,
         Err(e) => return fail(e.to_string()),
     };
-    let systems = built
-        .iter()
-        .filter_map(|o| {
-            Some((
-                HostName::new(&o.host).ok()?,
-                o.system.as_ref()?.to_string_lossy().into_owned(),
-            ))
-        })
-        .collect();
+    let systems = rollouts::systems_of(&built);
     let rt = tokio::runtime::Handle::current();
     let id = match rt.block_on(rollouts::create(
         &state.db,
@@ -201,11 +172,6 @@ pub(super) fn resume(
     id: i64,
     live: &LiveLog,
 ) -> Outcome {
-    let fail = |summary: String| Outcome {
-        ok: false,
-        summary,
-        hosts: Vec::new(),
-    };
     let rt = tokio::runtime::Handle::current();
     let (r, hosts) = match rt.block_on(rollouts::load(&state.db, id)) {
         Ok(Some(x)) => x,
@@ -273,8 +239,6 @@ fn drive(
         rt,
         id,
         live,
-        chroot: &chroot,
-        previous: BTreeMap::new(),
     };
     let mut publish = |w: &Wave| -> Result<Vec<Published>, String> {
         let outcomes = deploy::run(

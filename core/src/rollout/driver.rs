@@ -18,6 +18,9 @@ pub struct Published {
     pub revision: String,
     /// The server's time of the publication (`last_change_date`'s mtime).
     pub at: SystemTime,
+    /// The revision it replaced (what a rollback goes back to); `None` when the
+    /// host had none or its release did not change.
+    pub previous: Option<String>,
 }
 
 /// What watches a rollout run: it records (and shows) each step, and can ask to
@@ -178,31 +181,42 @@ fn follow(
     }
 }
 
-/// The hosts of a wave as published: each host's revision and the time of its
-/// `last_change_date`. A host that was built but not published is an error.
+/// The hosts of a wave as published: each host's revision, the one it replaced
+/// and the time of its `last_change_date`. Hosts that were not published are
+/// left out.
 pub fn published_of(
     chroot: &Chroot,
     outcomes: &[crate::deploy::HostOutcome],
 ) -> Result<Vec<Published>, String> {
     let mut out = Vec::new();
     for o in outcomes {
+        let Some(p) = &o.published else { continue };
         let host = HostName::new(&o.host).map_err(|e| e.to_string())?;
-        let revision = o
-            .published
-            .as_ref()
-            .map(|p| p.revision().to_owned())
-            .ok_or_else(|| format!("{host} was built but not published"))?;
+        let previous = match p {
+            crate::chroot::Published::New { previous, .. } => previous.clone(),
+            crate::chroot::Published::Unchanged { .. } => None,
+        };
         let at = std::fs::metadata(chroot.last_change_path(&host))
             .and_then(|m| m.modified())
             .map_err(|e| format!("cannot read the publication time of {host}: {e}"))?;
-        out.push(Published { host, revision, at });
+        out.push(Published {
+            host,
+            revision: p.revision().to_owned(),
+            at,
+            previous,
+        });
     }
     Ok(out)
 }
 
 /// The one-line count of how the hosts concluded.
 pub fn summary(results: &BTreeMap<HostName, HostProgress>) -> String {
-    let count = |p: Phase| results.values().filter(|r| r.phase == p).count();
+    summary_of(results.values().map(|p| p.phase))
+}
+
+/// [`summary`] of bare phases.
+pub fn summary_of(phases: impl Iterator<Item = Phase> + Clone) -> String {
+    let count = |p: Phase| phases.clone().filter(|x| *x == p).count();
     format!(
         "{} succeeded, {} failed, {} rolled back, {} no answer, {} skipped",
         count(Phase::Success),
