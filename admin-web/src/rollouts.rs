@@ -332,16 +332,6 @@ pub async fn wave_published(
     tx.commit().await
 }
 
-/// Wave `index` is under way (the driver moved on to it).
-pub async fn set_wave(db: &SqlitePool, id: i64, index: usize) -> Result<(), sqlx::Error> {
-    sqlx::query("UPDATE rollouts SET wave = ? WHERE id = ?")
-        .bind(index as i64)
-        .bind(id)
-        .execute(db)
-        .await
-        .map(|_| ())
-}
-
 /// A host moved to another phase.
 pub async fn host_progress(db: &SqlitePool, id: i64, p: &HostProgress) -> Result<(), sqlx::Error> {
     sqlx::query(

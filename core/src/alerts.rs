@@ -4,7 +4,7 @@
 //! a "recovered" one; [`Body`] is what a receiver gets (generic JSON, ntfy or a
 //! Slack-compatible form). `bento serve` delivers them (outbox, retries).
 
-use std::collections::BTreeMap;
+use std::collections::BTreeSet;
 use std::fmt;
 use std::time::Duration;
 
@@ -229,23 +229,20 @@ pub struct HostFacts {
     pub reboot_pending_for: Option<Duration>,
 }
 
-/// Active host conditions: one alert each until it recovers. Kept by the caller
-/// across restarts ([`Tracker::active`], [`Tracker::restore`]), so a restart
+/// Active host conditions: one alert each until it recovers. The caller keeps
+/// them across restarts (each alert says what started or ended;
+/// [`Tracker::restore`] takes them back), so a restart
 /// of the panel does not send everything again.
 #[derive(Debug, Clone, Default)]
 pub struct Tracker {
-    active: BTreeMap<(String, Event), ()>,
+    active: BTreeSet<(String, Event)>,
 }
 
 impl Tracker {
     pub fn restore(keys: impl IntoIterator<Item = (String, Event)>) -> Self {
         Tracker {
-            active: keys.into_iter().map(|k| (k, ())).collect(),
+            active: keys.into_iter().collect(),
         }
-    }
-
-    pub fn active(&self) -> impl Iterator<Item = &(String, Event)> {
-        self.active.keys()
     }
 
     /// The alerts for one look at `host`: new conditions and recovered ones.
@@ -288,10 +285,10 @@ impl Tracker {
         let mut out = Vec::new();
         for (event, now_msg) in conditions {
             let key = (facts.host.clone(), event);
-            let was = self.active.contains_key(&key);
+            let was = self.active.contains(&key);
             match (was, now_msg) {
                 (false, Some(message)) => {
-                    self.active.insert(key, ());
+                    self.active.insert(key);
                     out.push(Alert {
                         event,
                         host: Some(facts.host.clone()),
@@ -316,11 +313,6 @@ impl Tracker {
             }
         }
         out
-    }
-
-    /// A host that left the fleet: its conditions are dropped without alerts.
-    pub fn forget(&mut self, host: &str) {
-        self.active.retain(|(h, _), _| h != host);
     }
 }
 
