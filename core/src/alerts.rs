@@ -275,9 +275,9 @@ impl Tracker {
                     .filter(|d| *d >= reboot_after)
                     .map(|d| {
                         format!(
-                            "{}: a reboot has been pending for {} h",
+                            "{}: a reboot has been pending for {}",
                             facts.host,
-                            d.as_secs() / 3600
+                            how_long(d)
                         )
                     }),
             ),
@@ -286,7 +286,12 @@ impl Tracker {
         for (event, now_msg) in conditions {
             let key = (facts.host.clone(), event);
             let was = self.active.contains(&key);
+            // A reboot-pending alert ends with the reboot, not when the pending
+            // time looks short again: the panel counts that time from when it
+            // saw the reboot pending, which starts over when the panel does.
+            let still = event == Event::RebootPending && facts.reboot_pending_for.is_some();
             match (was, now_msg) {
+                (true, None) if still => {}
                 (false, Some(message)) => {
                     self.active.insert(key);
                     out.push(Alert {
@@ -313,6 +318,16 @@ impl Tracker {
             }
         }
         out
+    }
+}
+
+/// A duration as an alert says it: `45 s`, `12 min`, `5 h`, `3 d`.
+fn how_long(d: Duration) -> String {
+    match d.as_secs() {
+        s if s < 120 => format!("{s} s"),
+        s if s < 2 * 3600 => format!("{} min", s / 60),
+        s if s < 2 * 86_400 => format!("{} h", s / 3600),
+        s => format!("{} d", s / 86_400),
     }
 }
 
@@ -434,6 +449,26 @@ mod tests {
         let a = t.observe(&f(7200), &s, 2);
         assert_eq!(a.len(), 1);
         assert_eq!(a[0].event, Event::RebootPending);
+        assert!(
+            a[0].message.ends_with("pending for 2 h"),
+            "{}",
+            a[0].message
+        );
+        // Restarted, the panel counts the pending time from zero again: still
+        // pending is not recovered.
+        let mut again = Tracker::restore([("db1".to_owned(), Event::RebootPending)]);
+        assert!(again.observe(&f(0), &s, 3).is_empty());
+        let a = again.observe(&facts("db1"), &s, 4);
+        assert_eq!(a.len(), 1);
+        assert!(a[0].recovered);
+    }
+
+    #[test]
+    fn durations_read_in_their_unit() {
+        assert_eq!(how_long(Duration::from_secs(5)), "5 s");
+        assert_eq!(how_long(Duration::from_secs(600)), "10 min");
+        assert_eq!(how_long(Duration::from_secs(86_400)), "24 h");
+        assert_eq!(how_long(Duration::from_secs(5 * 86_400)), "5 d");
     }
 
     #[test]

@@ -87,7 +87,7 @@ impl<'a> Report<'a> {
     }
 }
 
-/// Writes `logs/heartbeat.json`.
+/// Writes `logs/heartbeat.json` of an agent polling every minute.
 pub fn write_heartbeat(
     logs_dir: &Path,
     host: &str,
@@ -95,6 +95,20 @@ pub fn write_heartbeat(
     revision: Option<&str>,
     state: AgentState,
     reboot_required: bool,
+) -> Result<()> {
+    write_heartbeat_every(logs_dir, host, system, revision, state, reboot_required, 60)
+}
+
+/// Writes `logs/heartbeat.json` of an agent polling every `interval_secs`
+/// (the server counts missed polls from it to tell a host offline).
+pub fn write_heartbeat_every(
+    logs_dir: &Path,
+    host: &str,
+    system: Option<&str>,
+    revision: Option<&str>,
+    state: AgentState,
+    reboot_required: bool,
+    interval_secs: u64,
 ) -> Result<()> {
     fs::create_dir_all(logs_dir)?;
     let hb = Heartbeat {
@@ -106,9 +120,12 @@ pub fn write_heartbeat(
         state,
         reboot_required,
         agent_version: "test".into(),
-        interval_secs: Some(60),
+        interval_secs: Some(interval_secs),
     };
-    fs::write(logs_dir.join(HEARTBEAT_FILE), serde_json::to_vec(&hb)?)?;
+    // Renamed into place, as the agent uploads it: never read half written.
+    let tmp = logs_dir.join(format!(".{HEARTBEAT_FILE}.tmp"));
+    fs::write(&tmp, serde_json::to_vec(&hb)?)?;
+    fs::rename(&tmp, logs_dir.join(HEARTBEAT_FILE))?;
     Ok(())
 }
 

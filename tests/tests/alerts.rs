@@ -1,23 +1,41 @@
-//! Alerts from `bento serve` to real HTTP receivers on loopback: a failed update
-//! is told within 15 s, naming the host, once, then "recovered"; healthy hosts
-//! are not; a receiver that is down gets the alert on a later try.
+//! Alerts from `bento serve` to real HTTP receivers on loopback (and a real SMTP
+//! sink): a failed update is told within 15 s, naming the host, once, then
+//! "recovered"; so are a rollback, a host gone offline and a reboot pending for
+//! longer than `reboot_pending_after` (and not before); a rollout that halts or
+//! ends is told; healthy hosts are not; a webhook with `events` gets only those;
+//! a receiver that is down gets the alert on a later try.
+//!
+//! Reports and heartbeats are written into the chroot as the agent writes them
+//! (the panel reads them the same way); waits are on what a receiver got or what
+//! the panel shows, never on time.
 
 mod panel_common;
 
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::TcpListener;
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use anyhow::Result;
+use anyhow::{Context, Result};
 use bento_core::report::ReportStatus;
+use bento_tests::cli::current_release;
+use bento_tests::sshd::unique_prefix;
 use panel_common::{eventually, system, PanelServer};
+use reqwest::StatusCode;
+use serde_json::Value;
 
-/// One received request: its headers (lowercase names) and body.
+/// How long an alert may take to reach its receiver on a loaded machine (it
+/// usually takes a second or two: the panel looks at the fleet every second).
+const ALERT_DEADLINE: Duration = Duration::from_secs(60);
+/// A deploy of toy hosts (real nix builds).
+const BUILD: Duration = Duration::from_secs(300);
+
+/// One received request: its headers (lowercase names), body, and when it came.
 #[derive(Debug, Clone)]
 struct Received {
     headers: Vec<(String, String)>,
     body: String,
+    at: Instant,
 }
 
 /// A minimal HTTP/1.1 receiver: answers `503` to its first `fail_first`
@@ -68,6 +86,7 @@ impl Receiver {
                     g.lock().unwrap().push(Received {
                         headers,
                         body: String::from_utf8_lossy(&body).into_owned(),
+                        at: Instant::now(),
                     });
                     "200 OK"
                 };
@@ -92,6 +111,100 @@ impl Receiver {
             .map(|r| r.body.clone())
             .collect()
     }
+
+    /// The JSON alerts received so far, in order, with when each came.
+    fn alerts(&self) -> Vec<(Instant, Value)> {
+        self.got
+            .lock()
+            .unwrap()
+            .iter()
+            .map(|r| (r.at, serde_json::from_str(&r.body).unwrap_or(Value::Null)))
+            .collect()
+    }
+
+    /// The alerts received so far, each as `event host-or-rollout [recovered]`.
+    fn summary(&self) -> Vec<String> {
+        self.alerts().iter().map(|(_, a)| describe(a)).collect()
+    }
+
+    /// Waits for the first alert that `wanted` accepts (`what` names it).
+    async fn wait_for(
+        &self,
+        p: &PanelServer,
+        what: &str,
+        wanted: impl Fn(&Value) -> bool,
+    ) -> Result<(Instant, Value)> {
+        eventually(ALERT_DEADLINE, what, || async {
+            Ok(self.alerts().into_iter().find(|(_, a)| wanted(a)))
+        })
+        .await
+        .with_context(|| {
+            format!(
+                "received: {:#?}\nserver log:\n{}",
+                self.summary(),
+                p.server_log()
+            )
+        })
+    }
+}
+
+/// An alert about `host` (not a recovery).
+fn alert<'a>(event: &'static str, host: &'a str) -> impl Fn(&Value) -> bool + 'a {
+    move |a| a["event"] == event && a["host"] == host && a["recovered"] == false
+}
+
+/// The end of the condition `event` of `host`.
+fn recovery<'a>(event: &'static str, host: &'a str) -> impl Fn(&Value) -> bool + 'a {
+    move |a| a["event"] == event && a["host"] == host && a["recovered"] == true
+}
+
+/// An alert about rollout `id`.
+fn rollout_alert(event: &'static str, id: i64) -> impl Fn(&Value) -> bool {
+    move |a| a["event"] == event && a["rollout"] == id && a["host"].is_null()
+}
+
+fn describe(a: &Value) -> String {
+    let subject = match (a["host"].as_str(), a["rollout"].as_i64()) {
+        (Some(h), _) => h.to_owned(),
+        (None, Some(r)) => format!("rollout {r}"),
+        _ => "?".into(),
+    };
+    let recovered = if a["recovered"] == true {
+        " recovered"
+    } else {
+        ""
+    };
+    format!(
+        "{} {subject}{recovered}",
+        a["event"].as_str().unwrap_or("?")
+    )
+}
+
+fn unix_now() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs() as i64)
+        .unwrap_or(0)
+}
+
+/// `[[alerts.webhook]]` for `r`, with `more` TOML (format, events).
+fn webhook(r: &Receiver, more: &str) -> String {
+    format!("[[alerts.webhook]]\nurl = \"{}\"\n{more}\n", r.url())
+}
+
+/// Two hosts up to date with their heartbeat, known to the panel.
+async fn healthy(p: &PanelServer, hosts: &[&str]) -> Result<panel_common::Session> {
+    for h in hosts {
+        p.add_host(h, Some(&system(h, 2)), Duration::from_secs(3600))?;
+        p.report(h, &system(h, 2), ReportStatus::Success, "done\n", None)?;
+        p.heartbeat(h, &system(h, 2), false)?;
+    }
+    let s = p.login().await?;
+    for h in hosts {
+        s.wait_for_host_where(h, "up to date", |v| v["state"] == "up-to-date")
+            .await?;
+    }
+    Ok(s)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -272,5 +385,409 @@ async fn a_failed_update_is_mailed() -> Result<()> {
     assert!(mail.contains("build of system failed"), "{mail}");
     let page = s.page("/alerts").await?;
     assert!(page.contains("smtp://127.0.0.1"), "{page}");
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_rollback_is_alerted_then_recovered_and_a_webhook_with_events_gets_only_those(
+) -> Result<()> {
+    let every = Receiver::start(0)?;
+    let rollbacks = Receiver::start(0)?;
+    let p = PanelServer::start_with(
+        "alerts-rollback",
+        &format!(
+            "{}{}",
+            webhook(&every, ""),
+            webhook(&rollbacks, "events = [\"rolled-back\"]")
+        ),
+    )?;
+    let s = healthy(&p, &["web1", "web2"]).await?;
+
+    // web2 fails: told to the webhook of every event.
+    p.report(
+        "web2",
+        &system("web2", 2),
+        ReportStatus::Failure,
+        "error: builder failed\n",
+        Some("build of system failed"),
+    )?;
+    every
+        .wait_for(&p, "web2's failure", alert("failed", "web2"))
+        .await?;
+
+    // web1 rolls back: told to both, naming the host and why.
+    p.report(
+        "web1",
+        &system("web1", 1),
+        ReportStatus::Rollback,
+        "switch-to-configuration failed; rolled back\n",
+        Some("the server was unreachable after the switch"),
+    )?;
+    let (_, a) = rollbacks
+        .wait_for(&p, "web1's rollback", alert("rolled-back", "web1"))
+        .await?;
+    let message = a["message"].as_str().unwrap_or("");
+    assert!(message.starts_with("web1: rolled back"), "{a}");
+    assert!(
+        message.contains("the server was unreachable after the switch"),
+        "{a}"
+    );
+    // web2's failure was queued before it, and never for this webhook.
+    assert_eq!(
+        rollbacks.summary(),
+        ["rolled-back web1"],
+        "a webhook for rolled-back only"
+    );
+    every
+        .wait_for(&p, "web1's rollback", alert("rolled-back", "web1"))
+        .await?;
+
+    // A later success ends each condition: web2 first, then web1.
+    p.report(
+        "web2",
+        &system("web2", 2),
+        ReportStatus::Success,
+        "done\n",
+        None,
+    )?;
+    every
+        .wait_for(&p, "web2's recovery", recovery("failed", "web2"))
+        .await?;
+    p.report(
+        "web1",
+        &system("web1", 2),
+        ReportStatus::Success,
+        "done\n",
+        None,
+    )?;
+    rollbacks
+        .wait_for(&p, "web1's recovery", recovery("rolled-back", "web1"))
+        .await?;
+    // Every delivery goes out in the order the alerts were made: all of them are
+    // in by now, and web2's recovery was not for the rolled-back webhook.
+    assert_eq!(
+        rollbacks.summary(),
+        ["rolled-back web1", "rolled-back web1 recovered"]
+    );
+    every
+        .wait_for(&p, "web1's recovery", recovery("rolled-back", "web1"))
+        .await?;
+    assert_eq!(
+        every.summary(),
+        [
+            "failed web2",
+            "rolled-back web1",
+            "failed web2 recovered",
+            "rolled-back web1 recovered"
+        ]
+    );
+    let page = s.page("/alerts").await?;
+    assert!(page.contains("rolled-back (recovered)"), "{page}");
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_host_whose_heartbeat_stops_is_alerted_offline_then_recovered_when_it_reports(
+) -> Result<()> {
+    let hook = Receiver::start(0)?;
+    // Offline after 2 missed polls of its heartbeat's interval; the panel rescans
+    // the chroot every second, so a late heartbeat is noticed within a second.
+    let p = PanelServer::start_with_args(
+        "alerts-offline",
+        &format!("offline_after_polls = 2\n{}", webhook(&hook, "")),
+        &["--rescan-secs", "1"],
+    )?;
+    let s = healthy(&p, &["web1", "web2"]).await?;
+
+    // web1's agent polls every second, then stops: its heartbeat is late 2 s on.
+    let before = unix_now();
+    p.heartbeat_every("web1", &system("web1", 2), 1)?;
+    let (_, a) = hook
+        .wait_for(&p, "web1 offline", alert("offline", "web1"))
+        .await?;
+    assert_eq!(a["message"], "web1: offline (its heartbeat is late)", "{a}");
+    // Not before 2 polls of 1 s were missed.
+    assert!(a["at"].as_i64().unwrap_or(0) >= before + 2, "{a}");
+    let h = s.json("/api/v1/hosts/web1").await?;
+    assert_eq!(h["offline"], true, "{h}");
+
+    // It polls again (every minute now): recovered.
+    p.heartbeat("web1", &system("web1", 2), false)?;
+    hook.wait_for(&p, "web1 back online", recovery("offline", "web1"))
+        .await?;
+    s.wait_for_host_where("web1", "online", |h| h["offline"] == false)
+        .await?;
+    // web2 polls every minute and reported a minute ago at most: never offline.
+    assert_eq!(
+        hook.summary(),
+        ["offline web1", "offline web1 recovered"],
+        "nothing about the healthy host"
+    );
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reboot_pending_is_alerted_only_once_older_than_reboot_pending_after() -> Result<()> {
+    let hook = Receiver::start(0)?;
+    let after = 5;
+    let mut p = PanelServer::start_with(
+        "alerts-reboot",
+        &format!(
+            "[alerts]\nreboot_pending_after = {after}\n\n{}",
+            webhook(&hook, "")
+        ),
+    )?;
+    // db1 sorts before web1: in one look at the fleet db1 comes first.
+    let s = healthy(&p, &["db1", "web1"]).await?;
+
+    // db1's new kernel waits for a reboot.
+    let (t0, t0_unix) = (Instant::now(), unix_now());
+    p.heartbeat("db1", &system("db1", 2), true)?;
+    s.wait_for_host_where("db1", "with a reboot pending", |h| {
+        h["reboot_pending"] == true
+    })
+    .await?;
+    // The panel has seen it: web1's failure, which comes after, is alerted from a
+    // look at a fleet where db1's reboot is pending. No alert for db1 yet, unless
+    // (on a machine loaded enough) `after` has passed since.
+    p.report(
+        "web1",
+        &system("web1", 2),
+        ReportStatus::Failure,
+        "error: builder failed\n",
+        Some("build of system failed"),
+    )?;
+    let (failed_at, _) = hook
+        .wait_for(&p, "web1's failure", alert("failed", "web1"))
+        .await?;
+    let early = |until: Instant| {
+        hook.alerts()
+            .into_iter()
+            .filter(|(at, a)| a["event"] == "reboot-pending" && *at < until)
+            .map(|(_, a)| describe(&a))
+            .collect::<Vec<_>>()
+    };
+    let limit = t0 + Duration::from_secs(after);
+    assert_eq!(
+        early(failed_at.min(limit)),
+        Vec::<String>::new(),
+        "a reboot-pending alert before the reboot was pending {after} s"
+    );
+    eprintln!(
+        "web1's failure alerted {:?} after db1's reboot became pending",
+        failed_at - t0
+    );
+
+    let (got_at, a) = hook
+        .wait_for(&p, "db1's pending reboot", alert("reboot-pending", "db1"))
+        .await?;
+    eprintln!("reboot pending alerted after {:?}", got_at - t0);
+    assert!(got_at >= limit, "alerted after {:?}", got_at - t0);
+    assert!(
+        a["at"].as_i64().unwrap_or(0) >= t0_unix + after as i64,
+        "{a}"
+    );
+    let message = a["message"].as_str().unwrap_or("");
+    assert!(
+        message.starts_with("db1: a reboot has been pending for ") && message.ends_with(" s"),
+        "{a}"
+    );
+
+    // A restarted panel counts the pending time from zero: the alert stays, it is
+    // neither recovered nor sent again. web1's recovery, made after the panel saw
+    // db1 again, is the mark that it looked. (Killed only once every delivery is
+    // marked sent: one killed between its send and its mark is sent again.)
+    eventually(ALERT_DEADLINE, "every delivery marked sent", || async {
+        let page = s.page("/alerts").await?;
+        Ok((!page.contains(">pending</span>")).then_some(()))
+    })
+    .await?;
+    p.restart()?;
+    let s = p.login().await?;
+    s.wait_for_host_where("db1", "with a reboot pending", |h| {
+        h["reboot_pending"] == true
+    })
+    .await?;
+    p.report(
+        "web1",
+        &system("web1", 2),
+        ReportStatus::Success,
+        "done\n",
+        None,
+    )?;
+    hook.wait_for(&p, "web1's recovery", recovery("failed", "web1"))
+        .await?;
+    assert_eq!(
+        hook.summary(),
+        ["failed web1", "reboot-pending db1", "failed web1 recovered"],
+        "the restart changed db1's alert"
+    );
+
+    // Rebooted: recovered.
+    p.heartbeat("db1", &system("db1", 2), false)?;
+    hook.wait_for(&p, "db1's reboot", recovery("reboot-pending", "db1"))
+        .await?;
+    Ok(())
+}
+
+/// The report of `host`'s agent on the release it was last published.
+fn report_release(
+    p: &PanelServer,
+    host: &str,
+    status: ReportStatus,
+    error: Option<&str>,
+) -> Result<()> {
+    let (revision, _) = current_release(&p.fx.host_chroot(host)).context("not published")?;
+    let states =
+        bento_core::chroot::parse_states(&std::fs::read_to_string(p.chroot().join("states.txt"))?);
+    let system = states.get(host).cloned().context("no expected system")?;
+    bento_tests::reports::Report {
+        log: "activation log\n",
+        error,
+        time: time::OffsetDateTime::now_utc(),
+        ..bento_tests::reports::Report::agent(host, &system, status, &revision)
+    }
+    .write(&p.logs(host))?;
+    Ok(())
+}
+
+/// A panel with two toy hosts, the first one a wave of its own, and `hook`.
+fn rollout_panel(label: &str, hook: &Receiver) -> Result<(PanelServer, String, String)> {
+    let prefix = unique_prefix();
+    let (canary, rest) = (format!("{prefix}-a"), format!("{prefix}-b"));
+    let mut p = PanelServer::start_with(
+        label,
+        &format!(
+            "[rollout]\nwaves = [\"host:{canary}\", \"rest\"]\n\n{}",
+            webhook(hook, "")
+        ),
+    )?;
+    for h in [&canary, &rest] {
+        p.fx.fleet.flake_host(h, &[h])?;
+    }
+    Ok((p, canary, rest))
+}
+
+/// Starts a deploy in waves from the panel; waits until its first wave is out.
+async fn deploy_in_waves(p: &PanelServer, s: &panel_common::Session, first: &str) -> Result<()> {
+    let res = s
+        .post(
+            "/jobs",
+            &[("kind", "deploy"), ("host", ""), ("mode", "waves")],
+        )
+        .await?;
+    assert_eq!(res.status(), StatusCode::SEE_OTHER);
+    eventually(BUILD, "the first wave", || async {
+        Ok(current_release(&p.fx.host_chroot(first)).map(|_| ()))
+    })
+    .await
+    .with_context(|| p.server_log())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_halted_rollout_is_alerted_naming_its_host_and_its_end_once_resumed() -> Result<()> {
+    let hook = Receiver::start(0)?;
+    let (p, canary, rest) = rollout_panel("alerts-halted", &hook)?;
+    let s = p.login().await?;
+    deploy_in_waves(&p, &s, &canary).await?;
+
+    // The canary fails: the rollout halts, and says who stopped it.
+    report_release(
+        &p,
+        &canary,
+        ReportStatus::Failure,
+        Some("switch-to-configuration failed"),
+    )?;
+    let (_, a) = hook
+        .wait_for(&p, "the halted rollout", rollout_alert("rollout-halted", 1))
+        .await?;
+    let message = a["message"].as_str().unwrap_or("");
+    assert!(
+        message.starts_with("rollout 1 halted: halted in wave 1"),
+        "{a}"
+    );
+    assert!(message.contains(&canary), "{a}");
+    assert!(message.contains("switch-to-configuration failed"), "{a}");
+    assert!(current_release(&p.fx.host_chroot(&rest)).is_none());
+    hook.wait_for(&p, "the canary's failure", alert("failed", &canary))
+        .await?;
+
+    // Resumed from the panel: the next wave goes out, and the rollout's end is
+    // told too (the same rollout ends a second time).
+    let res = s.post("/rollouts/1/resume", &[]).await?;
+    assert_eq!(res.status(), StatusCode::SEE_OTHER);
+    eventually(BUILD, "the second wave", || async {
+        Ok(current_release(&p.fx.host_chroot(&rest)).map(|_| ()))
+    })
+    .await?;
+    report_release(&p, &rest, ReportStatus::Success, None)?;
+    let (_, a) = hook
+        .wait_for(
+            &p,
+            "the resumed rollout's end",
+            rollout_alert("rollout-finished", 1),
+        )
+        .await?;
+    let message = a["message"].as_str().unwrap_or("");
+    assert!(message.starts_with("rollout 1 "), "{a}");
+    assert!(message.contains("1 succeeded, 1 failed"), "{a}");
+    let halted = hook
+        .alerts()
+        .iter()
+        .filter(|(_, a)| rollout_alert("rollout-halted", 1)(a))
+        .count();
+    assert_eq!(halted, 1, "{:#?}", hook.summary());
+    let page = s.page("/alerts").await?;
+    assert!(page.contains("rollout-halted"), "{page}");
+    assert!(page.contains("rollout 1"), "{page}");
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_successful_rollout_is_alerted_as_finished_and_nothing_of_its_healthy_hosts() -> Result<()>
+{
+    let hook = Receiver::start(0)?;
+    let (p, canary, rest) = rollout_panel("alerts-finished", &hook)?;
+    let s = p.login().await?;
+    deploy_in_waves(&p, &s, &canary).await?;
+    report_release(&p, &canary, ReportStatus::Success, None)?;
+    eventually(BUILD, "the second wave", || async {
+        Ok(current_release(&p.fx.host_chroot(&rest)).map(|_| ()))
+    })
+    .await?;
+    report_release(&p, &rest, ReportStatus::Success, None)?;
+    let (_, a) = hook
+        .wait_for(
+            &p,
+            "the rollout's end",
+            rollout_alert("rollout-finished", 1),
+        )
+        .await?;
+    let message = a["message"].as_str().unwrap_or("");
+    assert!(
+        message.starts_with("rollout 1 succeeded: ") && message.contains("2 succeeded, 0 failed"),
+        "{a}"
+    );
+    for h in [&canary, &rest] {
+        s.wait_for_host_where(h, "up to date", |v| v["state"] == "up-to-date")
+            .await?;
+    }
+    // Later, the canary rolls back: that alert is the mark that the panel looked
+    // at both hosts up to date, and nothing came of them before it.
+    report_release(
+        &p,
+        &canary,
+        ReportStatus::Rollback,
+        Some("the health check failed"),
+    )?;
+    hook.wait_for(&p, "the canary's rollback", alert("rolled-back", &canary))
+        .await?;
+    assert_eq!(
+        hook.summary(),
+        [
+            "rollout-finished rollout 1".to_owned(),
+            format!("rolled-back {canary}")
+        ]
+    );
     Ok(())
 }

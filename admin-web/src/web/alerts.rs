@@ -142,22 +142,29 @@ fn look(
     out
 }
 
-/// Rollouts that halted or ended since the panel started, once each.
+/// Rollouts that halted or ended since the panel started, once per end: a
+/// halted rollout that is resumed ends again, and that end is told too.
 async fn ended_rollouts(db: &SqlitePool, since: i64) -> Result<Vec<Alert>, sqlx::Error> {
-    let rows: Vec<(i64, String, String)> = sqlx::query_as(
-        "SELECT id, status, summary FROM rollouts WHERE status NOT IN ('running', 'interrupted') \
-         AND finished_at >= ? AND id NOT IN (SELECT rollout_id FROM alert_rollouts) ORDER BY id",
+    let rows: Vec<(i64, String, String, i64)> = sqlx::query_as(
+        "SELECT r.id, r.status, r.summary, r.finished_at FROM rollouts r \
+         WHERE r.status NOT IN ('running', 'interrupted') AND r.finished_at >= ? \
+         AND NOT EXISTS (SELECT 1 FROM alert_rollouts a \
+                         WHERE a.rollout_id = r.id AND a.finished_at = r.finished_at) \
+         ORDER BY r.id",
     )
     .bind(since)
     .fetch_all(db)
     .await?;
     let mut out = Vec::new();
-    for (id, status, summary) in rows {
-        sqlx::query("INSERT OR IGNORE INTO alert_rollouts (rollout_id, status) VALUES (?, ?)")
-            .bind(id)
-            .bind(&status)
-            .execute(db)
-            .await?;
+    for (id, status, summary, finished_at) in rows {
+        sqlx::query(
+            "INSERT OR REPLACE INTO alert_rollouts (rollout_id, status, finished_at) VALUES (?, ?, ?)",
+        )
+        .bind(id)
+        .bind(&status)
+        .bind(finished_at)
+        .execute(db)
+        .await?;
         let event = if status == crate::rollouts::HALTED {
             Event::RolloutHalted
         } else {

@@ -15,7 +15,7 @@ use std::time::{Duration, Instant, SystemTime};
 use anyhow::{bail, ensure, Context, Result};
 use bento_core::report::{AgentState, ReportStatus};
 use bento_tests::cli::BentoFixture;
-use bento_tests::reports::{set_mtime, write_heartbeat, Report};
+use bento_tests::reports::{set_mtime, write_heartbeat, write_heartbeat_every, Report};
 use reqwest::header::{COOKIE, LOCATION, SET_COOKIE};
 use reqwest::redirect::Policy;
 use reqwest::{Response, StatusCode};
@@ -34,6 +34,8 @@ pub struct PanelServer {
     pub base: String,
     log: Arc<Mutex<String>>,
     pub db_url: String,
+    /// More arguments of `bento serve` (`--rescan-secs`...).
+    serve_args: Vec<String>,
 }
 
 impl PanelServer {
@@ -45,6 +47,11 @@ impl PanelServer {
 
     /// Same, with `extra` TOML in bento.toml (tags, `[web]`...).
     pub fn start_with(label: &str, extra: &str) -> Result<PanelServer> {
+        Self::start_with_args(label, extra, &[])
+    }
+
+    /// Same, `bento serve` given `args` too (e.g. `--rescan-secs 1`).
+    pub fn start_with_args(label: &str, extra: &str, args: &[&str]) -> Result<PanelServer> {
         let fx = BentoFixture::new(label)?;
         fx.write_config(extra)?;
         fs::create_dir_all(fx.chroot())?;
@@ -55,6 +62,7 @@ impl PanelServer {
             base: String::new(),
             log: Arc::default(),
             db_url,
+            serve_args: args.iter().map(|a| a.to_string()).collect(),
         };
         s.bento_stdin(
             &["user", "add", ADMIN, "--password-stdin"],
@@ -94,6 +102,7 @@ impl PanelServer {
                 "--database",
                 &self.db_url,
             ])
+            .args(&self.serve_args)
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::piped())
@@ -231,6 +240,19 @@ impl PanelServer {
             Some("r1"),
             AgentState::Idle,
             reboot,
+        )
+    }
+
+    /// The heartbeat of an agent that polls every `interval_secs`.
+    pub fn heartbeat_every(&self, host: &str, system: &str, interval_secs: u64) -> Result<()> {
+        write_heartbeat_every(
+            &self.logs(host),
+            host,
+            Some(system),
+            Some("r1"),
+            AgentState::Idle,
+            false,
+            interval_secs,
         )
     }
 }
