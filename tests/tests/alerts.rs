@@ -192,7 +192,7 @@ fn webhook(r: &Receiver, more: &str) -> String {
     format!("[[alerts.webhook]]\nurl = \"{}\"\n{more}\n", r.url())
 }
 
-/// Two hosts up to date with their heartbeat, known to the panel.
+/// `hosts` up to date, with their heartbeat, as the panel shows them; logged in.
 async fn healthy(p: &PanelServer, hosts: &[&str]) -> Result<panel_common::Session> {
     for h in hosts {
         p.add_host(h, Some(&system(h, 2)), Duration::from_secs(3600))?;
