@@ -16,7 +16,7 @@ use anyhow::Context;
 use bento_core::chroot::Chroot;
 use bento_core::config::Settings;
 use bento_core::rollout::driver::{self, Published, Start};
-use bento_core::rollout::{self, HostProgress, Phase, RolloutSettings, Wave};
+use bento_core::rollout::{self, rollback, HostProgress, Phase, RolloutSettings, Wave};
 use bento_core::status::StatusOptions;
 use bento_core::HostName;
 use sqlx::SqlitePool;
@@ -51,6 +51,8 @@ pub struct RolloutRow {
     pub abort_requested: bool,
     pub finished_at: Option<i64>,
     pub summary: String,
+    /// The rollout this one rolls back.
+    pub rollback_of: Option<i64>,
 }
 
 impl RolloutRow {
@@ -114,6 +116,8 @@ pub struct NewRollout<'a> {
     pub driven: bool,
     /// The job it belongs to (a panel deploy), else a job is made for it.
     pub job_id: Option<i64>,
+    /// The rollout it rolls back (a rollback), if any.
+    pub rollback_of: Option<i64>,
 }
 
 /// The panel's database, for the synchronous command line.
@@ -171,8 +175,8 @@ pub async fn create(db: &SqlitePool, new: &NewRollout<'_>) -> anyhow::Result<(i6
         (None, None)
     };
     let (id,): (i64,) = sqlx::query_as(
-        "INSERT INTO rollouts (job_id, created_by, source, created_at, status, settings, waves, wave, driver_pid, driver_start) \
-         VALUES (?, ?, ?, ?, 'running', ?, ?, 0, ?, ?) RETURNING id",
+        "INSERT INTO rollouts (job_id, created_by, source, created_at, status, settings, waves, wave, driver_pid, driver_start, rollback_of) \
+         VALUES (?, ?, ?, ?, 'running', ?, ?, 0, ?, ?, ?) RETURNING id",
     )
     .bind(job_id)
     .bind(new.actor)
@@ -182,6 +186,7 @@ pub async fn create(db: &SqlitePool, new: &NewRollout<'_>) -> anyhow::Result<(i6
     .bind(new.waves.len() as i64)
     .bind(pid)
     .bind(start)
+    .bind(new.rollback_of)
     .fetch_one(&mut *tx)
     .await?;
     for (i, w) in new.waves.iter().enumerate() {
@@ -200,14 +205,23 @@ pub async fn create(db: &SqlitePool, new: &NewRollout<'_>) -> anyhow::Result<(i6
             .await?;
         }
     }
-    let detail = format!(
-        "job {job_id}: {hosts} host(s) in {} wave(s)",
-        new.waves.len()
-    );
+    let (action, detail) = match new.rollback_of {
+        Some(of) => (
+            "rollout-rollback",
+            format!("job {job_id}: {hosts} host(s) back to their release before rollout {of}"),
+        ),
+        None => (
+            "deploy",
+            format!(
+                "job {job_id}: {hosts} host(s) in {} wave(s)",
+                new.waves.len()
+            ),
+        ),
+    };
     audit::record(
         &mut *tx,
         new.actor,
-        "deploy",
+        action,
         &format!("rollout {id}"),
         &detail,
         new.source,
@@ -279,6 +293,7 @@ pub async fn record_published(
             systems: &systems,
             driven: false,
             job_id,
+            rollback_of: None,
         },
     )
     .await?;
@@ -769,4 +784,109 @@ pub async fn claim(
     )
     .await?;
     tx.commit().await
+}
+
+/// A rollback ready to run: which hosts go back (the rest and why not), as a
+/// one-wave rollout.
+pub struct RollbackPlan {
+    pub of: i64,
+    pub plan: rollback::Plan,
+    pub wave: Wave,
+    /// What each host goes back to run (the kept release's expected system).
+    pub systems: BTreeMap<HostName, String>,
+}
+
+impl RollbackPlan {
+    /// The lines that say what the rollback does, before it does it.
+    pub fn announce(&self, id: i64) -> Vec<String> {
+        let mut out = vec![format!(
+            "Rollout {id} rolls back rollout {}: {} host(s) back to their previous release",
+            self.of,
+            self.wave.hosts.len()
+        )];
+        for (h, why) in &self.plan.skipped {
+            out.push(format!("  {h}: not rolled back: {why}"));
+        }
+        out
+    }
+}
+
+/// Plans rolling back rollout `r`: each host it published whose revision is
+/// still current goes back to the release it had before (kept in the chroot).
+/// A rollout still driven by a live process is refused: abort it first (the
+/// panel and the command line both do, then wait for the deploy lock).
+pub fn plan_rollback(
+    chroot: &Chroot,
+    r: &RolloutRow,
+    hosts: &[HostRow],
+) -> anyhow::Result<RollbackPlan> {
+    let id = r.id;
+    if r.status == RUNNING && driver_alive(r) {
+        anyhow::bail!(
+            "rollout {id} is still running, driven by process {}: abort it first",
+            r.driver_pid.unwrap_or(0)
+        );
+    }
+    let mut targets = Vec::new();
+    for h in hosts {
+        targets.push(rollback::Target {
+            host: HostName::new(&h.host)?,
+            revision: h.revision.clone(),
+            previous: h.previous_revision.clone(),
+        });
+    }
+    let plan = rollback::plan(chroot, &targets);
+    if plan.to_republish.is_empty() {
+        let why: Vec<String> = plan
+            .skipped
+            .iter()
+            .map(|(h, why)| format!("{h}: {why}"))
+            .collect();
+        anyhow::bail!(
+            "rollout {id} has no host to roll back{}{}",
+            if why.is_empty() { "" } else { ":\n  " },
+            why.join("\n  ")
+        );
+    }
+    let systems = plan
+        .to_republish
+        .iter()
+        .filter_map(|(h, rev)| Some((h.clone(), rollback::system_of(chroot, h, rev)?)))
+        .collect();
+    Ok(RollbackPlan {
+        of: id,
+        wave: plan.wave(),
+        plan,
+        systems,
+    })
+}
+
+/// The `[rollout]` settings a rollback runs with: one wave, bento.toml's
+/// timeout and offline policy.
+pub fn rollback_settings(settings: &RolloutSettings) -> RolloutSettings {
+    RolloutSettings {
+        waves: Default::default(),
+        max_failures: Default::default(),
+        ..settings.clone()
+    }
+}
+
+/// The rollouts that rolled `id` back, newest first.
+pub async fn rolled_back_by(db: &SqlitePool, id: i64) -> Result<Vec<i64>, sqlx::Error> {
+    let rows: Vec<(i64,)> =
+        sqlx::query_as("SELECT id FROM rollouts WHERE rollback_of = ? ORDER BY id DESC")
+            .bind(id)
+            .fetch_all(db)
+            .await?;
+    Ok(rows.into_iter().map(|(i,)| i).collect())
+}
+
+/// Refuses to go on with a rollout that was rolled back since.
+pub async fn refuse_if_rolled_back(db: &SqlitePool, id: i64) -> anyhow::Result<()> {
+    if let Some(by) = rolled_back_by(db, id).await?.first() {
+        anyhow::bail!(
+            "rollout {id} was rolled back by rollout {by}: start a new `bento deploy` instead"
+        );
+    }
+    Ok(())
 }

@@ -44,6 +44,14 @@ pub enum ChrootError {
     Io { path: PathBuf, source: io::Error },
     #[error("closure: {0}")]
     Closure(String),
+    #[error("{host}: release {revision} is no longer kept in the chroot (keep_releases prunes older ones): deploy the configuration it was built from instead")]
+    NotKept { host: String, revision: String },
+    #[error("{host}: the kept release {revision} cannot be published again: {why}")]
+    Unusable {
+        host: String,
+        revision: String,
+        why: String,
+    },
 }
 
 fn io_err(path: &Path) -> impl FnOnce(io::Error) -> ChrootError + '_ {
@@ -325,6 +333,48 @@ impl Chroot {
         keep: usize,
     ) -> Result<Published, ChrootError> {
         self.publish_checked(h, staged, manifest, keep, false)
+    }
+
+    /// Makes the kept release `revision` the host's current release again (a
+    /// rollback): its files as they are, checked against its manifest (and, when
+    /// this chroot signs, against the signature it was published with), the
+    /// manifest re-created now and signed again, so an agent that refuses older
+    /// manifests takes it. The rest is [`Chroot::publish`]'s atomic swap.
+    pub fn republish(
+        &self,
+        h: &HostName,
+        revision: &str,
+        keep: usize,
+    ) -> Result<Published, ChrootError> {
+        let unusable = |why: String| ChrootError::Unusable {
+            host: h.to_string(),
+            revision: revision.to_owned(),
+            why,
+        };
+        let dir = self.releases_dir(h).join(revision);
+        let plain = !revision.is_empty()
+            && revision
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_');
+        if !plain || !fs::symlink_metadata(&dir).is_ok_and(|m| m.is_dir()) {
+            return Err(ChrootError::NotKept {
+                host: h.to_string(),
+                revision: revision.to_owned(),
+            });
+        }
+        let mut manifest = Manifest::read_from(&dir).map_err(|e| unusable(e.to_string()))?;
+        if manifest.revision != revision || manifest.host != h.as_str() {
+            return Err(unusable(format!(
+                "its manifest names revision {:?} of host {:?}",
+                manifest.revision, manifest.host
+            )));
+        }
+        manifest.verify(&dir).map_err(|e| unusable(e.to_string()))?;
+        if let Some(d) = self.signature_damage(&dir) {
+            return Err(unusable(format!("{d} (not signed by this fleet's key)")));
+        }
+        manifest.created = time::OffsetDateTime::now_utc();
+        self.publish_checked(h, &dir, &manifest, keep, false)
     }
 
     /// Checks the current release of a host against its manifest (`full`: hash

@@ -394,3 +394,80 @@ async fn a_rollout_driven_by_the_panel_survives_its_restart() -> Result<()> {
     assert!(audit.contains("rollout-resume"), "{audit}");
     Ok(())
 }
+
+/// Rollback on a rollout's page, while the rollout is under way: the panel
+/// aborts it (its next wave is never published), then a rollback job puts the
+/// hosts it published back on their previous release, followed as a rollout of
+/// its own and named on both pages and in the audit log.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rollback_on_the_panel_aborts_the_rollout_and_republishes_the_previous_release(
+) -> Result<()> {
+    let prefix = unique_prefix();
+    let (first, second) = (format!("{prefix}-a"), format!("{prefix}-b"));
+    let mut p = PanelServer::start_with(
+        "panel-jobs",
+        &format!("[rollout]\nwaves = [\"host:{first}\", \"rest\"]\n"),
+    )?;
+    for h in [&first, &second] {
+        p.fx.fleet.flake_host(h, &[h])?;
+    }
+    let s = p.login().await?;
+    let rev = |h: &str| current_release(&p.fx.host_chroot(h)).map(|(r, _)| r);
+    // Rollout 1, every host at once; both succeed.
+    s.post("/jobs", &[("kind", "deploy"), ("host", ""), ("mode", "all")])
+        .await?;
+    eventually(BUILD, "rollout 1 published", || async {
+        Ok((rev(&first).is_some() && rev(&second).is_some()).then_some(()))
+    })
+    .await?;
+    let (rev1_first, rev1_second) = (rev(&first).unwrap(), rev(&second).unwrap());
+    for h in [&first, &second] {
+        report_success(&p, h)?;
+    }
+    // Rollout 2, in waves: its first wave is out.
+    for h in [&first, &second] {
+        p.fx.fleet.set_system_version(h, "2")?;
+    }
+    s.post("/jobs", &[("kind", "deploy"), ("host", ""), ("mode", "waves")])
+        .await?;
+    eventually(BUILD, "rollout 2's first wave", || async {
+        Ok(rev(&first).filter(|r| *r != rev1_first).map(|_| ()))
+    })
+    .await?;
+    let page = s.page("/rollouts/2").await?;
+    assert!(page.contains("/rollouts/2/rollback"), "{page}");
+
+    let res = s.post("/rollouts/2/rollback", &[]).await?;
+    assert_eq!(res.status(), StatusCode::SEE_OTHER);
+    let job: i64 = res
+        .headers()
+        .get("location")
+        .and_then(|l| l.to_str().ok()?.strip_prefix("/jobs/")?.parse().ok())
+        .expect("a redirect to the rollback job");
+    eventually(BUILD, "the previous release again", || async {
+        Ok((rev(&first).as_deref() == Some(rev1_first.as_str())).then_some(()))
+    })
+    .await?;
+    report_success(&p, &first)?;
+    let (lines, status) = read_job_log(&s, job, BUILD).await?;
+    let text = lines.join("\n");
+    assert_eq!(status, "succeeded", "{text}");
+    assert!(text.contains("Rollout 3 rolls back rollout 2"), "{text}");
+    assert!(
+        text.contains(&format!("{second}: not rolled back: its wave was never published")),
+        "{text}"
+    );
+    assert_eq!(rev(&second), Some(rev1_second), "the second wave went out");
+    let two = s.page("/rollouts/2").await?;
+    assert!(two.contains(">aborted<"), "{two}");
+    assert!(two.contains("Rolled back by"), "{two}");
+    assert!(!two.contains("/rollouts/2/rollback"), "{two}");
+    assert!(!two.contains("/rollouts/2/resume"), "{two}");
+    let three = s.page("/rollouts/3").await?;
+    assert!(three.contains("href=\"/rollouts/2\""), "{three}");
+    assert!(three.contains(">succeeded<"), "{three}");
+    let audit = s.page("/audit").await?;
+    assert!(audit.contains("rollout-rollback"), "{audit}");
+    assert!(audit.contains("rollout-abort"), "{audit}");
+    Ok(())
+}

@@ -37,11 +37,12 @@ const API: [&str; 6] = [
     "/api/v1/jobs/1",
     "/metrics",
 ];
-const FORMS: [&str; 5] = [
+const FORMS: [&str; 6] = [
     "/jobs",
     "/jobs/1/cancel",
     "/rollouts/1/abort",
     "/rollouts/1/resume",
+    "/rollouts/1/rollback",
     "/logout",
 ];
 

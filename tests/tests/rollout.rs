@@ -427,3 +427,118 @@ fn rollouts_are_recorded_a_halted_one_resumes_and_an_abort_stops_the_next_wave()
     assert!(list.lines().count() >= 4, "{list}");
     Ok(())
 }
+
+/// `bento rollout rollback` puts each host of a rollout back on the release it had
+/// before, republished from the releases the chroot keeps (nothing is built): the
+/// agents switch back to the older system, signed and verified as any release. A
+/// host deployed again since is left alone, a rollout is rolled back once, and a
+/// kept release that was altered is refused, with nothing published.
+#[test]
+fn a_rollback_puts_each_host_back_on_its_previous_release() -> Result<()> {
+    let fleet = Fleet::embedded("rollout-rollback", &["front", "back"], "", "")?;
+    let (front, back) = (fleet.host(0).to_owned(), fleet.host(1).to_owned());
+    let agents = (fleet.agent(&front)?, fleet.agent(&back)?);
+    let run_all = || -> Result<()> {
+        for a in [&agents.0, &agents.1] {
+            let run = a.run_once()?;
+            ensure!(run.ok(), "{}", run.stderr);
+        }
+        Ok(())
+    };
+    // Rollout 1: version 1 everywhere; rollout 2: version 2.
+    for h in [&front, &back] {
+        fleet.toy.set_system_version(h, "1")?;
+    }
+    fleet.deploy()?;
+    run_all()?;
+    let rev1 = fleet.published(&front)?;
+    let sys1 = agents.0.active_system().context("front runs a system")?;
+    for h in [&front, &back] {
+        fleet.toy.set_system_version(h, "2")?;
+    }
+    fleet.deploy()?;
+    run_all()?;
+    let rev2 = fleet.published(&front)?;
+    let sys2 = agents.0.active_system().context("front runs a system")?;
+    assert_ne!(rev1, rev2);
+    assert_ne!(sys1, sys2);
+    // `back` is deployed again (version 3) since rollout 2: a later deploy.
+    fleet.toy.set_system_version(&back, "3")?;
+    let (code, out) = bento(&fleet, &["deploy", "--host", &back])?;
+    assert_eq!(code, Some(0), "{out}");
+    let rev3_back = fleet.published(&back)?;
+
+    let mut rollback = spawn_bento(&fleet, &["rollout", "rollback", "2"], "rollback")?;
+    let (code, ran) = drive(&fleet, &[&agents.0, &agents.1], &mut rollback)?;
+    let out = output(&fleet, "rollback");
+    assert_eq!(code, Some(0), "{out}");
+    assert!(out.contains("rolls back rollout 2: 1 host(s)"), "{out}");
+    assert!(
+        out.contains(&format!("{back}: not rolled back: it has"))
+            && out.contains("(a later deploy)"),
+        "{out}"
+    );
+    assert!(out.contains(&format!("{front}: success")), "{out}");
+    assert_eq!(fleet.published(&front)?, rev1);
+    assert_eq!(agents.0.active_system(), Some(sys1.clone()));
+    assert_eq!(fleet.published(&back)?, rev3_back);
+    assert_eq!(ran.get(&front).map(Vec::len), Some(1), "{ran:?}");
+    assert!(!ran.contains_key(&back), "{ran:?}");
+    // The status agrees: front is up to date on the release it went back to.
+    assert_eq!(
+        fleet.status(&front)?.state,
+        bento_core::status::State::UpToDate
+    );
+    let rollback_id = rollout_id(&out).with_context(|| format!("no rollout id:\n{out}"))?;
+    let (_, show) = bento(&fleet, &["rollout", "show", &rollback_id.to_string()])?;
+    assert!(show.contains("Rolls back: rollout 2"), "{show}");
+    assert!(show.contains(": succeeded"), "{show}");
+    let (_, show) = bento(&fleet, &["rollout", "show", "2"])?;
+    assert!(
+        show.contains(&format!("Rolled back by: rollout {rollback_id}")),
+        "{show}"
+    );
+    // Once only, and a rolled-back rollout does not resume.
+    let (code, again) = bento(&fleet, &["rollout", "rollback", "2"])?;
+    assert_eq!(code, Some(2), "an error: {again}");
+    assert!(
+        again.contains(&format!("was rolled back by rollout {rollback_id}")),
+        "{again}"
+    );
+
+    // Rolling the rollback back would republish rev2: a file of that kept
+    // release altered in the chroot is refused, and nothing changes.
+    let kept = first_file(&fleet.host_chroot(&front).join(".releases").join(&rev2))?;
+    let mut text = fs::read(&kept)?;
+    text.extend_from_slice(b"\n# altered\n");
+    fs::write(&kept, text)?;
+    let (code, said) = bento(&fleet, &["rollout", "rollback", &rollback_id.to_string()])?;
+    assert_ne!(code, Some(0), "{said}");
+    assert!(
+        said.contains("cannot be published again") && said.contains("does not match"),
+        "{said}"
+    );
+    assert_eq!(fleet.published(&front)?, rev1);
+    Ok(())
+}
+
+/// A release file (not the manifest nor its signature), for altering it.
+fn first_file(dir: &std::path::Path) -> Result<std::path::PathBuf> {
+    let mut stack = vec![dir.to_owned()];
+    while let Some(d) = stack.pop() {
+        for e in fs::read_dir(&d)? {
+            let e = e?;
+            let name = e.file_name();
+            if name.to_string_lossy().starts_with(".bento-release") {
+                continue;
+            }
+            let t = e.file_type()?;
+            if t.is_dir() {
+                stack.push(e.path());
+            } else if t.is_file() {
+                return Ok(e.path());
+            }
+        }
+    }
+    anyhow::bail!("no file in {}", dir.display())
+}

@@ -19,7 +19,7 @@ use bento_core::bentodir::BentoDir;
 use bento_core::chroot::Chroot;
 use bento_core::deploy::{HostOutcome, RunOptions};
 use bento_core::rollout::driver::{self, DriveOptions, Follower, Outcome, Published, Start};
-use bento_core::rollout::{self, Decision, HostProgress, Phase, RolloutSettings, Wave};
+use bento_core::rollout::{self, rollback, Decision, HostProgress, Phase, RolloutSettings, Wave};
 use bento_core::text::display_safe;
 use bento_core::HostName;
 
@@ -67,7 +67,20 @@ pub enum RolloutAction {
         #[arg(long, value_name = "SECS")]
         timeout: Option<u64>,
     },
+    /// Put every host the rollout published back on the release it had before
+    /// (kept in the chroot: nothing is built), and follow them. A rollout still
+    /// under way is aborted first. Hosts deployed again since are left alone.
+    Rollback {
+        id: i64,
+        /// Give up on hosts that have not concluded after SECS seconds.
+        #[arg(long, value_name = "SECS")]
+        timeout: Option<u64>,
+    },
 }
+
+/// How long a rollback waits for the deploy lock, once it asked the rollout
+/// holding it to stop.
+const LOCK_WAIT: Duration = Duration::from_secs(300);
 
 pub fn run(bento: &BentoDir, action: RolloutAction, database: &str) -> anyhow::Result<ExitCode> {
     let db = Db::open(database)?;
@@ -85,6 +98,7 @@ pub fn run(bento: &BentoDir, action: RolloutAction, database: &str) -> anyhow::R
             Ok(ExitCode::SUCCESS)
         }
         RolloutAction::Resume { id, timeout } => resume(bento, &db, id, timeout),
+        RolloutAction::Rollback { id, timeout } => rollback(bento, &db, id, timeout),
     }
 }
 
@@ -136,6 +150,14 @@ fn show(db: &Db, id: i64) -> anyhow::Result<ExitCode> {
     }
     if let Some(f) = r.finished() {
         writeln!(out, "Finished: {f}")?;
+    }
+    if let Some(of) = r.rollback_of {
+        writeln!(out, "Rolls back: rollout {of}")?;
+    }
+    let by = db.block_on(rollouts::rolled_back_by(&db.pool, id))?;
+    if !by.is_empty() {
+        let by: Vec<String> = by.iter().map(|b| format!("rollout {b}")).collect();
+        writeln!(out, "Rolled back by: {}", by.join(", "))?;
     }
     if !r.summary.is_empty() {
         writeln!(out, "{}", display_safe(&r.summary))?;
@@ -328,6 +350,7 @@ pub fn deploy_wait(
                 systems: &rollouts::systems_of(&built),
                 driven: true,
                 job_id: None,
+                rollback_of: None,
             },
         )) {
             Ok(ids) => Some(ids),
@@ -370,7 +393,7 @@ pub fn deploy_wait(
         settings,
         deadline,
         Start::default(),
-        verify,
+        &mut |w: &Wave| publish(bento, w, verify).map_err(|e| format!("{e:#}")),
         &mut follower,
         started,
         n,
@@ -387,7 +410,7 @@ fn run_waves(
     settings: &RolloutSettings,
     deadline: Option<Instant>,
     start: Start,
-    verify: bool,
+    publish: &mut dyn FnMut(&Wave) -> Result<Vec<Published>, String>,
     follower: &mut CliFollower<'_>,
     started: Instant,
     hosts: usize,
@@ -399,13 +422,12 @@ fn run_waves(
         look_every: LOOK_EVERY,
     };
     let mut results: BTreeMap<HostName, HostProgress> = BTreeMap::new();
-    let mut publish = |w: &Wave| publish(bento, w, verify).map_err(|e| format!("{e:#}"));
     let plan = driver::Plan {
         chroot,
         waves,
         settings,
     };
-    let outcome = driver::drive(plan, &opts, start, &mut publish, follower, &mut results);
+    let outcome = driver::drive(plan, &opts, start, publish, follower, &mut results);
     let outcome = match outcome {
         Ok(o) => o,
         Err(e) => {
@@ -492,6 +514,7 @@ fn resume(bento: &BentoDir, db: &Db, id: i64, timeout: Option<u64>) -> anyhow::R
         .block_on(rollouts::load(&db.pool, id))?
         .with_context(|| format!("there is no rollout {id}"))?;
     let plan = rollouts::plan_resume(&r, &hosts)?;
+    db.block_on(rollouts::refuse_if_rolled_back(&db.pool, id))?;
     let _lock = bento.try_lock()?;
     let started = Instant::now();
     if !plan.to_publish.is_empty() {
@@ -530,11 +553,90 @@ fn resume(bento: &BentoDir, db: &Db, id: i64, timeout: Option<u64>) -> anyhow::R
         &plan.settings,
         deadline,
         plan.start,
-        false,
+        &mut |w: &Wave| publish(bento, w, false).map_err(|e| format!("{e:#}")),
         &mut follower,
         started,
         n,
     )
+}
+
+fn rollback(bento: &BentoDir, db: &Db, id: i64, timeout: Option<u64>) -> anyhow::Result<ExitCode> {
+    let (r, _) = db
+        .block_on(rollouts::load(&db.pool, id))?
+        .with_context(|| format!("there is no rollout {id}"))?;
+    db.block_on(rollouts::refuse_if_rolled_back(&db.pool, id))?;
+    let actor = cli_actor();
+    // A rollout under way stops first: no further wave goes out.
+    if r.status == rollouts::RUNNING && rollouts::driver_alive(&r) {
+        db.block_on(rollouts::request_abort(&db.pool, id, &actor, "cli"))?;
+        println!("Rollout {id} is under way: abort asked; rolling back once its driver stops.");
+    }
+    let _lock = wait_for_lock(bento)?;
+    let started = Instant::now();
+    // Read again: its driver has stopped, and what it published is recorded.
+    let (r, hosts) = db
+        .block_on(rollouts::load(&db.pool, id))?
+        .with_context(|| format!("there is no rollout {id}"))?;
+    let chroot = Chroot::new(&bento.settings.chroot_dir);
+    let plan = rollouts::plan_rollback(&chroot, &r, &hosts)?;
+    let settings = rollouts::rollback_settings(&bento.settings.rollout);
+    let waves = [plan.wave.clone()];
+    let (new_id, job_id) = db.block_on(rollouts::create(
+        &db.pool,
+        &NewRollout {
+            actor: &actor,
+            source: "cli",
+            settings: &settings,
+            waves: &waves,
+            systems: &plan.systems,
+            driven: true,
+            job_id: None,
+            rollback_of: Some(id),
+        },
+    ))?;
+    let mut follower = CliFollower {
+        db: Some(db),
+        id: new_id,
+        job_id,
+        warned: false,
+    };
+    for line in plan.announce(new_id) {
+        follower.say(line, true);
+    }
+    let key = bento.signing_key_path();
+    let keep = bento.settings.keep_releases;
+    run_waves(
+        bento,
+        &chroot,
+        &waves,
+        &settings,
+        timeout.map(|t| started + Duration::from_secs(t)),
+        Start::default(),
+        &mut |_: &Wave| rollback::republish(&chroot, &key, &plan.plan.to_republish, keep),
+        &mut follower,
+        started,
+        plan.wave.hosts.len(),
+    )
+}
+
+/// The deploy lock, waited for while another deploy (the rollout being stopped)
+/// holds it.
+fn wait_for_lock(bento: &BentoDir) -> anyhow::Result<bento_core::bentodir::DeployLock> {
+    let start = Instant::now();
+    let mut said = false;
+    loop {
+        match bento.try_lock() {
+            Ok(l) => return Ok(l),
+            Err(bento_core::bentodir::LockError::Busy(_)) if start.elapsed() < LOCK_WAIT => {
+                if !said {
+                    eprintln!("Waiting for the deploy lock (another deploy holds it)…");
+                    said = true;
+                }
+                std::thread::sleep(LOOK_EVERY);
+            }
+            Err(e) => return Err(e.into()),
+        }
+    }
 }
 
 /// Publishes one wave; returns each host's revision and publication time.

@@ -12,7 +12,7 @@ use bento_core::bentodir::BentoDir;
 use bento_core::chroot::Chroot;
 use bento_core::deploy::{self, Event, RunOptions};
 use bento_core::rollout::driver::{self, DriveOptions, Follower, Outcome as Ended, Published};
-use bento_core::rollout::{self, Decision, HostProgress, Phase, RolloutSettings, Wave};
+use bento_core::rollout::{self, rollback, Decision, HostProgress, Phase, RolloutSettings, Wave};
 use bento_core::HostName;
 use sqlx::SqlitePool;
 
@@ -139,6 +139,7 @@ pub(super) fn run(
             systems: &systems,
             driven: true,
             job_id: Some(job.id),
+            rollback_of: None,
         },
     )) {
         Ok((id, _)) => id,
@@ -152,6 +153,7 @@ pub(super) fn run(
         ),
         false,
     );
+    let chroot = Chroot::new(&bento.settings.chroot_dir);
     drive(
         state,
         bento,
@@ -159,6 +161,7 @@ pub(super) fn run(
         &waves,
         settings,
         driver::Start::default(),
+        &mut |w: &Wave| publish_wave(bento, &chroot, w, live),
         live,
     )
 }
@@ -182,6 +185,9 @@ pub(super) fn resume(
         Ok(p) => p,
         Err(e) => return fail(format!("{e:#}")),
     };
+    if let Err(e) = rt.block_on(rollouts::refuse_if_rolled_back(&state.db, id)) {
+        return fail(format!("{e:#}"));
+    }
     if !plan.to_publish.is_empty() {
         let on_event = |e: Event| live.event(&e);
         let built = match deploy::run(
@@ -210,6 +216,7 @@ pub(super) fn resume(
         return fail(format!("cannot claim rollout {id}: {e}"));
     }
     live.push(&plan.announce(id), false);
+    let chroot = Chroot::new(&bento.settings.chroot_dir);
     drive(
         state,
         bento,
@@ -217,11 +224,101 @@ pub(super) fn resume(
         &plan.waves,
         &plan.settings,
         plan.start,
+        &mut |w: &Wave| publish_wave(bento, &chroot, w, live),
         live,
     )
 }
 
+/// Puts the hosts of rollout `of` back on the release they had before, as a
+/// rollout of its own: the rollback job's work (the deploy lock held, so the
+/// rollout it takes back has stopped).
+pub(super) fn rollback(
+    state: &AppState,
+    job: &Job,
+    bento: &BentoDir,
+    of: i64,
+    live: &LiveLog,
+) -> Outcome {
+    let rt = tokio::runtime::Handle::current();
+    let (r, hosts) = match rt.block_on(rollouts::load(&state.db, of)) {
+        Ok(Some(x)) => x,
+        Ok(None) => return fail(format!("there is no rollout {of}")),
+        Err(e) => return fail(e.to_string()),
+    };
+    if let Err(e) = rt.block_on(rollouts::refuse_if_rolled_back(&state.db, of)) {
+        return fail(format!("{e:#}"));
+    }
+    let chroot = Chroot::new(&bento.settings.chroot_dir);
+    let plan = match rollouts::plan_rollback(&chroot, &r, &hosts) {
+        Ok(p) => p,
+        Err(e) => return fail(format!("{e:#}")),
+    };
+    let settings = rollouts::rollback_settings(&bento.settings.rollout);
+    let waves = [plan.wave.clone()];
+    let id = match rt.block_on(rollouts::create(
+        &state.db,
+        &NewRollout {
+            actor: &job.created_by,
+            source: "panel",
+            settings: &settings,
+            waves: &waves,
+            systems: &plan.systems,
+            driven: true,
+            job_id: Some(job.id),
+            rollback_of: Some(of),
+        },
+    )) {
+        Ok((id, _)) => id,
+        Err(e) => return fail(format!("cannot record the rollback: {e:#}")),
+    };
+    for line in plan.announce(id) {
+        live.push(&line, false);
+    }
+    let key = bento.signing_key_path();
+    let keep = bento.settings.keep_releases;
+    drive(
+        state,
+        bento,
+        id,
+        &waves,
+        &settings,
+        driver::Start::default(),
+        &mut |_: &Wave| rollback::republish(&chroot, &key, &plan.plan.to_republish, keep),
+        live,
+    )
+}
+
+/// Publishes a wave as a deploy does (built again: the same systems, from the
+/// store), and returns what was published.
+fn publish_wave(
+    bento: &BentoDir,
+    chroot: &Chroot,
+    w: &Wave,
+    live: &LiveLog,
+) -> Result<Vec<Published>, String> {
+    let on_event = |e: Event| live.event(&e);
+    let outcomes = deploy::run(
+        bento,
+        &RunOptions {
+            only: w.hosts.clone(),
+            dry: false,
+            publish: true,
+        },
+        &on_event,
+    )
+    .map_err(|e| e.to_string())?;
+    if let Some(o) = outcomes.iter().find(|o| !o.ok()) {
+        return Err(format!(
+            "{} could not be published: {}; later waves were not published",
+            o.host,
+            o.error.as_deref().unwrap_or("")
+        ));
+    }
+    driver::published_of(chroot, &outcomes)
+}
+
 /// Drives rollout `id` from `start` and records how it ended.
+#[allow(clippy::too_many_arguments)]
 fn drive(
     state: &AppState,
     bento: &BentoDir,
@@ -229,36 +326,16 @@ fn drive(
     waves: &[Wave],
     settings: &RolloutSettings,
     start: driver::Start,
+    publish: &mut dyn FnMut(&Wave) -> Result<Vec<Published>, String>,
     live: &LiveLog,
 ) -> Outcome {
     let rt = tokio::runtime::Handle::current();
-    let on_event = |e: Event| live.event(&e);
     let chroot = Chroot::new(&bento.settings.chroot_dir);
     let mut follower = PanelFollower {
         db: &state.db,
         rt,
         id,
         live,
-    };
-    let mut publish = |w: &Wave| -> Result<Vec<Published>, String> {
-        let outcomes = deploy::run(
-            bento,
-            &RunOptions {
-                only: w.hosts.clone(),
-                dry: false,
-                publish: true,
-            },
-            &on_event,
-        )
-        .map_err(|e| e.to_string())?;
-        if let Some(o) = outcomes.iter().find(|o| !o.ok()) {
-            return Err(format!(
-                "{} could not be published: {}; later waves were not published",
-                o.host,
-                o.error.as_deref().unwrap_or("")
-            ));
-        }
-        driver::published_of(&chroot, &outcomes)
     };
     let opts = DriveOptions {
         poll_interval: Duration::from_secs(bento.settings.poll_interval),
@@ -272,14 +349,7 @@ fn drive(
         waves,
         settings,
     };
-    let ended = driver::drive(
-        plan,
-        &opts,
-        start,
-        &mut publish,
-        &mut follower,
-        &mut results,
-    );
+    let ended = driver::drive(plan, &opts, start, publish, &mut follower, &mut results);
     let counts = driver::summary(&results);
     let hosts: usize = waves.iter().map(|w| w.hosts.len()).sum();
     let (status, summary) = match ended {

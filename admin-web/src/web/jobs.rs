@@ -308,6 +308,7 @@ pub async fn enqueue(
         m if kind == JobKind::Deploy
             && m
                 .strip_prefix("resume:")
+                .or_else(|| m.strip_prefix("rollback:"))
                 .is_some_and(|n| n.parse::<i64>().is_ok_and(|n| n > 0)) =>
         {
             m.to_owned()
@@ -574,6 +575,13 @@ fn execute(state: &AppState, job: &Job, live: &LiveLog) -> Outcome {
         .and_then(|n| n.parse::<i64>().ok())
     {
         return super::job_rollout::resume(state, job, &bento, id, live);
+    }
+    if let Some(id) = job
+        .mode
+        .strip_prefix("rollback:")
+        .and_then(|n| n.parse::<i64>().ok())
+    {
+        return super::job_rollout::rollback(state, job, &bento, id, live);
     }
     if kind == JobKind::Deploy
         && job.mode != "all"

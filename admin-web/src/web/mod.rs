@@ -251,6 +251,7 @@ pub fn router(state: AppState) -> Router {
         .route("/rollouts/{id}", get(rollouts::page))
         .route("/rollouts/{id}/abort", post(rollouts::abort))
         .route("/rollouts/{id}/resume", post(rollouts::resume))
+        .route("/rollouts/{id}/rollback", post(rollouts::rollback))
         .route("/alerts", get(alerts::page))
         .route("/audit", get(audit::page))
         .route("/events", get(sse::events))

@@ -23,6 +23,7 @@ struct RolloutView {
     finished: String,
     summary: String,
     running: bool,
+    rollback_of: Option<i64>,
 }
 
 impl RolloutView {
@@ -42,6 +43,7 @@ impl RolloutView {
             finished: views::full_time_ms(r.finished_at),
             summary: views::clip(&r.summary, 300),
             running: r.status == rollouts::RUNNING,
+            rollback_of: r.rollback_of,
         }
     }
 }
@@ -94,6 +96,8 @@ struct ShowPage {
     hosts: Vec<HostView>,
     can_abort: bool,
     can_resume: bool,
+    can_rollback: bool,
+    rolled_back_by: Vec<i64>,
 }
 
 async fn settle(state: &AppState) {
@@ -126,7 +130,12 @@ pub async fn page(
     let (r, hosts) = rollouts::load(&state.db, id)
         .await?
         .ok_or_else(|| WebError::NotFound(format!("There is no rollout {id}.")))?;
-    let can_resume = resumable(&r);
+    let rolled_back_by = rollouts::rolled_back_by(&state.db, id).await?;
+    let can_resume = resumable(&r) && rolled_back_by.is_empty();
+    let can_rollback = rolled_back_by.is_empty()
+        && hosts
+            .iter()
+            .any(|h| h.revision.is_some() && h.previous_revision.is_some());
     let can_abort = matches!(
         r.status.as_str(),
         rollouts::RUNNING | rollouts::HALTED | rollouts::INTERRUPTED
@@ -137,6 +146,8 @@ pub async fn page(
         hosts: hosts.iter().map(HostView::new).collect(),
         can_abort,
         can_resume,
+        can_rollback,
+        rolled_back_by,
     };
     Ok(Html(page.render().map_err(WebError::internal)?))
 }
@@ -175,6 +186,40 @@ pub async fn resume(
         "deploy",
         "",
         &format!("resume:{id}"),
+        &f.user.actor(),
+        &f.user.source,
+    )
+    .await?;
+    Ok(Redirect::to(&format!("/jobs/{job}")))
+}
+
+/// Rollback: a deploy job that puts the rollout's hosts back on the release they
+/// had before (queued like any job, after the deploy lock). A rollout still
+/// under way is asked to stop first, so the job gets the lock once it has.
+pub async fn rollback(
+    State(state): State<AppState>,
+    Path(id): Path<String>,
+    f: CsrfForm<Empty>,
+) -> WebResult<Redirect> {
+    let id = parse_id(&id)?;
+    let (r, _) = rollouts::load(&state.db, id)
+        .await?
+        .ok_or_else(|| WebError::NotFound(format!("There is no rollout {id}.")))?;
+    if let Some(by) = rollouts::rolled_back_by(&state.db, id).await?.first() {
+        return Err(WebError::BadRequest(format!(
+            "Rollout {id} was rolled back already, by rollout {by}."
+        )));
+    }
+    if r.status == rollouts::RUNNING && rollouts::driver_alive(&r) && !r.abort_requested {
+        rollouts::request_abort(&state.db, id, &f.user.actor(), &f.user.source)
+            .await
+            .map_err(|e| WebError::BadRequest(format!("{e:#}")))?;
+    }
+    let job = super::jobs::enqueue(
+        &state,
+        "deploy",
+        "",
+        &format!("rollback:{id}"),
         &f.user.actor(),
         &f.user.source,
     )

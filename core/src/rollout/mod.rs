@@ -19,6 +19,7 @@ use crate::status::{self, HostStatus, State, StatusOptions};
 use crate::HostName;
 
 pub mod driver;
+pub mod rollback;
 
 /// One entry of `waves`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
