@@ -181,16 +181,7 @@ pub async fn resume(
             r.status
         )));
     }
-    let job = super::jobs::enqueue(
-        &state,
-        "deploy",
-        "",
-        &format!("resume:{id}"),
-        &f.user.actor(),
-        &f.user.source,
-    )
-    .await?;
-    Ok(Redirect::to(&format!("/jobs/{job}")))
+    deploy_job(&state, &format!("resume:{id}"), &f).await
 }
 
 /// Rollback: a deploy job that puts the rollout's hosts back on the release they
@@ -215,15 +206,13 @@ pub async fn rollback(
             .await
             .map_err(|e| WebError::BadRequest(format!("{e:#}")))?;
     }
-    let job = super::jobs::enqueue(
-        &state,
-        "deploy",
-        "",
-        &format!("rollback:{id}"),
-        &f.user.actor(),
-        &f.user.source,
-    )
-    .await?;
+    deploy_job(&state, &format!("rollback:{id}"), &f).await
+}
+
+/// Queues the deploy job `mode` asks for (resume or rollback), and goes to it.
+async fn deploy_job(state: &AppState, mode: &str, f: &CsrfForm<Empty>) -> WebResult<Redirect> {
+    let job =
+        super::jobs::enqueue(state, "deploy", "", mode, &f.user.actor(), &f.user.source).await?;
     Ok(Redirect::to(&format!("/jobs/{job}")))
 }
 
