@@ -172,9 +172,13 @@ struct KeyState {
 
 /// Descriptors a connection holds: its socket.
 const CONNECTION_FDS: usize = 1;
-/// Descriptors an SFTP session holds besides its handles: the host's root, and
-/// the few an operation opens and closes (a directory, `logs/`, a scan of it).
-const SESSION_FDS: usize = 4;
+/// Descriptors an SFTP session holds besides its handles: the host's root.
+const SESSION_FDS: usize = 1;
+/// Descriptors one operation opens and closes (a directory, `logs/`, a scan of
+/// it). An operation runs to its end without yielding, so at most one per
+/// runtime thread holds them: they are reserved per thread, not per session
+/// (per session, 5,000 idle watching hosts would not fit in 20,000).
+const OPERATION_FDS: usize = 3;
 
 /// What every connection of one host shares, kept while the server runs (hosts
 /// are those of bento.toml, so there are few).
@@ -196,6 +200,9 @@ pub struct Shared {
     keep_reports: usize,
     login_grace: Duration,
     fds: Arc<FdBudget>,
+    /// The descriptors of the operations in flight ([`OPERATION_FDS`] per thread),
+    /// taken from `fds` for good (none when the limit is tiny).
+    _operations: Option<FdPermit>,
     admission: Arc<Admission>,
     failures: Arc<AuthFailures>,
     /// Refusals logged at most once a minute per kind and address.
@@ -218,9 +225,13 @@ impl Shared {
         }
         let nofile = limits::raise_nofile();
         let fds = FdBudget::new(nofile);
+        // The runtime's worker threads (tokio starts one per core), and one more
+        // for the thread that blocks on the server.
+        let threads = std::thread::available_parallelism().map_or(1, |n| n.get()) + 1;
+        let operations = fds.take(OPERATION_FDS * threads);
         info!(
             target: "bento::sftp",
-            "file descriptors: {nofile} (RLIMIT_NOFILE), {} for clients", fds.limit()
+            "file descriptors: {nofile} (RLIMIT_NOFILE), {} for clients", fds.limit() - fds.used()
         );
         Arc::new(Shared {
             bento_dir: bento.root.clone(),
@@ -240,6 +251,7 @@ impl Shared {
                 .min((sftp.max_log_files.saturating_sub(1) / 2).max(1)),
             login_grace: Duration::from_secs(sftp.login_grace_secs),
             fds,
+            _operations: operations,
             admission: Admission::new(
                 sftp.max_connections,
                 sftp.max_unauthenticated,
