@@ -414,8 +414,11 @@ async fn rollback_on_the_panel_aborts_the_rollout_and_republishes_the_previous_r
     let s = p.login().await?;
     let rev = |h: &str| current_release(&p.fx.host_chroot(h)).map(|(r, _)| r);
     // Rollout 1, every host at once; both succeed.
-    s.post("/jobs", &[("kind", "deploy"), ("host", ""), ("mode", "all")])
-        .await?;
+    s.post(
+        "/jobs",
+        &[("kind", "deploy"), ("host", ""), ("mode", "all")],
+    )
+    .await?;
     eventually(BUILD, "rollout 1 published", || async {
         Ok((rev(&first).is_some() && rev(&second).is_some()).then_some(()))
     })
@@ -428,8 +431,11 @@ async fn rollback_on_the_panel_aborts_the_rollout_and_republishes_the_previous_r
     for h in [&first, &second] {
         p.fx.fleet.set_system_version(h, "2")?;
     }
-    s.post("/jobs", &[("kind", "deploy"), ("host", ""), ("mode", "waves")])
-        .await?;
+    s.post(
+        "/jobs",
+        &[("kind", "deploy"), ("host", ""), ("mode", "waves")],
+    )
+    .await?;
     eventually(BUILD, "rollout 2's first wave", || async {
         Ok(rev(&first).filter(|r| *r != rev1_first).map(|_| ()))
     })
@@ -454,7 +460,9 @@ async fn rollback_on_the_panel_aborts_the_rollout_and_republishes_the_previous_r
     assert_eq!(status, "succeeded", "{text}");
     assert!(text.contains("Rollout 3 rolls back rollout 2"), "{text}");
     assert!(
-        text.contains(&format!("{second}: not rolled back: its wave was never published")),
+        text.contains(&format!(
+            "{second}: not rolled back: its wave was never published"
+        )),
         "{text}"
     );
     assert_eq!(rev(&second), Some(rev1_second), "the second wave went out");
