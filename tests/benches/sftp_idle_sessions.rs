@@ -421,15 +421,7 @@ impl Server {
             log: log.to_owned(),
         };
         let port = bento_tests::wait_for(Duration::from_secs(30), || {
-            fs::read_to_string(&s.log)
-                .ok()?
-                .lines()
-                .find_map(|l| l.strip_prefix("bento sftp: listening on "))?
-                .trim()
-                .rsplit(':')
-                .next()?
-                .parse::<u16>()
-                .ok()
+            bento_tests::embedded::listening_port(&fs::read_to_string(&s.log).ok()?)
         });
         let Some(port) = port else {
             bail!("bento sftp did not start:\n{}", s.log_tail());

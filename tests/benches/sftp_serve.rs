@@ -679,14 +679,7 @@ impl Embedded {
             log,
         };
         let port = wait_for(Duration::from_secs(30), || {
-            let l = e.log();
-            l.lines()
-                .find_map(|l| l.strip_prefix("bento sftp: listening on "))?
-                .trim()
-                .rsplit(':')
-                .next()?
-                .parse::<u16>()
-                .ok()
+            bento_tests::embedded::listening_port(&e.log())
         });
         let Some(port) = port else {
             bail!("bento sftp did not start:\n{}", e.log());

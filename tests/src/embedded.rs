@@ -105,13 +105,7 @@ impl EmbeddedSftp {
             }
         });
         self.child = Some(child);
-        let port = wait_for(Duration::from_secs(30), || {
-            let l = self.log();
-            let rest = l
-                .lines()
-                .find_map(|l| l.strip_prefix("bento sftp: listening on "))?;
-            rest.trim().rsplit(':').next()?.parse::<u16>().ok()
-        });
+        let port = wait_for(Duration::from_secs(30), || listening_port(&self.log()));
         let Some(port) = port else {
             self.stop();
             bail!("bento sftp did not start:\n{}", self.log());
@@ -291,4 +285,15 @@ impl Endpoint for EmbeddedSftp {
         }
         s
     }
+}
+
+/// The port `bento sftp` says it listens on, once its log says so.
+pub fn listening_port(log: &str) -> Option<u16> {
+    log.lines()
+        .find_map(|l| l.strip_prefix("bento sftp: listening on "))?
+        .trim()
+        .rsplit(':')
+        .next()?
+        .parse()
+        .ok()
 }

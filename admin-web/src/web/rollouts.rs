@@ -127,9 +127,7 @@ pub async fn page(
 ) -> WebResult<Html<String>> {
     let id = parse_id(&id)?;
     settle(&state).await;
-    let (r, hosts) = rollouts::load(&state.db, id)
-        .await?
-        .ok_or_else(|| WebError::NotFound(format!("There is no rollout {id}.")))?;
+    let (r, hosts) = load_or_404(&state, id).await?;
     let rolled_back_by = rollouts::rolled_back_by(&state.db, id).await?;
     let can_resume = resumable(&r) && rolled_back_by.is_empty();
     let can_rollback = rolled_back_by.is_empty()
@@ -172,9 +170,7 @@ pub async fn resume(
     f: CsrfForm<Empty>,
 ) -> WebResult<Redirect> {
     let id = parse_id(&id)?;
-    let (r, _) = rollouts::load(&state.db, id)
-        .await?
-        .ok_or_else(|| WebError::NotFound(format!("There is no rollout {id}.")))?;
+    let (r, _) = load_or_404(&state, id).await?;
     if !resumable(&r) {
         return Err(WebError::BadRequest(format!(
             "Rollout {id} is {}: only a halted, aborted or interrupted rollout resumes.",
@@ -193,14 +189,10 @@ pub async fn rollback(
     f: CsrfForm<Empty>,
 ) -> WebResult<Redirect> {
     let id = parse_id(&id)?;
-    let (r, _) = rollouts::load(&state.db, id)
-        .await?
-        .ok_or_else(|| WebError::NotFound(format!("There is no rollout {id}.")))?;
-    if let Some(by) = rollouts::rolled_back_by(&state.db, id).await?.first() {
-        return Err(WebError::BadRequest(format!(
-            "Rollout {id} was rolled back already, by rollout {by}."
-        )));
-    }
+    let (r, _) = load_or_404(&state, id).await?;
+    rollouts::refuse_if_rolled_back(&state.db, id)
+        .await
+        .map_err(|e| WebError::BadRequest(format!("{e:#}.")))?;
     if r.status == rollouts::RUNNING && rollouts::driver_alive(&r) && !r.abort_requested {
         rollouts::request_abort(&state.db, id, &f.user.actor(), &f.user.source)
             .await
@@ -214,6 +206,13 @@ async fn deploy_job(state: &AppState, mode: &str, f: &CsrfForm<Empty>) -> WebRes
     let job =
         super::jobs::enqueue(state, "deploy", "", mode, &f.user.actor(), &f.user.source).await?;
     Ok(Redirect::to(&format!("/jobs/{job}")))
+}
+
+/// Rollout `id` and its hosts, or the panel's "not found".
+async fn load_or_404(state: &AppState, id: i64) -> WebResult<(RolloutRow, Vec<HostRow>)> {
+    rollouts::load(&state.db, id)
+        .await?
+        .ok_or_else(|| WebError::NotFound(format!("There is no rollout {id}.")))
 }
 
 fn resumable(r: &RolloutRow) -> bool {
