@@ -77,6 +77,16 @@ pub struct SftpSession {
     initialized: bool,
 }
 
+impl Drop for SftpSession {
+    /// The session's listings and buffers are freed here, in the SFTP task,
+    /// which may end after its connection did: the memory is given back to the
+    /// system now, or the connection's own return would come too early for it.
+    fn drop(&mut self) {
+        self.handles = HashMap::new();
+        super::return_freed_memory();
+    }
+}
+
 fn ok(id: u32) -> Status {
     Status {
         id,
