@@ -440,8 +440,13 @@ async fn rollback_on_the_panel_aborts_the_rollout_and_republishes_the_previous_r
         Ok(rev(&first).filter(|r| *r != rev1_first).map(|_| ()))
     })
     .await?;
-    let page = s.page("/rollouts/2").await?;
-    assert!(page.contains("/rollouts/2/rollback"), "{page}");
+    // The first wave recorded as published (after the chroot's swap): Rollback
+    // is offered.
+    eventually(BUILD, "Rollback on rollout 2's page", || async {
+        let page = s.page("/rollouts/2").await?;
+        Ok(page.contains("/rollouts/2/rollback").then_some(()))
+    })
+    .await?;
 
     let res = s.post("/rollouts/2/rollback", &[]).await?;
     assert_eq!(res.status(), StatusCode::SEE_OTHER);
