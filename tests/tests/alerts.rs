@@ -630,27 +630,6 @@ async fn a_reboot_pending_is_alerted_only_once_older_than_reboot_pending_after()
     Ok(())
 }
 
-/// The report of `host`'s agent on the release it was last published.
-fn report_release(
-    p: &PanelServer,
-    host: &str,
-    status: ReportStatus,
-    error: Option<&str>,
-) -> Result<()> {
-    let (revision, _) = current_release(&p.fx.host_chroot(host)).context("not published")?;
-    let states =
-        bento_core::chroot::parse_states(&std::fs::read_to_string(p.chroot().join("states.txt"))?);
-    let system = states.get(host).cloned().context("no expected system")?;
-    bento_tests::reports::Report {
-        log: "activation log\n",
-        error,
-        time: time::OffsetDateTime::now_utc(),
-        ..bento_tests::reports::Report::agent(host, &system, status, &revision)
-    }
-    .write(&p.logs(host))?;
-    Ok(())
-}
-
 /// A panel with two toy hosts, the first one a wave of its own, and `hook`.
 fn rollout_panel(label: &str, hook: &Receiver) -> Result<(PanelServer, String, String)> {
     let prefix = unique_prefix();
@@ -692,8 +671,7 @@ async fn a_halted_rollout_is_alerted_naming_its_host_and_its_end_once_resumed() 
     deploy_in_waves(&p, &s, &canary).await?;
 
     // The canary fails: the rollout halts, and says who stopped it.
-    report_release(
-        &p,
+    p.report_release(
         &canary,
         ReportStatus::Failure,
         Some("switch-to-configuration failed"),
@@ -720,7 +698,7 @@ async fn a_halted_rollout_is_alerted_naming_its_host_and_its_end_once_resumed() 
         Ok(current_release(&p.fx.host_chroot(&rest)).map(|_| ()))
     })
     .await?;
-    report_release(&p, &rest, ReportStatus::Success, None)?;
+    p.report_release(&rest, ReportStatus::Success, None)?;
     let (_, a) = hook
         .wait_for(
             &p,
@@ -750,12 +728,12 @@ async fn a_successful_rollout_is_alerted_as_finished_and_nothing_of_its_healthy_
     let (p, canary, rest) = rollout_panel("alerts-finished", &hook)?;
     let s = p.login().await?;
     deploy_in_waves(&p, &s, &canary).await?;
-    report_release(&p, &canary, ReportStatus::Success, None)?;
+    p.report_release(&canary, ReportStatus::Success, None)?;
     eventually(BUILD, "the second wave", || async {
         Ok(current_release(&p.fx.host_chroot(&rest)).map(|_| ()))
     })
     .await?;
-    report_release(&p, &rest, ReportStatus::Success, None)?;
+    p.report_release(&rest, ReportStatus::Success, None)?;
     let (_, a) = hook
         .wait_for(
             &p,
@@ -774,8 +752,7 @@ async fn a_successful_rollout_is_alerted_as_finished_and_nothing_of_its_healthy_
     }
     // Later, the canary rolls back: that alert is the mark that the panel looked
     // at both hosts up to date, and nothing came of them before it.
-    report_release(
-        &p,
+    p.report_release(
         &canary,
         ReportStatus::Rollback,
         Some("the health check failed"),

@@ -8,6 +8,7 @@ use std::time::Duration;
 
 use anyhow::Result;
 use bento_core::bentodir::BentoDir;
+use bento_core::report::ReportStatus;
 use bento_tests::cli::current_release;
 use bento_tests::sshd::unique_prefix;
 use panel_common::{eventually, read_job_log, PanelServer};
@@ -332,27 +333,6 @@ async fn a_panel_deploy_in_waves_publishes_the_first_and_stops_on_abort() -> Res
     Ok(())
 }
 
-/// The host's success report for the release it was published, as its agent
-/// writes it.
-fn report_success(p: &PanelServer, host: &str) -> Result<()> {
-    let (revision, _) = current_release(&p.fx.host_chroot(host)).expect("published");
-    let states =
-        bento_core::chroot::parse_states(&std::fs::read_to_string(p.chroot().join("states.txt"))?);
-    let system = states.get(host).cloned().expect("an expected system");
-    bento_tests::reports::Report {
-        log: "activated\n",
-        time: time::OffsetDateTime::now_utc(),
-        ..bento_tests::reports::Report::agent(
-            host,
-            &system,
-            bento_core::report::ReportStatus::Success,
-            &revision,
-        )
-    }
-    .write(&p.logs(host))?;
-    Ok(())
-}
-
 /// A panel killed in the middle of the rollout it drives takes it up again when
 /// it starts: the next wave is published once the first one succeeded.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -378,12 +358,12 @@ async fn a_rollout_driven_by_the_panel_survives_its_restart() -> Result<()> {
     // Killed mid-rollout (SIGKILL), started again on the same database.
     p.restart()?;
     let s = p.login().await?;
-    report_success(&p, &first)?;
+    p.report_release(&first, ReportStatus::Success, None)?;
     eventually(BUILD, "the second wave after the restart", || async {
         Ok(current_release(&p.fx.host_chroot(&second)).map(|_| ()))
     })
     .await?;
-    report_success(&p, &second)?;
+    p.report_release(&second, ReportStatus::Success, None)?;
     let page = eventually(BUILD, "the rollout's end", || async {
         let page = s.page("/rollouts/1").await?;
         Ok(page.contains(">succeeded<").then_some(page))
@@ -425,7 +405,7 @@ async fn rollback_on_the_panel_aborts_the_rollout_and_republishes_the_previous_r
     .await?;
     let (rev1_first, rev1_second) = (rev(&first).unwrap(), rev(&second).unwrap());
     for h in [&first, &second] {
-        report_success(&p, h)?;
+        p.report_release(h, ReportStatus::Success, None)?;
     }
     // Rollout 2, in waves: its first wave is out.
     for h in [&first, &second] {
@@ -459,7 +439,7 @@ async fn rollback_on_the_panel_aborts_the_rollout_and_republishes_the_previous_r
         Ok((rev(&first).as_deref() == Some(rev1_first.as_str())).then_some(()))
     })
     .await?;
-    report_success(&p, &first)?;
+    p.report_release(&first, ReportStatus::Success, None)?;
     let (lines, status) = read_job_log(&s, job, BUILD).await?;
     let text = lines.join("\n");
     assert_eq!(status, "succeeded", "{text}");

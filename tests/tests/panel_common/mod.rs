@@ -232,6 +232,31 @@ impl PanelServer {
         .write(&self.logs(host))
     }
 
+    /// The report of `host`'s agent on the release it was last published, as the
+    /// agent writes it. The system is the release's own: `states.txt` is written
+    /// after the host's release is swapped in, so it may not name the host yet.
+    pub fn report_release(
+        &self,
+        host: &str,
+        status: ReportStatus,
+        error: Option<&str>,
+    ) -> Result<()> {
+        let (revision, dir) = bento_tests::cli::current_release(&self.fx.host_chroot(host))
+            .context("not published")?;
+        let expected = bento_core::release::Manifest::read_from(&dir)?
+            .expected_system
+            .context("the release names no system")?;
+        let system = expected.rsplit('/').next().unwrap_or(&expected);
+        Report {
+            log: "activation log\n",
+            error,
+            time: OffsetDateTime::now_utc(),
+            ..Report::agent(host, system, status, &revision)
+        }
+        .write(&self.logs(host))?;
+        Ok(())
+    }
+
     pub fn heartbeat(&self, host: &str, system: &str, reboot: bool) -> Result<()> {
         write_heartbeat(
             &self.logs(host),
