@@ -1458,7 +1458,7 @@ fn verify_release(
 }
 
 /// A revision is a plain path component.
-fn valid_revision(r: &str) -> bool {
+pub(crate) fn valid_revision(r: &str) -> bool {
     !r.is_empty()
         && r.len() <= 128
         && !r.starts_with('.')

@@ -20,6 +20,8 @@ use openssh_sftp_client::{Error as SftpError, Sftp, SftpOptions};
 use tokio::io::{AsyncReadExt, AsyncSeekExt};
 use tokio::process::{Child, Command};
 
+use bento_core::chroot::{parse_watch_answer, WATCH_FILE, WATCH_HOLD};
+
 use crate::settings::Config;
 use crate::wire::{Guarded, Violation};
 
@@ -86,6 +88,14 @@ pub struct Remote {
     child: Child,
     timeout: Duration,
     violation: Violation,
+}
+
+/// Longest answer of the held watch read: a revision is far shorter.
+const WATCH_ANSWER_MAX: u32 = 512;
+
+/// An open held watch of `bento sftp` ([`Remote::watch`]).
+pub struct Watch {
+    file: SftpFile,
 }
 
 /// What a recursive download fetched.
@@ -302,6 +312,44 @@ impl Remote {
         })
         .await?;
         Ok(Some(data))
+    }
+
+    /// `bento sftp`'s held watch ([`WATCH_FILE`]); `None` from a server that has
+    /// none (OpenSSH's), where the caller reads `current` itself.
+    pub async fn watch(&self) -> Result<Option<Watch>, RemoteError> {
+        Ok(self.open_read(WATCH_FILE).await?.map(|file| Watch { file }))
+    }
+
+    /// The next answer of a held watch: the published revision (`None`: nothing
+    /// is), at once on the first call, then when it changes or after the hold.
+    pub async fn watch_next(&self, w: &mut Watch) -> Result<Option<String>, RemoteError> {
+        let wait = WATCH_HOLD + self.timeout;
+        let answer = match tokio::time::timeout(
+            wait,
+            w.file.read(WATCH_ANSWER_MAX, BytesMut::with_capacity(256)),
+        )
+        .await
+        {
+            Ok(Ok(Some(data))) => data,
+            Ok(Ok(None)) => {
+                return Err(RemoteError::Refused(format!(
+                    "{WATCH_FILE}: the server answered nothing"
+                )))
+            }
+            Ok(Err(e)) => return Err(self.err("read", WATCH_FILE, e)),
+            Err(_) => {
+                return Err(RemoteError::Timeout {
+                    what: format!("read {WATCH_FILE}"),
+                    secs: wait.as_secs(),
+                })
+            }
+        };
+        if answer.len() >= WATCH_ANSWER_MAX as usize || !answer.ends_with(b"\n") {
+            return Err(RemoteError::Refused(format!(
+                "{WATCH_FILE}: the server's answer is not a revision"
+            )));
+        }
+        Ok(parse_watch_answer(&answer))
     }
 
     /// Whether `path` is a directory (`None`: it does not exist).
@@ -744,6 +792,13 @@ impl Remote {
     }
 
     /// Ends the session and the ssh process.
+    /// Ends the session at once, with requests in flight (a held watch read):
+    /// the ssh process is killed rather than waited for.
+    pub async fn abort(mut self) {
+        let _ = self.child.kill().await;
+        drop(self.sftp.take());
+    }
+
     pub async fn close(mut self) {
         if let Some(s) = self.sftp.take() {
             let _ = tokio::time::timeout(Duration::from_secs(5), s.close()).await;

@@ -60,8 +60,10 @@ pub struct SettingsFile {
     /// Up to this many random seconds added to each interval (default 30).
     #[arg(long, global = true)]
     pub jitter: Option<u64>,
-    /// Daemon: between polls, keep the SFTP session open and look at the published
-    /// revision every this many seconds (default 5; 0 = only poll on `interval`).
+    /// Daemon: between polls, keep the SFTP session open and watch the published
+    /// revision: with `bento sftp` its held watch tells a release at once; other
+    /// servers are asked every this many seconds (default 5; 0 = only poll on
+    /// `interval`, no session kept).
     #[arg(long, global = true)]
     pub watch_interval: Option<u64>,
     #[arg(long, global = true)]

@@ -1,14 +1,18 @@
-//! The daemon's watch between polls: one SFTP session kept open, the published
-//! revision read every `watch_interval` (one `readlink`), so a new release starts
-//! within seconds instead of at the next poll. A dropped session is opened again
-//! with backoff; the full poll (heartbeat, outbox, self-update) stays on `interval`.
+//! The daemon's watch between polls: one SFTP session kept open so a new release
+//! starts within seconds instead of at the next poll. With `bento sftp` the
+//! session holds a read of its watch ([`WATCH_FILE`]), answered the moment
+//! `current` changes (and once a minute besides); with OpenSSH's server, which
+//! has no such file, the published revision is read every `watch_interval` (one
+//! `readlink`). A dropped session is opened again with backoff; the full poll
+//! (heartbeat, outbox, self-update) stays on `interval`.
 
 use std::time::Duration;
 
+use bento_core::chroot::WATCH_FILE;
 use tokio::time::Instant;
 
-use crate::agent::Agent;
-use crate::remote::Remote;
+use crate::agent::{valid_revision, Agent};
+use crate::remote::{Remote, RemoteError};
 
 /// Longest wait between two attempts to open the session again.
 const MAX_BACKOFF: Duration = Duration::from_secs(300);
@@ -22,43 +26,83 @@ pub async fn until_new_release(agent: &Agent, until: Instant) {
         return;
     }
     let mut backoff = every;
-    let mut session: Option<Remote> = None;
     while Instant::now() < until {
-        let remote = match session.take() {
-            Some(r) => r,
-            None => match Remote::connect(&agent.cfg).await {
-                Ok(r) => {
-                    backoff = every;
-                    r
-                }
-                Err(e) => {
-                    tracing::debug!(
-                        "watch: cannot connect ({e}); again in {}s",
-                        backoff.as_secs()
-                    );
-                    tokio::time::sleep_until(until.min(Instant::now() + backoff)).await;
-                    backoff = (backoff * 2).min(MAX_BACKOFF);
-                    continue;
-                }
-            },
+        let remote = match Remote::connect(&agent.cfg).await {
+            Ok(r) => r,
+            Err(e) => {
+                tracing::debug!(
+                    "watch: cannot connect ({e}); again in {}s",
+                    backoff.as_secs()
+                );
+                tokio::time::sleep_until(until.min(Instant::now() + backoff)).await;
+                backoff = (backoff * 2).min(MAX_BACKOFF);
+                continue;
+            }
         };
-        match agent.published_revision(&remote).await {
-            Ok(Some(rev)) if is_new(agent, &rev) => {
+        let mut worked = false;
+        let outcome = tokio::select! {
+            o = watch_session(agent, &remote, every, &mut worked) => Some(o),
+            () = tokio::time::sleep_until(until) => None,
+        };
+        match outcome {
+            None => {
+                remote.abort().await;
+                return;
+            }
+            Some(Ok(rev)) => {
                 tracing::info!("watch: {rev} was published");
                 remote.close().await;
                 return;
             }
-            Ok(_) => session = Some(remote),
-            Err(e) => {
-                tracing::debug!("watch: the session dropped ({e})");
-                remote.close().await;
-                continue;
+            Some(Err(e)) => {
+                remote.abort().await;
+                if worked {
+                    backoff = every;
+                }
+                tracing::debug!(
+                    "watch: the session dropped ({e}); again in {}s",
+                    backoff.as_secs()
+                );
+                // Never at once: a server that fails every session must not
+                // make the agent reconnect in a loop.
+                tokio::time::sleep_until(until.min(Instant::now() + backoff)).await;
+                backoff = (backoff * 2).min(MAX_BACKOFF);
             }
         }
-        tokio::time::sleep_until(until.min(Instant::now() + every)).await;
     }
-    if let Some(r) = session {
-        r.close().await;
+}
+
+/// Watches on one session until a revision this host has not seen is published;
+/// an error when the session fails. `worked` turns true once an answer came.
+async fn watch_session(
+    agent: &Agent,
+    remote: &Remote,
+    every: Duration,
+    worked: &mut bool,
+) -> Result<String, RemoteError> {
+    if let Some(mut w) = remote.watch().await? {
+        while let Some(rev) = remote.watch_next(&mut w).await? {
+            *worked = true;
+            if !valid_revision(&rev) {
+                return Err(RemoteError::Refused(format!(
+                    "{WATCH_FILE} names {rev:?}, not a revision"
+                )));
+            }
+            if is_new(agent, &rev) {
+                return Ok(rev);
+            }
+        }
+        // Nothing in `current` (or a chroot of the original tool's layout):
+        // what is published is read instead.
+    }
+    loop {
+        if let Some(rev) = agent.published_revision(remote).await? {
+            if is_new(agent, &rev) {
+                return Ok(rev);
+            }
+        }
+        *worked = true;
+        tokio::time::sleep(every).await;
     }
 }
 

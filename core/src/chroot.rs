@@ -32,6 +32,30 @@ pub const LAST_CHANGE_FILE: &str = "last_change_date";
 pub const RELEASES_DIR: &str = ".releases";
 pub const CURRENT_LINK: &str = "current";
 pub const CONFIG_LINK: &str = "config";
+/// The held watch of `bento sftp`, a name no file on disk has (OpenSSH's server
+/// answers "no such file", and the agent reads `current` every `watch_interval`
+/// instead). A host opens it and reads: the first read answers at once with the
+/// revision `current` points to, and each later read on the same handle is held
+/// until that changes, or for [`WATCH_HOLD`], and answers with it again. A
+/// watching host then costs the server one answer a minute instead of one every
+/// few seconds, and learns of a release the moment it is published.
+pub const WATCH_FILE: &str = ".releases/.watch";
+/// The longest `bento sftp` holds a read of [`WATCH_FILE`]; the agent waits this
+/// long plus its own `timeout` for the answer.
+pub const WATCH_HOLD: std::time::Duration = std::time::Duration::from_secs(60);
+
+/// The answer to a read of [`WATCH_FILE`]: the revision and a newline (a newline
+/// alone when nothing is published), so it is never empty (an empty read is
+/// the end of a file).
+pub fn watch_answer(current: Option<&str>) -> Vec<u8> {
+    format!("{}\n", current.unwrap_or("")).into_bytes()
+}
+
+/// The revision in an answer of [`watch_answer`]; `None` when nothing is published.
+pub fn parse_watch_answer(data: &[u8]) -> Option<String> {
+    let s = std::str::from_utf8(data).ok()?.strip_suffix('\n')?;
+    (!s.is_empty()).then(|| s.trim_end_matches('/').to_owned())
+}
 pub const LOGS_DIR: &str = "logs";
 
 #[derive(Debug, thiserror::Error)]
@@ -702,6 +726,18 @@ fn touch_dir(p: &Path) {
 mod tests {
     use super::*;
     use crate::release::TreeListing;
+
+    #[test]
+    fn a_watch_answer_is_never_empty_and_reads_back() {
+        assert_eq!(watch_answer(Some("r1")), b"r1\n");
+        assert_eq!(watch_answer(None), b"\n");
+        assert_eq!(parse_watch_answer(b"r1\n").as_deref(), Some("r1"));
+        assert_eq!(parse_watch_answer(b"r1/\n").as_deref(), Some("r1"));
+        assert_eq!(parse_watch_answer(b"\n"), None);
+        // Cut short, or not text: nothing, never half a revision.
+        assert_eq!(parse_watch_answer(b"r1"), None);
+        assert_eq!(parse_watch_answer(b"\xff\n"), None);
+    }
 
     fn staged(dir: &Path, content: &str) -> Manifest {
         let _ = fs::remove_dir_all(dir);

@@ -8,11 +8,21 @@
 //! ```
 //!
 //! The load generator is in this process: one tokio runtime, one task per session,
-//! russh + russh-sftp (the agent's own SFTP client crate). Each session logs in as
-//! a host with that host's key, opens the `sftp` subsystem, then does what the
-//! daemon's watch does between polls (agent `watch.rs`, `published_revision`): one
-//! `readlink .releases/current` every `IDLE_BENCH_WATCH_SECS` (5), the sessions'
-//! phases spread evenly over the interval. Logins go 8 at a time (the server's
+//! russh + russh-sftp. Each session logs in as a host with that host's key, opens
+//! the `sftp` subsystem, then does what the daemon's watch does between polls
+//! (agent `watch.rs`), in one of two modes (`IDLE_BENCH_MODES`, both by default,
+//! side by side):
+//!
+//! - `held`: what the agent does with `bento sftp`: it opens the held watch
+//!   (`.releases/.watch`) and reads it, each read answered after the hold (60 s)
+//!   when nothing is published; the sessions' phases spread over the hold, and
+//!   the window is at least one hold long, after one hold of warm-up;
+//! - `poll`: what it does with OpenSSH's server: one `readlink
+//!   .releases/current` every `IDLE_BENCH_WATCH_SECS` (5), the sessions' phases
+//!   spread evenly over the interval.
+//!
+//! Both send SSH keepalives after 20 s without traffic, as the agent's ssh does
+//! (`ServerAliveInterval` is its `timeout`, 20 s by default). Logins go 8 at a time (the server's
 //! `max_unauthenticated_per_source` is 16). Every failure (login, channel, a
 //! readlink, a session the server dropped) is counted and printed, never retried.
 //!
@@ -42,20 +52,42 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, ensure, Context, Result};
-use bento_core::chroot::Chroot;
+use bento_core::chroot::{Chroot, WATCH_FILE, WATCH_HOLD};
 use bento_tests::embedded::generate_key;
 use bento_tests::sshd::unique_prefix;
 use bento_tests::TestDir;
 use russh::client;
 use russh::keys::{PrivateKey, PrivateKeyWithHashAlg};
+use russh_sftp::client::RawSftpSession;
+use russh_sftp::protocol::OpenFlags;
 use tokio::sync::{watch, Semaphore};
 
 /// Logins in flight at once (below the server's 16 per source address).
 const LOGIN_CONCURRENCY: usize = 8;
 /// How long opening every session may take, and the server to start.
 const OPEN_TIMEOUT: Duration = Duration::from_secs(600);
-/// The path the agent's watch reads.
+/// The path the agent's watch reads from OpenSSH's server.
 const CURRENT: &str = ".releases/current";
+/// The agent's ssh keepalive (`ServerAliveInterval`, its default `timeout`).
+const KEEPALIVE: Duration = Duration::from_secs(20);
+
+/// What a watching session does.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+enum Mode {
+    /// Holds reads of `bento sftp`'s watch.
+    Held,
+    /// A readlink every watch interval.
+    Poll,
+}
+
+impl Mode {
+    fn name(self) -> &'static str {
+        match self {
+            Mode::Held => "held",
+            Mode::Poll => "poll",
+        }
+    }
+}
 
 fn main() -> Result<()> {
     let quick = std::env::args().any(|a| a == "--quick");
@@ -78,6 +110,17 @@ fn main() -> Result<()> {
         n_hosts > 0 && !every.is_zero() && !window.is_zero() && counts.iter().all(|&c| c > 0),
         "hosts, sessions, watch interval and window must be at least 1"
     );
+    let modes: Vec<Mode> = std::env::var("IDLE_BENCH_MODES")
+        .unwrap_or_else(|_| "held,poll".into())
+        .split(',')
+        .map(|m| match m.trim() {
+            "held" => Ok(Mode::Held),
+            "poll" => Ok(Mode::Poll),
+            other => Err(anyhow::anyhow!(
+                "IDLE_BENCH_MODES: {other:?} is not held or poll"
+            )),
+        })
+        .collect::<Result<_>>()?;
     let max_sessions = counts.iter().copied().max().unwrap_or(1);
     let per_host = max_sessions.div_ceil(n_hosts);
     let bento_bin = bento_tests::bins::measured("bento")?;
@@ -118,32 +161,46 @@ fn main() -> Result<()> {
         .build()?;
     let mut results = Vec::new();
     for &n in &counts {
-        let server = Server::start(&bento_bin, &bento_dir, &dir.join(format!("sftp-{n}.log")))?;
-        eprintln!("{n} sessions…");
-        let r = rt.block_on(measure(&server, &hosts, &keys, n, every, window));
-        match r {
-            Ok(r) => results.push(r),
-            Err(e) => {
-                eprintln!("--- bento sftp log (tail) ---\n{}", server.log_tail());
-                return Err(e);
+        for &mode in &modes {
+            let server = Server::start(
+                &bento_bin,
+                &bento_dir,
+                &dir.join(format!("sftp-{n}-{}.log", mode.name())),
+            )?;
+            eprintln!("{n} sessions, {}…", mode.name());
+            let (period, window) = match mode {
+                Mode::Held => (WATCH_HOLD, window.max(WATCH_HOLD)),
+                Mode::Poll => (every, window),
+            };
+            let r = rt.block_on(measure(&server, &hosts, &keys, n, mode, period, window));
+            match r {
+                Ok(r) => results.push(r),
+                Err(e) => {
+                    eprintln!("--- bento sftp log (tail) ---\n{}", server.log_tail());
+                    return Err(e);
+                }
             }
         }
     }
 
     println!();
     println!(
-        "`bento sftp`, idle watching sessions (one `readlink {CURRENT}` every {} s per session, \
-         phases spread evenly), {n_hosts} hosts, russh clients in one process; server process only",
+        "`bento sftp`, idle watching sessions, {n_hosts} hosts, russh clients in one process \
+         (keepalive after {} s idle); server process only. held: reads of the held watch \
+         (answered after {} s); poll: one `readlink {CURRENT}` every {} s; phases spread evenly",
+        KEEPALIVE.as_secs(),
+        WATCH_HOLD.as_secs(),
         every.as_secs()
     );
     println!();
-    println!("| sessions | opened | errors | RSS before → after | PSS before → after | RSS per session | PSS per session | RSS after the window | readlinks/s | server CPU | client CPU |");
-    println!("|---|---|---|---|---|---|---|---|---|---|---|");
+    println!("| sessions | mode | opened | errors | RSS before → after | PSS before → after | RSS per session | PSS per session | RSS after the window | answers/s | server CPU | client CPU |");
+    println!("|---|---|---|---|---|---|---|---|---|---|---|---|");
     for r in &results {
         let per = |a: u64, b: u64| (b as f64 - a as f64) / r.opened.max(1) as f64;
         println!(
-            "| {} | {} | {} | {} → {} KiB | {} → {} KiB | {:.1} KiB | {:.1} KiB | {} KiB | {:.0} | {:.2}% of one core | {:.2}% |",
+            "| {} | {} | {} | {} | {} → {} KiB | {} → {} KiB | {:.1} KiB | {:.1} KiB | {} KiB | {:.0} | {:.2}% of one core | {:.2}% |",
             r.sessions,
+            r.mode.name(),
             r.opened,
             r.errors,
             r.before.rss,
@@ -160,12 +217,17 @@ fn main() -> Result<()> {
     }
     println!();
     println!(
-        "(CPU over a {} s window of watching; goals: ≤ 64 KiB per session, < 5% of one core for 5,000 sessions at 5 s)",
-        window.as_secs()
+        "(CPU over a {} s window of watching, held: {} s; goals: ≤ 64 KiB per session, < 5% of one core for 5,000 sessions at 5 s)",
+        window.as_secs(),
+        window.max(WATCH_HOLD).as_secs()
     );
     for r in &results {
         for (what, (n, host)) in &r.first_errors {
-            println!("  {} sessions: {n} × {what} (first: {host})", r.sessions);
+            println!(
+                "  {} sessions, {}: {n} × {what} (first: {host})",
+                r.sessions,
+                r.mode.name()
+            );
         }
     }
     println!("binary: {}", bento_bin.display());
@@ -174,6 +236,7 @@ fn main() -> Result<()> {
 
 struct Outcome {
     sessions: usize,
+    mode: Mode,
     opened: u64,
     errors: u64,
     first_errors: BTreeMap<String, (u64, String)>,
@@ -213,6 +276,7 @@ async fn measure(
     hosts: &[String],
     keys: &[Arc<PrivateKey>],
     n: usize,
+    mode: Mode,
     every: Duration,
     window: Duration,
 ) -> Result<Outcome> {
@@ -234,6 +298,7 @@ async fn measure(
             key,
             logins.clone(),
             counters.clone(),
+            mode,
             phase,
             every,
             start_rx.clone(),
@@ -286,6 +351,7 @@ async fn measure(
         .clone();
     Ok(Outcome {
         sessions: n,
+        mode,
         opened,
         errors,
         first_errors,
@@ -312,8 +378,9 @@ impl client::Handler for Client {
     }
 }
 
-/// One watching session: log in, open SFTP, then a readlink every `every` from
-/// `start + phase` until told to stop. Every failure is counted and ends it.
+/// One watching session: log in, open SFTP, then from `start + phase` a readlink
+/// every `every` (`poll`) or held watch reads one after the other (`held`),
+/// until told to stop. Every failure is counted and ends it.
 #[allow(clippy::too_many_arguments)]
 async fn session(
     port: u16,
@@ -321,6 +388,7 @@ async fn session(
     key: Arc<PrivateKey>,
     logins: Arc<Semaphore>,
     counters: Arc<Counters>,
+    mode: Mode,
     phase: Duration,
     every: Duration,
     mut start: watch::Receiver<Option<tokio::time::Instant>>,
@@ -331,7 +399,10 @@ async fn session(
         let stream = tokio::net::TcpStream::connect(("127.0.0.1", port))
             .await
             .map_err(|e| format!("connect: {e}"))?;
-        let config = Arc::new(client::Config::default());
+        let config = Arc::new(client::Config {
+            keepalive_interval: Some(KEEPALIVE),
+            ..Default::default()
+        });
         let mut h = client::connect_stream(config, stream, Client)
             .await
             .map_err(|e| format!("handshake: {e}"))?;
@@ -349,10 +420,9 @@ async fn session(
         ch.request_subsystem(true, "sftp")
             .await
             .map_err(|e| format!("subsystem: {e}"))?;
-        let sftp = russh_sftp::client::SftpSession::new(ch.into_stream())
-            .await
-            .map_err(|e| format!("sftp init: {e}"))?;
-        sftp.set_timeout(30);
+        let sftp = RawSftpSession::new(ch.into_stream());
+        sftp.set_timeout((WATCH_HOLD + Duration::from_secs(30)).as_secs());
+        sftp.init().await.map_err(|e| format!("sftp init: {e}"))?;
         Ok::<_, String>((h, sftp))
     }
     .await;
@@ -374,23 +444,44 @@ async fn session(
             _ = stop.changed() => return,
         }
     };
-    let mut ticks = tokio::time::interval_at(t0 + phase, every);
-    ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    loop {
-        tokio::select! {
-            _ = ticks.tick() => match sftp.read_link(CURRENT).await {
-                Ok(_) => {
+    let watching = async {
+        match mode {
+            Mode::Poll => {
+                let mut ticks = tokio::time::interval_at(t0 + phase, every);
+                ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+                loop {
+                    ticks.tick().await;
+                    sftp.readlink(CURRENT)
+                        .await
+                        .map_err(|e| format!("readlink: {e}"))?;
                     counters.readlinks.fetch_add(1, Ordering::Relaxed);
                 }
-                Err(e) => {
-                    counters.error(&host, format!("readlink: {e}"));
-                    break;
+            }
+            Mode::Held => {
+                tokio::time::sleep_until(t0 + phase).await;
+                let w = sftp
+                    .open(WATCH_FILE, OpenFlags::READ, Default::default())
+                    .await
+                    .map_err(|e| format!("open the watch: {e}"))?
+                    .handle;
+                loop {
+                    sftp.read(&w, 0, 512)
+                        .await
+                        .map_err(|e| format!("watch read: {e}"))?;
+                    counters.readlinks.fetch_add(1, Ordering::Relaxed);
                 }
-            },
-            _ = stop.changed() => break,
+            }
         }
+    };
+    tokio::select! {
+        r = watching => {
+            let r: Result<(), String> = r;
+            if let Err(e) = r {
+                counters.error(&host, e);
+            }
+        }
+        _ = stop.changed() => {}
     }
-    let _ = sftp.close().await;
     let _ = handle
         .disconnect(russh::Disconnect::ByApplication, "", "")
         .await;

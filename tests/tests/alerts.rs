@@ -593,8 +593,7 @@ async fn a_reboot_pending_is_alerted_only_once_older_than_reboot_pending_after()
         "{a}"
     );
 
-    // A restarted panel counts the pending time from zero: the alert stays, it is
-    // neither recovered nor sent again. web1's recovery, made after the panel saw
+    // A restarted panel keeps the alert: it is neither recovered nor sent again. web1's recovery, made after the panel saw
     // db1 again, is the mark that it looked. (Killed only once every delivery is
     // marked sent: one killed between its send and its mark is sent again.)
     eventually(ALERT_DEADLINE, "every delivery marked sent", || async {
@@ -766,5 +765,111 @@ async fn a_successful_rollout_is_alerted_as_finished_and_nothing_of_its_healthy_
             format!("rolled-back {canary}")
         ]
     );
+    Ok(())
+}
+
+/// The time a reboot has been pending counts from when the panel first saw it,
+/// across a restart: a panel that was down past `reboot_pending_after` alerts
+/// as soon as it looks again, not `reboot_pending_after` after its start.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_pending_reboot_counts_from_when_it_was_first_seen_across_a_restart() -> Result<()> {
+    let hook = Receiver::start(0)?;
+    let after = 20;
+    let mut p = PanelServer::start_with(
+        "alerts-reboot-restart",
+        &format!(
+            "[alerts]\nreboot_pending_after = {after}\n\n{}",
+            webhook(&hook, "")
+        ),
+    )?;
+    let s = healthy(&p, &["db1", "web1"]).await?;
+    let t0 = Instant::now();
+    p.heartbeat("db1", &system("db1", 2), true)?;
+    s.wait_for_host_where("db1", "with a reboot pending", |h| {
+        h["reboot_pending"] == true
+    })
+    .await?;
+    // web1's failure is alerted from a look that saw db1's reboot pending (and
+    // recorded since when).
+    p.report(
+        "web1",
+        &system("web1", 2),
+        ReportStatus::Failure,
+        "error: builder failed\n",
+        Some("build of system failed"),
+    )?;
+    hook.wait_for(&p, "web1's failure", alert("failed", "web1"))
+        .await?;
+    p.kill();
+    // Down until the reboot has been pending `after` seconds.
+    tokio::time::sleep_until((t0 + Duration::from_secs(after)).into()).await;
+    p.heartbeat("db1", &system("db1", 2), true)?;
+    let restarted = Instant::now();
+    p.restart()?;
+    let (got_at, a) = hook
+        .wait_for(&p, "db1's pending reboot", alert("reboot-pending", "db1"))
+        .await?;
+    assert!(
+        got_at < restarted + Duration::from_secs(after),
+        "alerted {:?} after the restart: the pending time was counted from it",
+        got_at - restarted
+    );
+    let message = a["message"].as_str().unwrap_or("");
+    assert!(
+        message.starts_with("db1: a reboot has been pending for "),
+        "{a}"
+    );
+    Ok(())
+}
+
+/// A rollout that ends while the panel is down (the command line concludes it
+/// from the hosts' reports) is alerted when the panel starts again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_rollout_that_ends_while_the_panel_is_down_is_alerted_when_it_starts() -> Result<()> {
+    let hook = Receiver::start(0)?;
+    let host = format!("{}-a", unique_prefix());
+    let mut p = PanelServer::start_with("alerts-down", &webhook(&hook, ""))?;
+    p.fx.fleet.flake_host(&host, &[&host])?;
+    // An alert: the panel has looked with its receiver, so rollout ends are
+    // told from here on.
+    healthy(&p, &["web1"]).await?;
+    p.report(
+        "web1",
+        &system("web1", 2),
+        ReportStatus::Failure,
+        "error: builder failed\n",
+        Some("build of system failed"),
+    )?;
+    hook.wait_for(&p, "web1's failure", alert("failed", "web1"))
+        .await?;
+    p.kill();
+
+    p.bento_stdin(&["deploy"], "")?;
+    p.report_release(&host, ReportStatus::Success, None)?;
+    let list = p.bento_stdin(&["rollout", "list"], "")?;
+    let first = list
+        .lines()
+        .find(|l| l.trim_start().starts_with("1 "))
+        .with_context(|| format!("rollout 1 is not listed:\n{list}"))?;
+    assert!(first.contains("succeeded"), "{list}");
+    assert!(
+        !hook
+            .alerts()
+            .iter()
+            .any(|(_, a)| rollout_alert("rollout-finished", 1)(a)),
+        "{:#?}",
+        hook.summary()
+    );
+
+    p.restart()?;
+    let (_, a) = hook
+        .wait_for(
+            &p,
+            "the end of the rollout while the panel was down",
+            rollout_alert("rollout-finished", 1),
+        )
+        .await?;
+    let message = a["message"].as_str().unwrap_or("");
+    assert!(message.starts_with("rollout 1 succeeded"), "{a}");
     Ok(())
 }

@@ -792,3 +792,86 @@ fn the_server_advertises_its_limits_and_keeps_them() -> Result<()> {
         anyhow::Ok(())
     })
 }
+
+/// `bento sftp`'s held watch: the first read answers at once with the host's
+/// revision; the next is held, is not woken by another host's release, and
+/// answers with the host's own new revision when it is published. The watch
+/// cannot be written, and every host's watch sees only its own chroot.
+#[test]
+fn the_held_watch_answers_when_the_hosts_own_release_is_published() -> Result<()> {
+    use bento_core::chroot::{parse_watch_answer, Chroot, WATCH_FILE};
+    use russh_sftp::protocol::OpenFlags;
+    let dir = TestDir::new("sftp-watch")?;
+    let mut server = plain_server(dir.path(), &["watcher", "other"], "")?;
+    server.start()?;
+    let chroot = Chroot::new(dir.path().join("chroot"));
+    let stage = |h: &str| dir.path().join("stage").join(h);
+    let republish = |h: &str, n: u32| -> Result<String> {
+        std::fs::write(stage(h).join("extra.txt"), format!("{n}\n"))?;
+        bento_tests::release::publish_plain(&chroot, h, &stage(h), Chroot::embedded_owners(None))
+    };
+    let current = |h: &str| -> Result<String> {
+        Ok(
+            std::fs::read_link(dir.path().join("chroot").join(h).join(".releases/current"))?
+                .to_string_lossy()
+                .into_owned(),
+        )
+    };
+    let first = current("watcher")?;
+    let port = server.port();
+    let key = server.key_path("watcher");
+    let rt = runtime()?;
+    let (answers, new_rev) = rt.block_on(async {
+        let (h, ok) = login(port, source(1), "watcher", &key).await?;
+        anyhow::ensure!(ok, "watcher did not log in");
+        let s = sftp_channel(&h).await.context("no sftp channel")?;
+        s.set_timeout(120);
+        let refused = s
+            .open(
+                WATCH_FILE,
+                OpenFlags::WRITE | OpenFlags::CREATE,
+                Default::default(),
+            )
+            .await;
+        anyhow::ensure!(refused.is_err(), "the watch opened for writing");
+        let w = s
+            .open(WATCH_FILE, OpenFlags::READ, Default::default())
+            .await?
+            .handle;
+        let mut answers = Vec::new();
+        answers.push(s.read(&w, 0, 512).await?.data);
+        // Held: nothing answers it until a release of this host is published
+        // (another host's does not).
+        let held = s.read(&w, 0, 512);
+        tokio::pin!(held);
+        tokio::select! {
+            r = &mut held => anyhow::bail!("the second read was answered at once: {r:?}"),
+            () = tokio::time::sleep(Duration::from_secs(2)) => {}
+        }
+        republish("other", 1)?;
+        tokio::select! {
+            r = &mut held => anyhow::bail!("another host's release answered the watch: {r:?}"),
+            () = tokio::time::sleep(Duration::from_secs(2)) => {}
+        }
+        let new_rev = republish("watcher", 1);
+        answers.push(held.await?.data);
+        anyhow::Ok((answers, new_rev?))
+    })?;
+    assert_eq!(
+        parse_watch_answer(&answers[0]).as_deref(),
+        Some(first.as_str())
+    );
+    assert_ne!(new_rev, first);
+    assert_eq!(
+        parse_watch_answer(&answers[1]).as_deref(),
+        Some(new_rev.as_str()),
+        "the held read did not answer with the host's new release\n{}",
+        server.log()
+    );
+    assert_ne!(
+        parse_watch_answer(&answers[1]),
+        Some(current("other")?),
+        "another host's revision reached the watch"
+    );
+    Ok(())
+}

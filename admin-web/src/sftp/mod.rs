@@ -13,6 +13,7 @@ mod health;
 mod limits;
 mod rotate;
 mod session;
+mod watch;
 
 use std::collections::HashMap;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
@@ -208,6 +209,8 @@ pub struct Shared {
     /// Refusals logged at most once a minute per kind and address.
     refusals: limits::Throttled,
     hosts: Mutex<HashMap<HostName, Arc<HostShared>>>,
+    /// What held watch reads wait on.
+    publications: Arc<watch::Publications>,
     keys: RwLock<KeyState>,
     reload_lock: Mutex<()>,
 }
@@ -260,6 +263,7 @@ impl Shared {
             failures: AuthFailures::new(sftp.max_auth_failures_per_minute),
             refusals: limits::Throttled::default(),
             hosts: Mutex::new(HashMap::new()),
+            publications: Arc::new(watch::Publications::new(&bento.settings.chroot_dir)),
             keys: RwLock::new(KeyState {
                 stamp: stamp(&bento.root.join(CONFIG_FILE)),
                 keys,
@@ -609,6 +613,7 @@ impl russh::server::Handler for Connection {
                 max_handles_per_host: self.shared.max_handles_per_host,
                 keep_reports: self.shared.keep_reports,
                 fds: self.shared.fds.clone(),
+                publications: self.shared.publications.clone(),
                 _place: place,
             },
         );

@@ -7,6 +7,7 @@ use std::os::unix::fs::FileExt;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
+use bento_core::chroot::{watch_answer, CURRENT_LINK, RELEASES_DIR, WATCH_FILE, WATCH_HOLD};
 use bento_core::jail::{fstat_file, DirReader, FileStat, Jail, JailError, VPath, WriteMode};
 use bento_core::report::HEARTBEAT_FILE;
 use bento_core::HostName;
@@ -18,6 +19,7 @@ use russh_sftp::server::StatusReply;
 use tracing::{debug, warn};
 
 use super::limits::{FdBudget, FdPermit};
+use super::watch::Publications;
 use super::{HostShared, SessionPlace};
 
 /// Largest SFTP packet a client may send: russh-sftp's own bound.
@@ -33,10 +35,17 @@ const MAX_HANDLES: usize = 64;
 const DIR_BATCH: usize = 128;
 const POSIX_RENAME: &str = "posix-rename@openssh.com";
 const LIMITS: &str = russh_sftp::extensions::LIMITS;
+/// How often a held watch looks at `current` when inotify cannot tell it.
+const WATCH_RECHECK: std::time::Duration = std::time::Duration::from_secs(5);
 
 enum Open {
     Read(File),
-    Write { file: File, path: VPath },
+    /// The held watch: what its last read answered (`None` before the first).
+    Watch(Option<Option<String>>),
+    Write {
+        file: File,
+        path: VPath,
+    },
     Dir(DirReader),
 }
 
@@ -48,6 +57,7 @@ pub struct Bounds {
     pub fds: Arc<FdBudget>,
     /// `[sftp] keep_reports`.
     pub keep_reports: usize,
+    pub publications: Arc<Publications>,
     pub _place: SessionPlace,
 }
 
@@ -273,6 +283,57 @@ impl SftpSession {
         }
     }
 
+    /// What `current` points to now (`None`: nothing is published).
+    fn current(&self) -> Result<Option<String>, StatusReply> {
+        let p = self.path("readlink", &format!("{RELEASES_DIR}/{CURRENT_LINK}"))?;
+        match self.jail.readlink(&p) {
+            Ok(t) => Ok(Some(t)),
+            Err(JailError::NotFound) => Ok(None),
+            Err(e) => Err(self.fail("watch", WATCH_FILE, e)),
+        }
+    }
+
+    /// A read of the held watch: at once the first time, then when `current`
+    /// differs from the last answer, or after [`WATCH_HOLD`].
+    async fn watch_read(
+        &mut self,
+        id: u32,
+        handle: &str,
+        last: Option<Option<String>>,
+    ) -> Result<Data, StatusReply> {
+        let mut sub = self.bounds.publications.subscribe(&self.host);
+        let deadline = tokio::time::Instant::now() + WATCH_HOLD;
+        let current = loop {
+            let current = self.current()?;
+            if last.as_ref() != Some(&current) || tokio::time::Instant::now() >= deadline {
+                break current;
+            }
+            let wake = if sub.told {
+                deadline
+            } else {
+                deadline.min(tokio::time::Instant::now() + WATCH_RECHECK)
+            };
+            tokio::select! {
+                r = sub.moved.changed(), if sub.told => {
+                    if r.is_err() {
+                        // The server's watcher is gone: look again now and then.
+                        sub.told = false;
+                    }
+                }
+                () = tokio::time::sleep_until(wake) => {}
+            }
+        };
+        let data = watch_answer(current.as_deref());
+        if let Some(Slot {
+            open: Open::Watch(last),
+            ..
+        }) = self.handles.get_mut(handle)
+        {
+            *last = Some(current);
+        }
+        Ok(Data { id, data })
+    }
+
     fn bad_handle() -> StatusReply {
         StatusCode::Failure.with_message("invalid handle")
     }
@@ -324,10 +385,18 @@ impl russh_sftp::server::Handler for SftpSession {
         _attrs: FileAttributes,
     ) -> Result<Handle, Self::Error> {
         let p = self.path("open", &filename)?;
-        let permit = self.handle_permit("open", &filename, 1)?;
         let writing = pflags.intersects(
             OpenFlags::WRITE | OpenFlags::APPEND | OpenFlags::CREATE | OpenFlags::TRUNCATE,
         );
+        if p.to_string().trim_start_matches('/') == WATCH_FILE {
+            if writing {
+                return Err(self.refuse("write", &filename, "the watch is read-only"));
+            }
+            let permit = self.handle_permit("open", &filename, 0)?;
+            let handle = self.add_handle(Open::Watch(None), permit);
+            return Ok(Handle { id, handle });
+        }
+        let permit = self.handle_permit("open", &filename, 1)?;
         let open = if writing {
             let mode = WriteMode {
                 create: pflags.contains(OpenFlags::CREATE),
@@ -374,12 +443,19 @@ impl russh_sftp::server::Handler for SftpSession {
         offset: u64,
         len: u32,
     ) -> Result<Data, Self::Error> {
-        let Some(Slot {
-            open: Open::Read(f),
-            ..
-        }) = self.handles.get(&handle)
-        else {
-            return Err(Self::bad_handle());
+        let f = match self.handles.get(&handle) {
+            Some(Slot {
+                open: Open::Read(f),
+                ..
+            }) => f,
+            Some(Slot {
+                open: Open::Watch(last),
+                ..
+            }) => {
+                let last = last.clone();
+                return self.watch_read(id, &handle, last).await;
+            }
+            _ => return Err(Self::bad_handle()),
         };
         let mut buf = vec![0u8; len.min(MAX_READ) as usize];
         let mut n = 0;

@@ -1,13 +1,16 @@
 //! Alerts from `bento serve`: every second the fleet the panel already follows is
 //! looked at ([`bento_core::alerts::Tracker`]: one alert per host and event until
-//! it recovers), and rollouts that ended are noticed. Each alert becomes one
+//! it recovers), and rollouts that ended are noticed (those that ended while the
+//! panel was down too). What is alerted on, since when reboots have been pending
+//! and which rollout ends were told are in the database, so a restart neither
+//! repeats nor forgets an alert. Each alert becomes one
 //! delivery per receiver in an outbox (`alert_deliveries`), sent by this task
 //! alone, rate-limited per receiver and retried with backoff, so a receiver that
 //! is down never holds up the panel or the reading of reports. The Alerts page
 //! lists the deliveries.
 
 use std::collections::HashMap;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use askama::Template;
 use axum::extract::State;
@@ -46,8 +49,10 @@ pub fn redacted(url: &str) -> String {
     format!("{scheme}://{host}/…")
 }
 
+/// Key in `alert_state`: since when (unix ms) rollout ends are alerted.
+const ROLLOUTS_SINCE: &str = "rollouts_since";
+
 pub async fn run(state: AppState) {
-    let started = now_ms();
     let mut tracker = match load_active(&state.db).await {
         Ok(t) => t,
         Err(e) => {
@@ -62,10 +67,19 @@ pub async fn run(state: AppState) {
             return;
         }
     };
-    let mut reboot_seen: HashMap<String, Instant> = HashMap::new();
+    let mut reboot_seen = match load_reboot_pending(&state.db).await {
+        Ok(m) => m,
+        Err(e) => {
+            tracing::error!("alerts: cannot read the pending reboots: {e}");
+            HashMap::new()
+        }
+    };
+    // Since when rollout ends are told: `None` until receivers are seen.
+    let mut rollouts_since: Option<i64> = None;
     let mut shutdown = state.shutdown.clone();
     let mut tick = tokio::time::interval(TICK);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut first = true;
     loop {
         tokio::select! {
             _ = shutdown.changed() => return,
@@ -74,22 +88,73 @@ pub async fn run(state: AppState) {
         let settings = state.settings();
         let alerts = &settings.alerts;
         if alerts.webhook.is_empty() && alerts.email.is_none() {
+            // Nobody to tell: what ends meanwhile is not told later.
+            if rollouts_since.is_some() || first {
+                if let Err(e) = forget_rollouts_since(&state.db).await {
+                    tracing::warn!("alerts: cannot write their state: {e}");
+                }
+                rollouts_since = None;
+            }
+            first = false;
             continue;
         }
-        let mut new = look(&state, alerts, &mut tracker, &mut reboot_seen);
-        match ended_rollouts(&state.db, started).await {
-            Ok(r) => new.extend(r),
-            Err(e) => tracing::warn!("alerts: cannot read the rollouts: {e}"),
+        first = false;
+        let since = match rollouts_since {
+            Some(s) => s,
+            None => match load_rollouts_since(&state.db).await {
+                Ok(s) => *rollouts_since.insert(s),
+                Err(e) => {
+                    tracing::warn!("alerts: cannot read their state: {e}");
+                    continue;
+                }
+            },
+        };
+        let (alerts_now, pending) = look(&state, alerts, &mut tracker, &mut reboot_seen);
+        if let Err(e) = save_reboot_pending(&state.db, &pending).await {
+            tracing::warn!("alerts: cannot record the pending reboots: {e}");
         }
-        for a in &new {
-            if let Err(e) = enqueue(&state.db, alerts, a).await {
+        for a in &alerts_now {
+            if let Err(e) = enqueue(&state.db, alerts, a, None).await {
                 tracing::warn!("alerts: cannot queue an alert: {e}");
             }
+        }
+        match ended_rollouts(&state.db, since).await {
+            Ok(ended) => {
+                for (a, end) in &ended {
+                    if let Err(e) = enqueue(&state.db, alerts, a, Some(end)).await {
+                        tracing::warn!("alerts: cannot queue an alert: {e}");
+                    }
+                }
+            }
+            Err(e) => tracing::warn!("alerts: cannot read the rollouts: {e}"),
         }
         if let Err(e) = deliver(&state.db, alerts, &client).await {
             tracing::warn!("alerts: cannot work the outbox: {e}");
         }
     }
+}
+
+/// Since when rollout ends are told: kept while receivers are configured, so a
+/// restart (or a panel that was down) still tells what ended meanwhile.
+async fn load_rollouts_since(db: &SqlitePool) -> Result<i64, sqlx::Error> {
+    sqlx::query("INSERT OR IGNORE INTO alert_state (key, value) VALUES (?, ?)")
+        .bind(ROLLOUTS_SINCE)
+        .bind(now_ms())
+        .execute(db)
+        .await?;
+    let (v,): (i64,) = sqlx::query_as("SELECT value FROM alert_state WHERE key = ?")
+        .bind(ROLLOUTS_SINCE)
+        .fetch_one(db)
+        .await?;
+    Ok(v)
+}
+
+async fn forget_rollouts_since(db: &SqlitePool) -> Result<(), sqlx::Error> {
+    sqlx::query("DELETE FROM alert_state WHERE key = ?")
+        .bind(ROLLOUTS_SINCE)
+        .execute(db)
+        .await?;
+    Ok(())
 }
 
 async fn load_active(db: &SqlitePool) -> Result<Tracker, sqlx::Error> {
@@ -102,16 +167,56 @@ async fn load_active(db: &SqlitePool) -> Result<Tracker, sqlx::Error> {
     ))
 }
 
-/// The alerts of one look at the fleet.
+/// Host → since when (unix ms) its reboot has been pending.
+async fn load_reboot_pending(db: &SqlitePool) -> Result<HashMap<String, i64>, sqlx::Error> {
+    let rows: Vec<(String, i64)> = sqlx::query_as("SELECT host, since FROM alert_reboot_pending")
+        .fetch_all(db)
+        .await?;
+    Ok(rows.into_iter().collect())
+}
+
+/// Changes to the pending reboots: a host and since when, or `None` when done.
+type RebootChanges = Vec<(String, Option<i64>)>;
+
+async fn save_reboot_pending(db: &SqlitePool, changes: &RebootChanges) -> Result<(), sqlx::Error> {
+    if changes.is_empty() {
+        return Ok(());
+    }
+    let mut tx = db.begin().await?;
+    for (host, since) in changes {
+        match since {
+            Some(t) => {
+                sqlx::query(
+                    "INSERT OR REPLACE INTO alert_reboot_pending (host, since) VALUES (?, ?)",
+                )
+                .bind(host)
+                .bind(t)
+                .execute(&mut *tx)
+                .await?
+            }
+            None => {
+                sqlx::query("DELETE FROM alert_reboot_pending WHERE host = ?")
+                    .bind(host)
+                    .execute(&mut *tx)
+                    .await?
+            }
+        };
+    }
+    tx.commit().await
+}
+
+/// The alerts of one look at the fleet, and the changes to the pending reboots.
 fn look(
     state: &AppState,
     settings: &AlertSettings,
     tracker: &mut Tracker,
-    reboot_seen: &mut HashMap<String, Instant>,
-) -> Vec<Alert> {
-    let now = now_ms() / 1000;
+    reboot_seen: &mut HashMap<String, i64>,
+) -> (Vec<Alert>, RebootChanges) {
+    let now_ms = now_ms();
+    let now = now_ms / 1000;
     let cache = state.fleet.read();
     let mut out = Vec::new();
+    let mut changes = Vec::new();
     for h in cache.hosts.values() {
         let why = || {
             h.last_report
@@ -120,14 +225,17 @@ fn look(
                 .unwrap_or_else(|| h.label.clone())
         };
         let pending_for = if h.reboot_pending {
-            Some(
-                reboot_seen
-                    .entry(h.host.clone())
-                    .or_insert_with(Instant::now)
-                    .elapsed(),
-            )
+            let since = *reboot_seen.entry(h.host.clone()).or_insert_with(|| {
+                changes.push((h.host.clone(), Some(now_ms)));
+                now_ms
+            });
+            Some(Duration::from_millis(
+                now_ms.saturating_sub(since).max(0) as u64
+            ))
         } else {
-            reboot_seen.remove(&h.host);
+            if reboot_seen.remove(&h.host).is_some() {
+                changes.push((h.host.clone(), None));
+            }
             None
         };
         let facts = HostFacts {
@@ -139,12 +247,19 @@ fn look(
         };
         out.extend(tracker.observe(&facts, settings, now));
     }
-    out
+    (out, changes)
 }
 
-/// Rollouts that halted or ended since the panel started, once per end: a
-/// halted rollout that is resumed ends again, and that end is told too.
-async fn ended_rollouts(db: &SqlitePool, since: i64) -> Result<Vec<Alert>, sqlx::Error> {
+/// A rollout's end: id, status and when, as `alert_rollouts` records it.
+type RolloutEnd = (i64, String, i64);
+
+/// Rollouts that halted or ended since `since` and are not told yet, once per
+/// end: a halted rollout that is resumed ends again, and that end is told too.
+/// Each is marked told with its alert queued, in one transaction.
+async fn ended_rollouts(
+    db: &SqlitePool,
+    since: i64,
+) -> Result<Vec<(Alert, RolloutEnd)>, sqlx::Error> {
     let rows: Vec<(i64, String, String, i64)> = sqlx::query_as(
         "SELECT r.id, r.status, r.summary, r.finished_at FROM rollouts r \
          WHERE r.status NOT IN ('running', 'interrupted') AND r.finished_at >= ? \
@@ -155,37 +270,48 @@ async fn ended_rollouts(db: &SqlitePool, since: i64) -> Result<Vec<Alert>, sqlx:
     .bind(since)
     .fetch_all(db)
     .await?;
-    let mut out = Vec::new();
-    for (id, status, summary, finished_at) in rows {
+    Ok(rows
+        .into_iter()
+        .map(|(id, status, summary, finished_at)| {
+            let event = if status == crate::rollouts::HALTED {
+                Event::RolloutHalted
+            } else {
+                Event::RolloutFinished
+            };
+            let alert = Alert {
+                event,
+                host: None,
+                rollout: Some(id),
+                recovered: false,
+                message: format!("rollout {id} {status}: {summary}"),
+                at: now_ms() / 1000,
+            };
+            (alert, (id, status, finished_at))
+        })
+        .collect())
+}
+
+/// Records the condition and queues one delivery per receiver that wants it.
+/// `rollout_end`: the rollout end the alert tells, marked told in the same
+/// transaction (never told twice, never marked without its alert).
+async fn enqueue(
+    db: &SqlitePool,
+    settings: &AlertSettings,
+    a: &Alert,
+    rollout_end: Option<&RolloutEnd>,
+) -> anyhow::Result<()> {
+    let now = now_ms();
+    let mut tx = db.begin().await?;
+    if let Some((id, status, finished_at)) = rollout_end {
         sqlx::query(
             "INSERT OR REPLACE INTO alert_rollouts (rollout_id, status, finished_at) VALUES (?, ?, ?)",
         )
         .bind(id)
-        .bind(&status)
+        .bind(status)
         .bind(finished_at)
-        .execute(db)
+        .execute(&mut *tx)
         .await?;
-        let event = if status == crate::rollouts::HALTED {
-            Event::RolloutHalted
-        } else {
-            Event::RolloutFinished
-        };
-        out.push(Alert {
-            event,
-            host: None,
-            rollout: Some(id),
-            recovered: false,
-            message: format!("rollout {id} {status}: {summary}"),
-            at: now_ms() / 1000,
-        });
     }
-    Ok(out)
-}
-
-/// Records the condition and queues one delivery per receiver that wants it.
-async fn enqueue(db: &SqlitePool, settings: &AlertSettings, a: &Alert) -> anyhow::Result<()> {
-    let now = now_ms();
-    let mut tx = db.begin().await?;
     if let Some(h) = &a.host {
         if a.recovered {
             sqlx::query("DELETE FROM alert_active WHERE host = ? AND event = ?")
