@@ -192,6 +192,18 @@ fn webhook(r: &Receiver, more: &str) -> String {
     format!("[[alerts.webhook]]\nurl = \"{}\"\n{more}\n", r.url())
 }
 
+/// `host`'s failed update, as its agent reports it.
+fn report_failure(p: &PanelServer, host: &str) -> Result<()> {
+    p.report(
+        host,
+        &system(host, 2),
+        ReportStatus::Failure,
+        "error: builder failed\n",
+        Some("build of system failed"),
+    )?;
+    Ok(())
+}
+
 /// `hosts` up to date, with their heartbeat, as the panel shows them; logged in.
 async fn healthy(p: &PanelServer, hosts: &[&str]) -> Result<panel_common::Session> {
     for h in hosts {
@@ -229,13 +241,7 @@ async fn a_failed_update_is_alerted_once_then_recovered_and_a_down_receiver_gets
     let s = p.login().await?;
     s.wait_for_host("web2").await?;
 
-    p.report(
-        "web1",
-        &system("web1", 2),
-        ReportStatus::Failure,
-        "error: builder failed\n",
-        Some("build of system failed"),
-    )?;
+    report_failure(&p, "web1")?;
     let started = std::time::Instant::now();
     let alert = eventually(Duration::from_secs(15), "the failure alert", || async {
         Ok(json.bodies().into_iter().find(|b| b.contains("\"failed\"")))
@@ -368,13 +374,7 @@ async fn a_failed_update_is_mailed() -> Result<()> {
     )?;
     let s = p.login().await?;
     s.wait_for_host("web1").await?;
-    p.report(
-        "web1",
-        &system("web1", 2),
-        ReportStatus::Failure,
-        "error: builder failed\n",
-        Some("build of system failed"),
-    )?;
+    report_failure(&p, "web1")?;
     let mail = eventually(Duration::from_secs(15), "the alert mail", || async {
         let got = sink.received();
         Ok(got.contains("web1: the update failed").then_some(got))
@@ -404,13 +404,7 @@ async fn a_rollback_is_alerted_then_recovered_and_a_webhook_with_events_gets_onl
     let s = healthy(&p, &["web1", "web2"]).await?;
 
     // web2 fails: told to the webhook of every event.
-    p.report(
-        "web2",
-        &system("web2", 2),
-        ReportStatus::Failure,
-        "error: builder failed\n",
-        Some("build of system failed"),
-    )?;
+    report_failure(&p, "web2")?;
     every
         .wait_for(&p, "web2's failure", alert("failed", "web2"))
         .await?;
@@ -550,13 +544,7 @@ async fn a_reboot_pending_is_alerted_only_once_older_than_reboot_pending_after()
     // The panel has seen it: web1's failure, which comes after, is alerted from a
     // look at a fleet where db1's reboot is pending. No alert for db1 yet, unless
     // (on a machine loaded enough) `after` has passed since.
-    p.report(
-        "web1",
-        &system("web1", 2),
-        ReportStatus::Failure,
-        "error: builder failed\n",
-        Some("build of system failed"),
-    )?;
+    report_failure(&p, "web1")?;
     let (failed_at, _) = hook
         .wait_for(&p, "web1's failure", alert("failed", "web1"))
         .await?;
@@ -791,13 +779,7 @@ async fn a_pending_reboot_counts_from_when_it_was_first_seen_across_a_restart() 
     .await?;
     // web1's failure is alerted from a look that saw db1's reboot pending (and
     // recorded since when).
-    p.report(
-        "web1",
-        &system("web1", 2),
-        ReportStatus::Failure,
-        "error: builder failed\n",
-        Some("build of system failed"),
-    )?;
+    report_failure(&p, "web1")?;
     hook.wait_for(&p, "web1's failure", alert("failed", "web1"))
         .await?;
     p.kill();
@@ -833,13 +815,7 @@ async fn a_rollout_that_ends_while_the_panel_is_down_is_alerted_when_it_starts()
     // An alert: the panel has looked with its receiver, so rollout ends are
     // told from here on.
     healthy(&p, &["web1"]).await?;
-    p.report(
-        "web1",
-        &system("web1", 2),
-        ReportStatus::Failure,
-        "error: builder failed\n",
-        Some("build of system failed"),
-    )?;
+    report_failure(&p, "web1")?;
     hook.wait_for(&p, "web1's failure", alert("failed", "web1"))
         .await?;
     p.kill();
