@@ -70,6 +70,9 @@
   }
 
   var events = new EventSource("/events");
+  // A change between this page's rendering and the stream's start (or its
+  // reconnection) was announced to nobody here: look once more when it opens.
+  events.addEventListener("open", function () { schedule(); });
   events.addEventListener("change", function (e) {
     try { if (concerns(JSON.parse(e.data))) schedule(); } catch (err) { /* ignore */ }
   });

@@ -6,8 +6,7 @@
 
 mod panel_common;
 
-use std::fs;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Result};
@@ -16,56 +15,10 @@ use bento_core::buildstate::BuildState;
 use bento_core::report::ReportStatus;
 use bento_tests::sshd::unique_prefix;
 use fantoccini::{Client, Locator};
-use panel_common::{eventually, system, ChromeDriver, PanelServer, ADMIN, PASSWORD};
-
-fn screenshots_dir() -> Result<PathBuf> {
-    let dir = match std::env::var_os("BENTO_SCREENSHOTS") {
-        Some(d) => PathBuf::from(d),
-        None => Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/screenshots/panel"),
-    };
-    fs::create_dir_all(&dir)?;
-    Ok(dir.canonicalize()?)
-}
-
-async fn shot(c: &Client, dir: &Path, name: &str) -> Result<()> {
-    let png = c.screenshot().await?;
-    fs::write(dir.join(format!("{name}.png")), png)?;
-    Ok(())
-}
-
-/// Clicks the first element matching `css`, finding it again if a live update
-/// replaced it in between.
-async fn click(c: &Client, css: &str) -> Result<()> {
-    let mut attempts = 0;
-    loop {
-        let el = c.find(Locator::Css(css)).await?;
-        match el.click().await {
-            Ok(_) => return Ok(()),
-            Err(e) if attempts < 20 && e.to_string().contains("stale element") => attempts += 1,
-            Err(e) => return Err(e.into()),
-        }
-    }
-}
-
-/// The visible text of the first element matching `css`, spaces normalized. Live
-/// updates replace page regions, so an element can go stale between finding and
-/// reading it: then it is found again.
-async fn text_of(c: &Client, css: &str) -> Result<Option<String>> {
-    let mut attempts = 0;
-    loop {
-        let el = match c.find(Locator::Css(css)).await {
-            Ok(el) => el,
-            Err(e) if e.is_no_such_element() => return Ok(None),
-            Err(e) => return Err(e.into()),
-        };
-        match el.text().await {
-            // Flex items come back on separate lines: compare words.
-            Ok(t) => return Ok(Some(t.split_whitespace().collect::<Vec<_>>().join(" "))),
-            Err(e) if attempts < 20 && e.to_string().contains("stale element") => attempts += 1,
-            Err(e) => return Err(e.into()),
-        }
-    }
-}
+use panel_common::{
+    click, eventually, screenshots_dir, shot, system, text_of, ChromeDriver, PanelServer, ADMIN,
+    PASSWORD,
+};
 
 /// A fleet that makes a representative dashboard.
 fn fleet(p: &PanelServer) -> Result<Vec<String>> {

@@ -4,7 +4,8 @@
 
 mod panel_common;
 
-use std::time::Duration;
+use std::fs;
+use std::time::{Duration, SystemTime};
 
 use anyhow::Result;
 use bento_core::bentodir::BentoDir;
@@ -462,5 +463,153 @@ async fn rollback_on_the_panel_aborts_the_rollout_and_republishes_the_previous_r
     let audit = s.page("/audit").await?;
     assert!(audit.contains("rollout-rollback"), "{audit}");
     assert!(audit.contains("rollout-abort"), "{audit}");
+    Ok(())
+}
+
+/// `host`'s outcome on a rollout's page (`<tr data-host=HOST>`'s badge).
+fn phase_on_page(page: &str, host: &str) -> Option<String> {
+    let row = &page[page.find(&format!("<tr data-host=\"{host}\">"))?..];
+    let badge = &row[row.find("data-label=\"Outcome\"><span class=\"badge ")?..];
+    let text = &badge[badge.find('>')? + 1..];
+    let text = &text[text.find('>')? + 1..];
+    Some(text[..text.find('<')?].to_owned())
+}
+
+/// When the chroot published `host`'s current release: the swap of
+/// `.releases/current` (a new link renamed in place) and `last_change_date`,
+/// written right after it.
+fn publication_times(p: &PanelServer, host: &str) -> Result<[SystemTime; 2]> {
+    let hd = p.fx.host_chroot(host);
+    Ok([
+        fs::symlink_metadata(hd.join(".releases/current"))?.modified()?,
+        fs::metadata(hd.join("last_change_date"))?.modified()?,
+    ])
+}
+
+/// A panel deploy with `25%` waves goes wave by wave. Four hosts make waves of 1
+/// (25% of 4), 1 (25% of the 3 left, rounded up) and 2 (the rest): each wave is
+/// all the chroot publishes until its hosts report success, and the chroot's own
+/// times show every host published after the success of every host of the
+/// waves before.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_panel_rollout_in_percent_waves_publishes_each_wave_after_the_last_succeeded(
+) -> Result<()> {
+    let prefix = unique_prefix();
+    let hosts: Vec<String> = ["a", "b", "c", "d"]
+        .iter()
+        .map(|s| format!("{prefix}-{s}"))
+        .collect();
+    let mut p = PanelServer::start_with(
+        "panel-jobs",
+        "[rollout]\nwaves = [\"25%\", \"25%\", \"rest\"]\n",
+    )?;
+    for h in &hosts {
+        p.fx.fleet.flake_host(h, &[h])?;
+    }
+    let s = p.login().await?;
+    let res = s
+        .post(
+            "/jobs",
+            &[("kind", "deploy"), ("host", ""), ("mode", "waves")],
+        )
+        .await?;
+    assert_eq!(res.status(), StatusCode::SEE_OTHER);
+    let job: i64 = res
+        .headers()
+        .get("location")
+        .and_then(|l| l.to_str().ok()?.strip_prefix("/jobs/")?.parse().ok())
+        .expect("a redirect to the job");
+    let published = || -> Vec<String> {
+        hosts
+            .iter()
+            .filter(|h| current_release(&p.fx.host_chroot(h)).is_some())
+            .cloned()
+            .collect()
+    };
+
+    let mut waves: Vec<Vec<String>> = Vec::new();
+    // Every success report so far: (host, the report's mtime).
+    let mut reports: Vec<(String, SystemTime)> = Vec::new();
+    for (i, size) in [1, 1, 2].into_iter().enumerate() {
+        let n = i + 1;
+        let before: Vec<String> = waves.concat();
+        let want = before.len() + size;
+        let out = eventually(BUILD, &format!("wave {n} in the chroot"), || async {
+            let out = published();
+            Ok((out.len() >= want).then_some(out))
+        })
+        .await?;
+        let wave: Vec<String> = out.into_iter().filter(|h| !before.contains(h)).collect();
+        // Recorded as published (after the chroot's swap) and followed: the
+        // rollout now waits for the wave's reports, and nothing else goes out.
+        eventually(
+            BUILD,
+            &format!("wave {n} on the rollout's page"),
+            || async {
+                let page = s.page("/rollouts/1").await?;
+                Ok(wave
+                    .iter()
+                    .all(|h| phase_on_page(&page, h).as_deref() == Some("published"))
+                    .then_some(()))
+            },
+        )
+        .await?;
+        let now = published();
+        assert_eq!(
+            now.len(),
+            want,
+            "wave {n} should have made {want} host(s) published in all, not {now:?}"
+        );
+        let page = s.page("/rollouts/1").await?;
+        for h in hosts.iter().filter(|h| !now.contains(h)) {
+            assert_eq!(
+                phase_on_page(&page, h).as_deref(),
+                Some("pending"),
+                "{h} in wave {n}:\n{page}"
+            );
+        }
+        for h in &wave {
+            for at in publication_times(&p, h)? {
+                for (r, t) in &reports {
+                    assert!(
+                        at > *t,
+                        "{h} (wave {n}) was published at {at:?}, before {r}'s success at {t:?}"
+                    );
+                }
+            }
+        }
+        for h in &wave {
+            let file = p.report_release(h, ReportStatus::Success, None)?;
+            let t = fs::metadata(p.logs(h).join(file))?.modified()?;
+            reports.push((h.clone(), t));
+        }
+        waves.push(wave);
+    }
+
+    let (lines, status) = read_job_log(&s, job, BUILD).await?;
+    let text = lines.join("\n");
+    assert_eq!(status, "succeeded", "{text}");
+    for (i, (entry, wave)) in ["25%", "25%", "rest"].iter().zip(&waves).enumerate() {
+        let line = lines
+            .iter()
+            .find(|l| l.starts_with(&format!("wave {} ({entry}): publishing to ", i + 1)))
+            .unwrap_or_else(|| panic!("no wave {} in the log:\n{text}", i + 1));
+        let mut named: Vec<&str> = line
+            .rsplit(": publishing to ")
+            .next()
+            .unwrap()
+            .split(", ")
+            .collect();
+        named.sort();
+        let mut wave: Vec<&str> = wave.iter().map(String::as_str).collect();
+        wave.sort();
+        assert_eq!(named, wave, "{text}");
+    }
+    let page = eventually(BUILD, "the rollout's end", || async {
+        let page = s.page("/rollouts/1").await?;
+        Ok(page.contains(">succeeded<").then_some(page))
+    })
+    .await?;
+    assert!(page.contains("4 succeeded, 0 failed"), "{page}");
     Ok(())
 }

@@ -17,7 +17,7 @@ use bento_core::HostName;
 use sqlx::SqlitePool;
 
 use super::jobs::{Job, LiveLog, Outcome};
-use super::AppState;
+use super::{AppState, Change};
 use crate::rollouts::{self, NewRollout};
 
 /// How often the chroot is looked at while a wave is under way.
@@ -76,6 +76,16 @@ impl Follower for PanelFollower<'_> {
             .block_on(rollouts::abort_requested(self.db, self.id))
             .unwrap_or(false)
     }
+}
+
+/// Tells the job's open pages that it now has a rollout, so they show its link:
+/// a job's page refreshes on changes of its job only, and a deploy in waves
+/// runs (unchanged) until its last wave concludes.
+fn rollout_recorded(state: &AppState, job: &Job) {
+    state.notify(Change {
+        jobs: vec![job.id],
+        ..Change::default()
+    });
 }
 
 /// A job that ended before any wave, saying why.
@@ -145,6 +155,7 @@ pub(super) fn run(
         Ok((id, _)) => id,
         Err(e) => return fail(format!("cannot record the rollout: {e:#}")),
     };
+    rollout_recorded(state, job);
     live.push(
         &format!(
             "rollout {id}: {} hosts in {} wave(s)",
@@ -271,6 +282,7 @@ pub(super) fn rollback(
         Ok((id, _)) => id,
         Err(e) => return fail(format!("cannot record the rollback: {e:#}")),
     };
+    rollout_recorded(state, job);
     for line in plan.announce(id) {
         live.push(&line, false);
     }

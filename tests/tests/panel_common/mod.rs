@@ -235,12 +235,13 @@ impl PanelServer {
     /// The report of `host`'s agent on the release it was last published, as the
     /// agent writes it. The system is the release's own: `states.txt` is written
     /// after the host's release is swapped in, so it may not name the host yet.
+    /// Returns the log's file name (in [`PanelServer::logs`]).
     pub fn report_release(
         &self,
         host: &str,
         status: ReportStatus,
         error: Option<&str>,
-    ) -> Result<()> {
+    ) -> Result<String> {
         let (revision, dir) = bento_tests::cli::current_release(&self.fx.host_chroot(host))
             .context("not published")?;
         let expected = bento_core::release::Manifest::read_from(&dir)?
@@ -253,8 +254,7 @@ impl PanelServer {
             time: OffsetDateTime::now_utc(),
             ..Report::agent(host, system, status, &revision)
         }
-        .write(&self.logs(host))?;
-        Ok(())
+        .write(&self.logs(host))
     }
 
     pub fn heartbeat(&self, host: &str, system: &str, reboot: bool) -> Result<()> {
@@ -716,5 +716,57 @@ impl Drop for ChromeDriver {
         }
         let _ = self.child.kill();
         let _ = self.child.wait();
+    }
+}
+
+/// Where the browser tests save their screenshots: `$BENTO_SCREENSHOTS`, else
+/// `target/screenshots/panel/`.
+pub fn screenshots_dir() -> Result<PathBuf> {
+    let dir = match std::env::var_os("BENTO_SCREENSHOTS") {
+        Some(d) => PathBuf::from(d),
+        None => Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/screenshots/panel"),
+    };
+    fs::create_dir_all(&dir)?;
+    Ok(dir.canonicalize()?)
+}
+
+/// Saves what the browser shows as `dir/NAME.png`.
+pub async fn shot(c: &fantoccini::Client, dir: &Path, name: &str) -> Result<()> {
+    let png = c.screenshot().await?;
+    fs::write(dir.join(format!("{name}.png")), png)?;
+    Ok(())
+}
+
+/// Clicks the first element matching `css`, finding it again if a live update
+/// replaced it in between.
+pub async fn click(c: &fantoccini::Client, css: &str) -> Result<()> {
+    let mut attempts = 0;
+    loop {
+        let el = c.find(fantoccini::Locator::Css(css)).await?;
+        match el.click().await {
+            Ok(_) => return Ok(()),
+            Err(e) if attempts < 20 && e.to_string().contains("stale element") => attempts += 1,
+            Err(e) => return Err(e.into()),
+        }
+    }
+}
+
+/// The visible text of the first element matching `css`, spaces normalized. Live
+/// updates replace page regions, so an element can go stale between finding and
+/// reading it: then it is found again.
+pub async fn text_of(c: &fantoccini::Client, css: &str) -> Result<Option<String>> {
+    let mut attempts = 0;
+    loop {
+        let el = match c.find(fantoccini::Locator::Css(css)).await {
+            Ok(el) => el,
+            Err(e) if e.is_no_such_element() => return Ok(None),
+            Err(e) => return Err(e.into()),
+        };
+        match el.text().await {
+            // Flex items come back on separate lines: compare words.
+            Ok(t) => return Ok(Some(t.split_whitespace().collect::<Vec<_>>().join(" "))),
+            Err(e) if attempts < 20 && e.to_string().contains("stale element") => attempts += 1,
+            Err(e) => return Err(e.into()),
+        }
     }
 }
