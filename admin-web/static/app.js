@@ -35,9 +35,11 @@
     if (refreshing) { again = true; return; }
     refreshing = true;
     last = Date.now();
-    fetch(location.href, { credentials: "same-origin", headers: { "Accept": "text/html" } })
+    // A redirect (the session ended: to the login) is not followed: the page
+    // stays as it is until the user acts.
+    fetch(location.href, { credentials: "same-origin", redirect: "manual", headers: { "Accept": "text/html" } })
       .then(function (r) {
-        if (r.redirected || !r.ok) throw new Error("status " + r.status);
+        if (r.type === "opaqueredirect" || !r.ok) throw new Error("status " + r.status);
         return r.text();
       })
       .then(function (html) {

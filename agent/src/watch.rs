@@ -73,7 +73,8 @@ pub async fn until_new_release(agent: &Agent, until: Instant) {
 }
 
 /// Watches on one session until a revision this host has not seen is published;
-/// an error when the session fails. `worked` turns true once an answer came.
+/// an error when the session fails. `worked` turns true once a valid answer
+/// came (a session that only ever answers nonsense keeps backing off).
 async fn watch_session(
     agent: &Agent,
     remote: &Remote,
@@ -82,12 +83,12 @@ async fn watch_session(
 ) -> Result<String, RemoteError> {
     if let Some(mut w) = remote.watch().await? {
         while let Some(rev) = remote.watch_next(&mut w).await? {
-            *worked = true;
             if !valid_revision(&rev) {
                 return Err(RemoteError::Refused(format!(
                     "{WATCH_FILE} names {rev:?}, not a revision"
                 )));
             }
+            *worked = true;
             if is_new(agent, &rev) {
                 return Ok(rev);
             }

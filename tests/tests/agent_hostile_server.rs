@@ -44,6 +44,11 @@ enum Mode {
     Nested,
     /// `f` holds this many zero bytes, listed honestly.
     Honest(u64),
+    /// The held watch (`.releases/.watch`) answers at once, with what is no
+    /// revision.
+    WatchNotRevision,
+    /// The held watch answers with [`HUGE_PACKET`] bytes.
+    WatchFlood,
 }
 
 #[derive(Default)]
@@ -51,6 +56,7 @@ struct Stats {
     connections: AtomicUsize,
     hung_reads: AtomicUsize,
     dirs_listed: AtomicUsize,
+    watch_reads: AtomicUsize,
     bytes_sent: AtomicU64,
     uploads: Mutex<Vec<String>>,
 }
@@ -92,6 +98,7 @@ impl Sftp {
             Mode::HangRead => (10, 10),
             Mode::Nested => (0, 0),
             Mode::Honest(n) => (n, n),
+            Mode::WatchNotRevision | Mode::WatchFlood => (10, 10),
         }
     }
 
@@ -177,8 +184,11 @@ impl russh_sftp::server::Handler for Sftp {
         pflags: OpenFlags,
         _attrs: FileAttributes,
     ) -> Result<Handle, Self::Error> {
+        let watching = matches!(self.mode, Mode::WatchNotRevision | Mode::WatchFlood);
         let kind = if pflags.contains(OpenFlags::WRITE) {
             "w"
+        } else if watching && filename.ends_with(bento_core::chroot::WATCH_FILE) {
+            "watch"
         } else if filename.ends_with("/f") {
             "r"
         } else {
@@ -200,11 +210,19 @@ impl russh_sftp::server::Handler for Sftp {
     async fn read(
         &mut self,
         id: u32,
-        _handle: String,
+        handle: String,
         offset: u64,
         len: u32,
     ) -> Result<Data, Self::Error> {
         let len = u64::from(len);
+        if handle.starts_with("watch:") {
+            self.stats.watch_reads.fetch_add(1, Ordering::Relaxed);
+            let data = match self.mode {
+                Mode::WatchFlood => vec![b'x'; HUGE_PACKET],
+                _ => b"../../etc\n".to_vec(),
+            };
+            return Ok(Data { id, data });
+        }
         let data = match self.mode {
             Mode::FstatLies if offset < 10 => b"0123456789"[offset as usize..].to_vec(),
             Mode::MoreThanListed if offset < FLOOD => vec![b'x'; len.min(FLOOD - offset) as usize],
@@ -390,6 +408,11 @@ struct AgentFiles {
 
 impl AgentFiles {
     fn new(label: &str, port: u16, timeout: u64) -> Result<AgentFiles> {
+        Self::with(label, port, timeout, "interval = 1")
+    }
+
+    /// With `settings` (the intervals) instead of a poll every second.
+    fn with(label: &str, port: u16, timeout: u64, settings: &str) -> Result<AgentFiles> {
         let dir = TestDir::new(label)?;
         let root = dir.path();
         fs::set_permissions(root, fs::Permissions::from_mode(0o755))?;
@@ -410,7 +433,7 @@ host = "victim"
 identity_file = "{key}"
 ssh_options = ["UserKnownHostsFile={root}/known_hosts", "StrictHostKeyChecking=accept-new", "IdentitiesOnly=yes"]
 timeout = {timeout}
-interval = 1
+{settings}
 jitter = 0
 state_dir = "{root}/state"
 runtime_dir = "{root}/run"
@@ -677,5 +700,54 @@ fn an_honest_large_file_is_streamed_to_disk() -> Result<()> {
         "{mib} MiB in {:?}, peak RSS {} KiB",
         m.elapsed, m.max_rss_kib
     );
+    Ok(())
+}
+
+/// A held watch that answers what is no revision, or a flood: the daemon's watch
+/// refuses the answer, drops the session and opens another only after a
+/// backoff that doubles (1 s, 2 s, 4 s: never a loop of reconnections), with its
+/// memory bounded.
+#[test]
+fn a_hostile_watch_is_refused_and_retried_with_backoff() -> Result<()> {
+    for (label, mode, says) in [
+        ("hostile-watch", Mode::WatchNotRevision, "not a revision"),
+        ("hostile-watch-flood", Mode::WatchFlood, "SFTP packet of"),
+    ] {
+        let server = Hostile::start(mode)?;
+        let agent = AgentFiles::with(
+            label,
+            server.port,
+            10,
+            "interval = 3600\nwatch_interval = 1",
+        )?;
+        let (mut cmd, log) = agent.command(&["daemon"])?;
+        let child = cmd.spawn().context("starting bento-agent daemon")?;
+        let stats = server.stats.clone();
+        let watched = || stats.watch_reads.load(Ordering::Relaxed) >= 4;
+        let m = wait_measured(child, &log, Duration::from_secs(90), watched)?;
+        assert!(
+            !m.timed_out,
+            "{mode:?}: only {} watch reads:\n{}",
+            stats.watch_reads.load(Ordering::Relaxed),
+            m.stderr
+        );
+        assert!(m.stderr.contains(says), "{mode:?}:\n{}", m.stderr);
+        let waits: Vec<&str> = m
+            .stderr
+            .lines()
+            .filter(|l| l.contains("watch: the session dropped"))
+            .filter_map(|l| l.rsplit("again in ").next())
+            .collect();
+        assert!(
+            waits.len() >= 3 && waits[..3] == ["1s", "2s", "4s"],
+            "{mode:?}: waits {waits:?}:\n{}",
+            m.stderr
+        );
+        assert!(
+            m.max_rss_kib < RSS_LIMIT_KIB,
+            "{mode:?}: peak RSS {} KiB",
+            m.max_rss_kib
+        );
+    }
     Ok(())
 }

@@ -6,8 +6,8 @@ mod panel_common;
 use std::time::Duration;
 
 use anyhow::{ensure, Result};
-use panel_common::{client, set_cookie, try_login, PanelServer, ADMIN, PASSWORD};
-use reqwest::header::{AUTHORIZATION, LOCATION, RETRY_AFTER};
+use panel_common::{client, hidden, set_cookie, try_login, PanelServer, ADMIN, PASSWORD};
+use reqwest::header::{AUTHORIZATION, COOKIE, LOCATION, RETRY_AFTER};
 use reqwest::StatusCode;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -71,6 +71,56 @@ async fn login_sets_a_strict_session_and_logout_ends_it() -> Result<()> {
         audit.contains(">nobody<"),
         "the failed user name is recorded"
     );
+    Ok(())
+}
+
+/// Two login pages open in one browser (two tabs, or a page's background refresh
+/// that met the login) share the browser's token: the first form still logs in.
+/// A forged form (another token) is refused and nothing is logged in.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_second_login_page_keeps_the_first_form_valid() -> Result<()> {
+    let p = PanelServer::start("panel-auth")?;
+    let c = client();
+    let first = c.get(p.url("/login")).send().await?;
+    let (token, _) = set_cookie(&first, "bento_login").unwrap();
+    let csrf = hidden(&first.text().await?, "csrf").unwrap();
+    let browser = format!("bento_login={token}");
+
+    let second = c
+        .get(p.url("/login"))
+        .header(COOKIE, &browser)
+        .send()
+        .await?;
+    let (again, _) = set_cookie(&second, "bento_login").unwrap();
+    assert_eq!(again, token, "the second page minted another token");
+    assert_eq!(hidden(&second.text().await?, "csrf").unwrap(), csrf);
+
+    // A cookie the server did not make is not taken over.
+    let odd = c
+        .get(p.url("/login"))
+        .header(COOKIE, "bento_login=<script>")
+        .send()
+        .await?;
+    let (fresh, _) = set_cookie(&odd, "bento_login").unwrap();
+    assert_eq!(fresh.len(), 64, "{fresh}");
+
+    let post = |csrf: String| {
+        c.post(p.url("/login"))
+            .header(COOKIE, &browser)
+            .form(&[
+                ("user", ADMIN),
+                ("password", PASSWORD),
+                ("csrf", &csrf),
+                ("next", "/"),
+            ])
+            .send()
+    };
+    let forged = post("0".repeat(64)).await?;
+    assert_eq!(forged.status(), StatusCode::FORBIDDEN);
+    assert!(set_cookie(&forged, "bento_session").is_none());
+    let res = post(csrf).await?;
+    assert_eq!(res.status(), StatusCode::SEE_OTHER);
+    assert!(set_cookie(&res, "bento_session").is_some());
     Ok(())
 }
 

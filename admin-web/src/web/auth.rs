@@ -481,14 +481,25 @@ fn percent_decode(s: &[u8]) -> Vec<u8> {
     out
 }
 
+/// The login form's CSRF token: the one this browser already holds, so that two
+/// login pages open at once (two tabs, or a page's background refresh that met
+/// the login) both stay valid; a new one otherwise.
+fn login_token(headers: &HeaderMap) -> String {
+    match cookie(headers, LOGIN_COOKIE) {
+        Some(t) if t.len() == 64 && t.bytes().all(|b| b.is_ascii_hexdigit()) => t.to_string(),
+        _ => random_token(),
+    }
+}
+
 fn login_form(
     state: &AppState,
+    headers: &HeaderMap,
     status: StatusCode,
     next: &str,
     user: &str,
     error: &str,
 ) -> Response {
-    let token = random_token();
+    let token = login_token(headers);
     let page = LoginPage {
         nav: Nav::anonymous(),
         csrf: &token,
@@ -518,7 +529,7 @@ pub async fn login_page(
     if let Ok(Some(_)) = session_from(&headers, source, &state).await {
         return Redirect::to(safe_next(&q.next)).into_response();
     }
-    login_form(&state, StatusCode::OK, &q.next, "", "")
+    login_form(&state, &headers, StatusCode::OK, &q.next, "", "")
 }
 
 #[derive(Deserialize)]
@@ -543,6 +554,7 @@ pub async fn login(
     if cookie_token.is_empty() || !constant_time_eq(cookie_token.as_bytes(), form.csrf.as_bytes()) {
         return login_form(
             &state,
+            &headers,
             StatusCode::FORBIDDEN,
             &form.next,
             &form.user,
@@ -567,6 +579,7 @@ pub async fn login(
         .await;
         let mut res = login_form(
             &state,
+            &headers,
             StatusCode::TOO_MANY_REQUESTS,
             &form.next,
             &user,
@@ -621,6 +634,7 @@ pub async fn login(
             .await;
             let mut res = login_form(
                 &state,
+                &headers,
                 StatusCode::UNAUTHORIZED,
                 &form.next,
                 &user,

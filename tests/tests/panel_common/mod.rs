@@ -745,10 +745,17 @@ pub async fn click(c: &fantoccini::Client, css: &str) -> Result<()> {
         let el = c.find(fantoccini::Locator::Css(css)).await?;
         match el.click().await {
             Ok(_) => return Ok(()),
-            Err(e) if attempts < 20 && e.to_string().contains("stale element") => attempts += 1,
+            Err(e) if attempts < 20 && is_stale(&e) => attempts += 1,
             Err(e) => return Err(e.into()),
         }
     }
+}
+
+/// Whether `e` says the element left the page (replaced by a live update), in
+/// either of the words chromedriver uses.
+fn is_stale(e: &fantoccini::error::CmdError) -> bool {
+    let m = e.to_string();
+    m.contains("stale element") || m.contains("does not belong to the document")
 }
 
 /// The visible text of the first element matching `css`, spaces normalized. Live
@@ -765,7 +772,7 @@ pub async fn text_of(c: &fantoccini::Client, css: &str) -> Result<Option<String>
         match el.text().await {
             // Flex items come back on separate lines: compare words.
             Ok(t) => return Ok(Some(t.split_whitespace().collect::<Vec<_>>().join(" "))),
-            Err(e) if attempts < 20 && e.to_string().contains("stale element") => attempts += 1,
+            Err(e) if attempts < 20 && is_stale(&e) => attempts += 1,
             Err(e) => return Err(e.into()),
         }
     }
