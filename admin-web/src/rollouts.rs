@@ -811,6 +811,23 @@ impl RollbackPlan {
     }
 }
 
+/// Which of a rollout's hosts a rollback would put back, and why the others
+/// stay, from the chroot as it is now (what the panel asks the admin to
+/// confirm).
+pub fn rollback_preview(chroot: &Chroot, hosts: &[HostRow]) -> anyhow::Result<rollback::Plan> {
+    let targets = hosts
+        .iter()
+        .map(|h| {
+            Ok(rollback::Target {
+                host: HostName::new(&h.host)?,
+                revision: h.revision.clone(),
+                previous: h.previous_revision.clone(),
+            })
+        })
+        .collect::<anyhow::Result<Vec<_>>>()?;
+    Ok(rollback::plan(chroot, &targets))
+}
+
 /// Plans rolling back rollout `r`: each host it published whose revision is
 /// still current goes back to the release it had before (kept in the chroot).
 /// A rollout still driven by a live process is refused: abort it first (the
@@ -827,15 +844,7 @@ pub fn plan_rollback(
             r.driver_pid.unwrap_or(0)
         );
     }
-    let mut targets = Vec::new();
-    for h in hosts {
-        targets.push(rollback::Target {
-            host: HostName::new(&h.host)?,
-            revision: h.revision.clone(),
-            previous: h.previous_revision.clone(),
-        });
-    }
-    let plan = rollback::plan(chroot, &targets);
+    let plan = rollback_preview(chroot, hosts)?;
     if plan.to_republish.is_empty() {
         let why: Vec<String> = plan
             .skipped

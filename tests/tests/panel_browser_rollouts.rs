@@ -329,8 +329,25 @@ async fn rollback_in_the_browser_puts_each_host_back_on_its_previous_release() -
             wait_for_status(c, "succeeded").await?;
             shot(c, shots, "rollout-succeeded").await?;
 
-            // Rollback: a job of its own, a rollout of its own.
+            // Rollback asks first, host by host: nothing changes until confirmed.
             click(c, "#rollout-rollback").await?;
+            c.wait()
+                .for_element(Locator::Css("#rollback-confirm"))
+                .await?;
+            for (h, was) in [(&first, &before.0), (&second, &before.1)] {
+                let row = text_of(c, &format!("#rollback-back tr[data-host='{h}']"))
+                    .await?
+                    .with_context(|| format!("{h} is not on the confirmation page"))?;
+                ensure!(row.contains(&was[..12]), "{h}: {row}");
+            }
+            shot(c, shots, "rollout-rollback-confirm").await?;
+            assert_ne!(
+                rev(&p, &first).as_ref(),
+                Some(&before.0),
+                "changed unconfirmed"
+            );
+            // Rollback: a job of its own, a rollout of its own.
+            click(c, "#rollback-confirm").await?;
             c.wait().for_element(Locator::Css("#job-log")).await?;
             eventually(BUILD, "the previous releases in the chroot", || async {
                 Ok((rev(&p, &first).as_ref() == Some(&before.0)

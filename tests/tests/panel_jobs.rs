@@ -7,7 +7,7 @@ mod panel_common;
 use std::fs;
 use std::time::{Duration, SystemTime};
 
-use anyhow::Result;
+use anyhow::{Context, Result};
 use bento_core::bentodir::BentoDir;
 use bento_core::report::ReportStatus;
 use bento_tests::cli::current_release;
@@ -371,6 +371,19 @@ async fn a_rollout_driven_by_the_panel_survives_its_restart() -> Result<()> {
     })
     .await?;
     assert!(page.contains("2 succeeded, 0 failed"), "{page}");
+    // The job that took it up is linked both ways.
+    let resumed = page
+        .split("id=\"resumed-by\"><a href=\"/jobs/")
+        .nth(1)
+        .and_then(|t| t.split('"').next())
+        .and_then(|n| n.parse::<i64>().ok())
+        .with_context(|| format!("no resume job on the rollout's page: {page}"))?;
+    assert_ne!(resumed, 1, "the resume job is the deploy job");
+    let job = s.page(&format!("/jobs/{resumed}")).await?;
+    assert!(
+        job.contains("href=\"/rollouts/1\" id=\"job-rollout\""),
+        "{job}"
+    );
     let audit = s.page("/audit").await?;
     assert!(audit.contains("rollout-resume"), "{audit}");
     Ok(())
@@ -429,6 +442,25 @@ async fn rollback_on_the_panel_aborts_the_rollout_and_republishes_the_previous_r
     })
     .await?;
 
+    // Rollback shows what it would do first, and does nothing yet.
+    let confirm = s.page("/rollouts/2/rollback").await?;
+    let row = |host: &str| {
+        let at = confirm.find(&format!("<tr data-host=\"{host}\">"))?;
+        let end = confirm[at..].find("</tr>")? + at;
+        Some(confirm[at..end].to_owned())
+    };
+    let back = row(&first).unwrap_or_default();
+    assert!(back.contains(&rev1_first[..12]), "{confirm}");
+    let stay = row(&second).unwrap_or_default();
+    assert!(stay.contains("its wave was never published"), "{confirm}");
+    assert!(
+        confirm.contains("This rollout is aborted first"),
+        "{confirm}"
+    );
+    assert!(confirm.contains("id=\"rollback-confirm\""), "{confirm}");
+    assert_ne!(rev(&first).as_deref(), Some(rev1_first.as_str()));
+    assert!(s.page("/rollouts/2").await?.contains(">running<"));
+
     let res = s.post("/rollouts/2/rollback", &[]).await?;
     assert_eq!(res.status(), StatusCode::SEE_OTHER);
     let job: i64 = res
@@ -456,6 +488,10 @@ async fn rollback_on_the_panel_aborts_the_rollout_and_republishes_the_previous_r
     assert!(two.contains(">aborted<"), "{two}");
     assert!(two.contains("Rolled back by"), "{two}");
     assert!(!two.contains("/rollouts/2/rollback"), "{two}");
+    // Asked again, the confirmation says no and offers nothing to confirm.
+    let again = s.page("/rollouts/2/rollback").await?;
+    assert!(again.contains("id=\"rollback-refused\""), "{again}");
+    assert!(!again.contains("id=\"rollback-confirm\""), "{again}");
     assert!(!two.contains("/rollouts/2/resume"), "{two}");
     let three = s.page("/rollouts/3").await?;
     assert!(three.contains("href=\"/rollouts/2\""), "{three}");

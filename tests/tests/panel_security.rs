@@ -15,7 +15,7 @@ use reqwest::StatusCode;
 const XSS: &str = "<script>alert('owned')</script><img src=x onerror=alert(1)>";
 
 /// Every route of the panel (`web::router`), with a concrete path.
-const PAGES: [&str; 11] = [
+const PAGES: [&str; 12] = [
     "/",
     "/hosts/web1",
     "/hosts/web1/logs/20240101-0000_sys_success.log.gz",
@@ -24,6 +24,7 @@ const PAGES: [&str; 11] = [
     "/jobs/1",
     "/rollouts",
     "/rollouts/1",
+    "/rollouts/1/rollback",
     "/alerts",
     "/audit",
     "/events",

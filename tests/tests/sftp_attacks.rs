@@ -875,3 +875,59 @@ fn the_held_watch_answers_when_the_hosts_own_release_is_published() -> Result<()
     );
     Ok(())
 }
+
+/// A client that drops its connection while a watch read is held frees its
+/// session at once, not at the end of the hold (a minute): thousands of
+/// agents that reconnect would otherwise pile up dead sessions.
+#[test]
+fn a_held_watch_ends_with_its_connection() -> Result<()> {
+    use bento_core::chroot::WATCH_FILE;
+    use russh_sftp::protocol::OpenFlags;
+    let dir = TestDir::new("sftp-watch-drop")?;
+    let mut server = plain_server(dir.path(), &["watcher"], "")?;
+    server.start()?;
+    let port = server.port();
+    let key = server.key_path("watcher");
+    let rt = runtime()?;
+    rt.block_on(async {
+        let (h, ok) = login(port, source(1), "watcher", &key).await?;
+        anyhow::ensure!(ok, "watcher did not log in");
+        let s = sftp_channel(&h).await.context("no sftp channel")?;
+        s.set_timeout(120);
+        let w = s
+            .open(WATCH_FILE, OpenFlags::READ, Default::default())
+            .await?
+            .handle;
+        s.read(&w, 0, 512).await?;
+        let held = s.read(&w, 0, 512);
+        tokio::pin!(held);
+        // Sent (the future is polled) and held by the server (it says so)
+        // before the client leaves.
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while !server.log().contains("watch held") {
+            anyhow::ensure!(
+                Instant::now() < deadline,
+                "the read was never held\n{}",
+                server.log()
+            );
+            tokio::select! {
+                r = &mut held => anyhow::bail!("the second read was answered at once: {r:?}"),
+                () = tokio::time::sleep(Duration::from_millis(50)) => {}
+            }
+        }
+        anyhow::ensure!(
+            !server.log().contains("SFTP session ended"),
+            "the session ended before its client left\n{}",
+            server.log()
+        );
+        h.disconnect(russh::Disconnect::ByApplication, "", "")
+            .await?;
+        anyhow::Ok(())
+    })?;
+    let log = server.log_with(&["SFTP session ended"]);
+    assert!(
+        log.contains("SFTP session ended"),
+        "the held watch kept its session after the client left\n{log}"
+    );
+    Ok(())
+}

@@ -380,6 +380,9 @@ pub struct Connection {
     channels: HashMap<ChannelId, Channel<Msg>>,
     /// SFTP sessions running on this connection.
     live: Arc<AtomicUsize>,
+    /// Per running session: dropped when its channel ends (or the connection
+    /// does), which ends a watch read held for it at once.
+    closers: HashMap<ChannelId, tokio::sync::watch::Sender<()>>,
 }
 
 impl Drop for Connection {
@@ -568,6 +571,7 @@ impl russh::server::Handler for Connection {
         _session: &mut Session,
     ) -> Result<(), Self::Error> {
         self.channels.remove(&channel);
+        self.closers.remove(&channel);
         Ok(())
     }
 
@@ -601,6 +605,8 @@ impl russh::server::Handler for Connection {
         };
         session.channel_success(channel_id)?;
         self.live.fetch_add(1, Ordering::AcqRel);
+        let (closer, closed) = tokio::sync::watch::channel(());
+        self.closers.insert(channel_id, closer);
         let place = SessionPlace {
             live: self.live.clone(),
             _fds: fds,
@@ -614,6 +620,7 @@ impl russh::server::Handler for Connection {
                 keep_reports: self.shared.keep_reports,
                 fds: self.shared.fds.clone(),
                 publications: self.shared.publications.clone(),
+                closed,
                 _place: place,
             },
         );
@@ -643,6 +650,7 @@ impl russh::server::Handler for Connection {
         channel: ChannelId,
         session: &mut Session,
     ) -> Result<(), Self::Error> {
+        self.closers.remove(&channel);
         session.close(channel)
     }
 
@@ -763,6 +771,7 @@ async fn serve_connection(
         authenticated: authenticated.clone(),
         channels: HashMap::new(),
         live: Arc::default(),
+        closers: HashMap::new(),
     };
     let stream = Killable::new(socket, switch.clone());
     let grace_over = |what: &str| {

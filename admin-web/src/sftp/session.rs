@@ -58,6 +58,9 @@ pub struct Bounds {
     /// `[sftp] keep_reports`.
     pub keep_reports: usize,
     pub publications: Arc<Publications>,
+    /// Ends (its sender dropped) when the session's channel or connection
+    /// does: a held watch read then stops waiting.
+    pub closed: tokio::sync::watch::Receiver<()>,
     pub _place: SessionPlace,
 }
 
@@ -94,6 +97,7 @@ impl Drop for SftpSession {
     fn drop(&mut self) {
         self.handles = HashMap::new();
         super::return_freed_memory();
+        debug!(target: "bento::sftp", host = %self.host, "SFTP session ended");
     }
 }
 
@@ -302,11 +306,17 @@ impl SftpSession {
         last: Option<Option<String>>,
     ) -> Result<Data, StatusReply> {
         let mut sub = self.bounds.publications.subscribe(&self.host);
+        let mut closed = self.bounds.closed.clone();
         let deadline = tokio::time::Instant::now() + WATCH_HOLD;
+        let mut holding = false;
         let current = loop {
             let current = self.current()?;
             if last.as_ref() != Some(&current) || tokio::time::Instant::now() >= deadline {
                 break current;
+            }
+            if !holding {
+                holding = true;
+                debug!(target: "bento::sftp", host = %self.host, "watch held");
             }
             let wake = if sub.told {
                 deadline
@@ -321,6 +331,11 @@ impl SftpSession {
                     }
                 }
                 () = tokio::time::sleep_until(wake) => {}
+                // Nobody is left to answer: the session's task and its
+                // descriptors are freed now, not at the end of the hold.
+                _ = closed.changed() => {
+                    return Err(StatusCode::ConnectionLost.with_message("the session ended"));
+                }
             }
         };
         let data = watch_answer(current.as_deref());

@@ -965,7 +965,7 @@ pub async fn page(
             .collect(),
         started: views::full_time_ms(job.started_at),
         finished: views::full_time_ms(job.finished_at),
-        rollout: super::rollouts::of_job(&state, job.id).await,
+        rollout: super::rollouts::of_job(&state, job.id, &job.mode).await,
         job: JobView::new(&job),
     };
     Ok(Html(page.render().map_err(WebError::internal)?))

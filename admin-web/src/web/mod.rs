@@ -251,7 +251,10 @@ pub fn router(state: AppState) -> Router {
         .route("/rollouts/{id}", get(rollouts::page))
         .route("/rollouts/{id}/abort", post(rollouts::abort))
         .route("/rollouts/{id}/resume", post(rollouts::resume))
-        .route("/rollouts/{id}/rollback", post(rollouts::rollback))
+        .route(
+            "/rollouts/{id}/rollback",
+            get(rollouts::rollback_page).post(rollouts::rollback),
+        )
         .route("/alerts", get(alerts::page))
         .route("/audit", get(audit::page))
         .route("/events", get(sse::events))

@@ -1,5 +1,6 @@
 //! The Rollouts pages: every deploy's waves and each host's outcome, as
-//! `bento rollout list|show` print them, and Abort.
+//! `bento rollout list|show` print them, Abort, Resume and Rollback (shown
+//! host by host for the admin to confirm before anything is republished).
 
 use askama::Template;
 use axum::extract::{Path, State};
@@ -98,6 +99,8 @@ struct ShowPage {
     can_resume: bool,
     can_rollback: bool,
     rolled_back_by: Vec<i64>,
+    /// The jobs that went on with it (Resume, or the panel's restart).
+    resumed_by: Vec<i64>,
 }
 
 async fn settle(state: &AppState) {
@@ -129,6 +132,15 @@ pub async fn page(
     settle(&state).await;
     let (r, hosts) = load_or_404(&state, id).await?;
     let rolled_back_by = rollouts::rolled_back_by(&state.db, id).await?;
+    let resumed_by: Vec<i64> = sqlx::query_as::<_, (i64,)>(
+        "SELECT id FROM jobs WHERE kind = 'deploy' AND mode = ? ORDER BY id",
+    )
+    .bind(format!("resume:{id}"))
+    .fetch_all(&state.db)
+    .await?
+    .into_iter()
+    .map(|(j,)| j)
+    .collect();
     let can_resume = resumable(&r) && rolled_back_by.is_empty();
     let can_rollback = rolled_back_by.is_empty()
         && hosts
@@ -146,6 +158,7 @@ pub async fn page(
         can_resume,
         can_rollback,
         rolled_back_by,
+        resumed_by,
     };
     Ok(Html(page.render().map_err(WebError::internal)?))
 }
@@ -178,6 +191,79 @@ pub async fn resume(
         )));
     }
     deploy_job(&state, &format!("resume:{id}"), &f).await
+}
+
+/// One host of a rollback's confirmation page.
+struct RollbackRow {
+    host: String,
+    now: String,
+    back_to: String,
+    why: String,
+}
+
+#[derive(Template)]
+#[template(path = "rollout_rollback.html")]
+struct RollbackPage {
+    nav: Nav,
+    r: RolloutView,
+    back: Vec<RollbackRow>,
+    stay: Vec<RollbackRow>,
+    /// Why no rollback can be asked for (already rolled back).
+    refused: String,
+}
+
+/// What Rollback would do, host by host, for the admin to confirm: which hosts
+/// go back to which release, which stay and why. Nothing is changed here.
+pub async fn rollback_page(
+    State(state): State<AppState>,
+    user: SessionUser,
+    Path(id): Path<String>,
+) -> WebResult<Html<String>> {
+    let id = parse_id(&id)?;
+    settle(&state).await;
+    let (r, hosts) = load_or_404(&state, id).await?;
+    let refused = match rollouts::refuse_if_rolled_back(&state.db, id).await {
+        Ok(()) => String::new(),
+        Err(e) => format!("{e:#}."),
+    };
+    let chroot = bento_core::chroot::Chroot::new(&state.settings().chroot_dir);
+    let plan = rollouts::rollback_preview(&chroot, &hosts)
+        .map_err(|e| WebError::BadRequest(format!("{e:#}")))?;
+    let short = |r: &str| r.get(..12).unwrap_or(r).to_owned();
+    let now = |host: &str| {
+        hosts
+            .iter()
+            .find(|h| h.host == host)
+            .and_then(|h| h.revision.as_deref())
+            .map(short)
+            .unwrap_or_default()
+    };
+    let page = RollbackPage {
+        nav: Nav::new(&user, "rollouts"),
+        r: RolloutView::new(&r),
+        back: plan
+            .to_republish
+            .iter()
+            .map(|(h, rev)| RollbackRow {
+                host: h.to_string(),
+                now: now(h.as_str()),
+                back_to: short(rev),
+                why: String::new(),
+            })
+            .collect(),
+        stay: plan
+            .skipped
+            .iter()
+            .map(|(h, why)| RollbackRow {
+                host: h.to_string(),
+                now: now(h.as_str()),
+                back_to: String::new(),
+                why: why.clone(),
+            })
+            .collect(),
+        refused,
+    };
+    Ok(Html(page.render().map_err(WebError::internal)?))
 }
 
 /// Rollback: a deploy job that puts the rollout's hosts back on the release they
@@ -247,8 +333,16 @@ pub async fn resume_interrupted(state: &AppState) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// The rollout of a deploy job, if it has one.
-pub async fn of_job(state: &AppState, job: i64) -> Option<i64> {
+/// The rollout of a deploy job, if it has one: the one it resumes (a rollout
+/// keeps the job that started it, from the panel or the command line), else the
+/// one it recorded.
+pub async fn of_job(state: &AppState, job: i64, mode: &str) -> Option<i64> {
+    if let Some(id) = mode
+        .strip_prefix("resume:")
+        .and_then(|n| n.parse::<i64>().ok())
+    {
+        return Some(id);
+    }
     sqlx::query_as::<_, (i64,)>("SELECT id FROM rollouts WHERE job_id = ? ORDER BY id DESC LIMIT 1")
         .bind(job)
         .fetch_optional(&state.db)
