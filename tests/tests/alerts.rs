@@ -636,13 +636,7 @@ fn rollout_panel(label: &str, hook: &Receiver) -> Result<(PanelServer, String, S
 
 /// Starts a deploy in waves from the panel; waits until its first wave is out.
 async fn deploy_in_waves(p: &PanelServer, s: &panel_common::Session, first: &str) -> Result<()> {
-    let res = s
-        .post(
-            "/jobs",
-            &[("kind", "deploy"), ("host", ""), ("mode", "waves")],
-        )
-        .await?;
-    assert_eq!(res.status(), StatusCode::SEE_OTHER);
+    s.deploy_in_waves().await?;
     eventually(BUILD, "the first wave", || async {
         Ok(current_release(&p.fx.host_chroot(first)).map(|_| ()))
     })

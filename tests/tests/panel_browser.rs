@@ -16,8 +16,8 @@ use bento_core::report::ReportStatus;
 use bento_tests::sshd::unique_prefix;
 use fantoccini::{Client, Locator};
 use panel_common::{
-    click, eventually, screenshots_dir, shot, system, text_of, ChromeDriver, PanelServer, ADMIN,
-    PASSWORD,
+    click, eventually, screenshots_dir, shot, submit_login, system, text_of, ChromeDriver,
+    PanelServer,
 };
 
 /// A fleet that makes a representative dashboard.
@@ -100,18 +100,7 @@ async fn drive(
         .await?;
     assert!(c.current_url().await?.path().starts_with("/login"));
     shot(c, shots, "login").await?;
-    c.find(Locator::Css("input[name=user]"))
-        .await?
-        .send_keys(ADMIN)
-        .await?;
-    c.find(Locator::Css("input[name=password]"))
-        .await?
-        .send_keys(PASSWORD)
-        .await?;
-    c.find(Locator::Css("button[type=submit].primary"))
-        .await?
-        .click()
-        .await?;
+    submit_login(c).await?;
     // The login page may still be there when the click returns: wait for the
     // fleet page's heading, not for any heading (a login page's goes stale).
     eventually(
@@ -441,18 +430,7 @@ async fn fits(
     shots: &Path,
 ) -> Result<()> {
     c.goto(&p.url("/login")).await?;
-    c.find(Locator::Css("input[name=user]"))
-        .await?
-        .send_keys(ADMIN)
-        .await?;
-    c.find(Locator::Css("input[name=password]"))
-        .await?
-        .send_keys(PASSWORD)
-        .await?;
-    c.find(Locator::Css("button[type=submit].primary"))
-        .await?
-        .click()
-        .await?;
+    submit_login(c).await?;
     c.wait().for_element(Locator::Css("#counts")).await?;
 
     // A common laptop screen: every state label fits its box.

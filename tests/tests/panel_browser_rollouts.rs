@@ -17,7 +17,7 @@ use bento_tests::reports::write_heartbeat;
 use bento_tests::sshd::unique_prefix;
 use fantoccini::{Client, Locator};
 use panel_common::{
-    click, eventually, screenshots_dir, shot, text_of, ChromeDriver, PanelServer, ADMIN, PASSWORD,
+    click, eventually, screenshots_dir, shot, submit_login, text_of, ChromeDriver, PanelServer,
 };
 
 /// A build of the toy hosts, or a wave's publication, on a loaded machine.
@@ -68,15 +68,7 @@ where
 /// Logs in through the login form.
 async fn log_in(c: &Client, p: &PanelServer) -> Result<()> {
     c.goto(&p.url("/login")).await?;
-    c.find(Locator::Css("input[name=user]"))
-        .await?
-        .send_keys(ADMIN)
-        .await?;
-    c.find(Locator::Css("input[name=password]"))
-        .await?
-        .send_keys(PASSWORD)
-        .await?;
-    click(c, "button[type=submit].primary").await?;
+    submit_login(c).await?;
     eventually(PAGE, "the fleet page after login", || async {
         Ok(text_of(c, "main h1")
             .await?

@@ -13,7 +13,8 @@ use anyhow::{ensure, Context, Result};
 use bento_core::report::ReportStatus;
 use fantoccini::Locator;
 use panel_common::{
-    client, client_from, eventually, post_login, system, ChromeDriver, PanelServer, ADMIN, PASSWORD,
+    client, client_from, eventually, post_login, submit_login, system, ChromeDriver, PanelServer,
+    ADMIN, PASSWORD,
 };
 use reqwest::header::{CONTENT_DISPOSITION, CONTENT_TYPE, COOKIE, LOCATION, RETRY_AFTER};
 use reqwest::StatusCode;
@@ -188,18 +189,7 @@ async fn login_in(c: &fantoccini::Client, url: &str) -> Result<()> {
     c.wait()
         .for_element(Locator::Css("input[name=user]"))
         .await?;
-    c.find(Locator::Css("input[name=user]"))
-        .await?
-        .send_keys(ADMIN)
-        .await?;
-    c.find(Locator::Css("input[name=password]"))
-        .await?
-        .send_keys(PASSWORD)
-        .await?;
-    c.find(Locator::Css("button[type=submit].primary"))
-        .await?
-        .click()
-        .await?;
+    submit_login(c).await?;
     Ok(())
 }
 

@@ -23,6 +23,23 @@ fn toy_host(p: &mut PanelServer) -> Result<String> {
     Ok(host)
 }
 
+/// A panel whose `[rollout]` has `waves`, and a toy host for each of `hosts`.
+fn panel_with_waves(waves: &str, hosts: &[&String]) -> Result<PanelServer> {
+    let mut p = PanelServer::start_with("panel-jobs", &format!("[rollout]\nwaves = {waves}\n"))?;
+    for h in hosts {
+        p.fx.fleet.flake_host(h, &[h])?;
+    }
+    Ok(p)
+}
+
+/// Two hosts, `-a` a wave of its own before the rest.
+fn two_waves() -> Result<(PanelServer, String, String)> {
+    let prefix = unique_prefix();
+    let (first, second) = (format!("{prefix}-a"), format!("{prefix}-b"));
+    let p = panel_with_waves(&format!("[\"host:{first}\", \"rest\"]"), &[&first, &second])?;
+    Ok((p, first, second))
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_deploy_job_publishes_and_streams_its_log() -> Result<()> {
     let mut p = PanelServer::start("panel-jobs")?;
@@ -281,30 +298,11 @@ async fn a_command_line_deploy_shows_in_the_panels_jobs_and_audit() -> Result<()
 /// the first wave is published, and Abort on its page stops it there.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_panel_deploy_in_waves_publishes_the_first_and_stops_on_abort() -> Result<()> {
-    let prefix = unique_prefix();
-    let (first, second) = (format!("{prefix}-a"), format!("{prefix}-b"));
-    let mut p = PanelServer::start_with(
-        "panel-jobs",
-        &format!("[rollout]\nwaves = [\"host:{first}\", \"rest\"]\n"),
-    )?;
-    for h in [&first, &second] {
-        p.fx.fleet.flake_host(h, &[h])?;
-    }
+    let (p, first, second) = two_waves()?;
     let s = p.login().await?;
-    let res = s
-        .post(
-            "/jobs",
-            &[("kind", "deploy"), ("host", ""), ("mode", "waves")],
-        )
-        .await?;
-    assert_eq!(res.status(), StatusCode::SEE_OTHER);
-    let job = eventually(BUILD, "the first wave", || async {
-        let jobs = s.json("/api/v1/jobs").await?;
-        let id = jobs
-            .as_array()
-            .and_then(|a| a.first())
-            .and_then(|j| j["id"].as_i64());
-        Ok(id.filter(|_| current_release(&p.fx.host_chroot(&first)).is_some()))
+    let job = s.deploy_in_waves().await?;
+    eventually(BUILD, "the first wave", || async {
+        Ok(current_release(&p.fx.host_chroot(&first)).map(|_| ()))
     })
     .await?;
     // The first wave is out, the job still runs: it waits for the host.
@@ -338,15 +336,7 @@ async fn a_panel_deploy_in_waves_publishes_the_first_and_stops_on_abort() -> Res
 /// it starts: the next wave is published once the first one succeeded.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_rollout_driven_by_the_panel_survives_its_restart() -> Result<()> {
-    let prefix = unique_prefix();
-    let (first, second) = (format!("{prefix}-a"), format!("{prefix}-b"));
-    let mut p = PanelServer::start_with(
-        "panel-jobs",
-        &format!("[rollout]\nwaves = [\"host:{first}\", \"rest\"]\n"),
-    )?;
-    for h in [&first, &second] {
-        p.fx.fleet.flake_host(h, &[h])?;
-    }
+    let (mut p, first, second) = two_waves()?;
     let s = p.login().await?;
     s.post("/jobs", &[("kind", "deploy"), ("host", "")]).await?;
     eventually(BUILD, "the first wave", || async {
@@ -396,15 +386,7 @@ async fn a_rollout_driven_by_the_panel_survives_its_restart() -> Result<()> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn rollback_on_the_panel_aborts_the_rollout_and_republishes_the_previous_release(
 ) -> Result<()> {
-    let prefix = unique_prefix();
-    let (first, second) = (format!("{prefix}-a"), format!("{prefix}-b"));
-    let mut p = PanelServer::start_with(
-        "panel-jobs",
-        &format!("[rollout]\nwaves = [\"host:{first}\", \"rest\"]\n"),
-    )?;
-    for h in [&first, &second] {
-        p.fx.fleet.flake_host(h, &[h])?;
-    }
+    let (p, first, second) = two_waves()?;
     let s = p.login().await?;
     let rev = |h: &str| current_release(&p.fx.host_chroot(h)).map(|(r, _)| r);
     // Rollout 1, every host at once; both succeed.
@@ -425,11 +407,7 @@ async fn rollback_on_the_panel_aborts_the_rollout_and_republishes_the_previous_r
     for h in [&first, &second] {
         p.fx.fleet.set_system_version(h, "2")?;
     }
-    s.post(
-        "/jobs",
-        &[("kind", "deploy"), ("host", ""), ("mode", "waves")],
-    )
-    .await?;
+    s.deploy_in_waves().await?;
     eventually(BUILD, "rollout 2's first wave", || async {
         Ok(rev(&first).filter(|r| *r != rev1_first).map(|_| ()))
     })
@@ -535,26 +513,12 @@ async fn a_panel_rollout_in_percent_waves_publishes_each_wave_after_the_last_suc
         .iter()
         .map(|s| format!("{prefix}-{s}"))
         .collect();
-    let mut p = PanelServer::start_with(
-        "panel-jobs",
-        "[rollout]\nwaves = [\"25%\", \"25%\", \"rest\"]\n",
+    let p = panel_with_waves(
+        "[\"25%\", \"25%\", \"rest\"]",
+        &hosts.iter().collect::<Vec<_>>(),
     )?;
-    for h in &hosts {
-        p.fx.fleet.flake_host(h, &[h])?;
-    }
     let s = p.login().await?;
-    let res = s
-        .post(
-            "/jobs",
-            &[("kind", "deploy"), ("host", ""), ("mode", "waves")],
-        )
-        .await?;
-    assert_eq!(res.status(), StatusCode::SEE_OTHER);
-    let job: i64 = res
-        .headers()
-        .get("location")
-        .and_then(|l| l.to_str().ok()?.strip_prefix("/jobs/")?.parse().ok())
-        .expect("a redirect to the job");
+    let job = s.deploy_in_waves().await?;
     let published = || -> Vec<String> {
         hosts
             .iter()

@@ -128,9 +128,7 @@ pub async fn page(
     user: SessionUser,
     Path(id): Path<String>,
 ) -> WebResult<Html<String>> {
-    let id = parse_id(&id)?;
-    settle(&state).await;
-    let (r, hosts) = load_or_404(&state, id).await?;
+    let (id, r, hosts) = load_settled(&state, &id).await?;
     let rolled_back_by = rollouts::rolled_back_by(&state.db, id).await?;
     let resumed_by: Vec<i64> = sqlx::query_as::<_, (i64,)>(
         "SELECT id FROM jobs WHERE kind = 'deploy' AND mode = ? ORDER BY id",
@@ -219,9 +217,7 @@ pub async fn rollback_page(
     user: SessionUser,
     Path(id): Path<String>,
 ) -> WebResult<Html<String>> {
-    let id = parse_id(&id)?;
-    settle(&state).await;
-    let (r, hosts) = load_or_404(&state, id).await?;
+    let (id, r, hosts) = load_settled(&state, &id).await?;
     let refused = match rollouts::refuse_if_rolled_back(&state.db, id).await {
         Ok(()) => String::new(),
         Err(e) => format!("{e:#}."),
@@ -299,6 +295,14 @@ async fn load_or_404(state: &AppState, id: i64) -> WebResult<(RolloutRow, Vec<Ho
     rollouts::load(&state.db, id)
         .await?
         .ok_or_else(|| WebError::NotFound(format!("There is no rollout {id}.")))
+}
+
+/// A rollout to show, as of the chroot's latest reports.
+async fn load_settled(state: &AppState, id: &str) -> WebResult<(i64, RolloutRow, Vec<HostRow>)> {
+    let id = parse_id(id)?;
+    settle(state).await;
+    let (r, hosts) = load_or_404(state, id).await?;
+    Ok((id, r, hosts))
 }
 
 fn resumable(r: &RolloutRow) -> bool {

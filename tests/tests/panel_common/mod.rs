@@ -440,9 +440,18 @@ impl Session {
 
     /// Starts a job through the form; returns its id.
     pub async fn start_job(&self, kind: &str, host: &str) -> Result<i64> {
-        let res = self
-            .post("/jobs", &[("kind", kind), ("host", host)])
-            .await?;
+        self.submit_job(&[("kind", kind), ("host", host)]).await
+    }
+
+    /// Starts a deploy of the whole fleet in its `[rollout]` waves through the
+    /// form; returns the job's id.
+    pub async fn deploy_in_waves(&self) -> Result<i64> {
+        self.submit_job(&[("kind", "deploy"), ("host", ""), ("mode", "waves")])
+            .await
+    }
+
+    async fn submit_job(&self, fields: &[(&str, &str)]) -> Result<i64> {
+        let res = self.post("/jobs", fields).await?;
         ensure!(
             res.status() == StatusCode::SEE_OTHER,
             "POST /jobs: {} {}",
@@ -735,6 +744,21 @@ pub async fn shot(c: &fantoccini::Client, dir: &Path, name: &str) -> Result<()> 
     let png = c.screenshot().await?;
     fs::write(dir.join(format!("{name}.png")), png)?;
     Ok(())
+}
+
+/// Fills the login form the browser shows with the admin's name and password,
+/// and sends it.
+pub async fn submit_login(c: &fantoccini::Client) -> Result<()> {
+    use fantoccini::Locator;
+    c.find(Locator::Css("input[name=user]"))
+        .await?
+        .send_keys(ADMIN)
+        .await?;
+    c.find(Locator::Css("input[name=password]"))
+        .await?
+        .send_keys(PASSWORD)
+        .await?;
+    click(c, "button[type=submit].primary").await
 }
 
 /// Clicks the first element matching `css`, finding it again if a live update
