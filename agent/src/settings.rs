@@ -63,7 +63,8 @@ pub struct SettingsFile {
     /// Daemon: between polls, keep the SFTP session open and watch the published
     /// revision: with `bento sftp` its held watch tells a release at once; other
     /// servers are asked every this many seconds (default 5; 0 = only poll on
-    /// `interval`, no session kept).
+    /// `interval`, no session kept). A dropped session is opened again after
+    /// this long, doubling up to 5 minutes, each wait spread over its second half.
     #[arg(long, global = true)]
     pub watch_interval: Option<u64>,
     #[arg(long, global = true)]

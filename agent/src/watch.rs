@@ -30,11 +30,13 @@ pub async fn until_new_release(agent: &Agent, until: Instant) {
         let remote = match Remote::connect(&agent.cfg).await {
             Ok(r) => r,
             Err(e) => {
+                let wait = spread(backoff);
                 tracing::debug!(
-                    "watch: cannot connect ({e}); again in {}s",
+                    "watch: cannot connect ({e}); again in {:.1}s (backoff {}s)",
+                    wait.as_secs_f64(),
                     backoff.as_secs()
                 );
-                tokio::time::sleep_until(until.min(Instant::now() + backoff)).await;
+                tokio::time::sleep_until(until.min(Instant::now() + wait)).await;
                 backoff = (backoff * 2).min(MAX_BACKOFF);
                 continue;
             }
@@ -59,17 +61,28 @@ pub async fn until_new_release(agent: &Agent, until: Instant) {
                 if worked {
                     backoff = every;
                 }
+                let wait = spread(backoff);
                 tracing::debug!(
-                    "watch: the session dropped ({e}); again in {}s",
+                    "watch: the session dropped ({e}); again in {:.1}s (backoff {}s)",
+                    wait.as_secs_f64(),
                     backoff.as_secs()
                 );
                 // Never at once: a server that fails every session must not
                 // make the agent reconnect in a loop.
-                tokio::time::sleep_until(until.min(Instant::now() + backoff)).await;
+                tokio::time::sleep_until(until.min(Instant::now() + wait)).await;
                 backoff = (backoff * 2).min(MAX_BACKOFF);
             }
         }
     }
+}
+
+/// A wait of `backoff` spread over its second half: the agents whose sessions
+/// one restart of the server dropped at once do not all come back in the same
+/// instant (and never sooner than half the backoff).
+fn spread(backoff: Duration) -> Duration {
+    use rand::Rng;
+    let half = backoff / 2;
+    half + Duration::from_millis(rand::thread_rng().gen_range(0..=half.as_millis() as u64))
 }
 
 /// Watches on one session until a revision this host has not seen is published;
@@ -112,4 +125,18 @@ fn is_new(agent: &Agent, rev: &str) -> bool {
     let applied = st.applied.as_ref().is_some_and(|a| a.revision == rev);
     let refused = st.refused.as_ref().is_some_and(|r| r.revision == rev);
     !applied && !refused
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_backoff_is_spread_over_its_second_half() {
+        let b = Duration::from_secs(4);
+        let waits: Vec<Duration> = (0..200).map(|_| spread(b)).collect();
+        assert!(waits.iter().all(|w| *w >= b / 2 && *w <= b), "{waits:?}");
+        let first = waits[0];
+        assert!(waits.iter().any(|w| *w != first), "no spread: {first:?}");
+    }
 }

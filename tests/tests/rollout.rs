@@ -263,7 +263,53 @@ fn deploy_wait_gives_up_on_a_silent_host_at_the_timeout() -> Result<()> {
 fn a_daemon_watching_bento_sftp_starts_the_update_within_two_seconds_of_publication() -> Result<()>
 {
     let fleet = Fleet::embedded("rollout-watch", &["quick"], "", "")?;
-    started_within_two_seconds(&fleet, "watch_interval = 600")
+    started_within_two_seconds(&fleet, "watch_interval = 600", &[])
+}
+
+/// The watch is opened by the agent's own ssh, like the poll, so a host that
+/// reaches the server only through a `ProxyCommand` (a jump host, Tor's
+/// `nc -X 5`) is told just as fast. The configured port has nothing behind it:
+/// a session that did not go through the relay could not open at all.
+#[test]
+fn a_daemon_watching_through_a_proxy_command_starts_the_update_within_two_seconds() -> Result<()> {
+    let fleet = Fleet::embedded("rollout-watch-proxy", &["quick"], "", "")?;
+    let agent_root = fleet.agent(fleet.host(0))?.root;
+    let relay = format!(
+        "ProxyCommand={} 127.0.0.1 {} {}",
+        bins::bin("bento-relay").display(),
+        fleet.server.port(),
+        agent_root.join("relay.count").display()
+    );
+    let alias = format!("HostKeyAlias=[127.0.0.1]:{}", fleet.server.port());
+    let known = format!(
+        "UserKnownHostsFile={}",
+        fleet.server.known_hosts_path().display()
+    );
+    let args = [
+        "--port",
+        "1",
+        "--ssh-option",
+        &relay,
+        "--ssh-option",
+        &alias,
+        "--ssh-option",
+        &known,
+        "--ssh-option",
+        "StrictHostKeyChecking=yes",
+        "--ssh-option",
+        "IdentitiesOnly=yes",
+    ];
+    started_within_two_seconds(&fleet, "watch_interval = 600", &args)?;
+    let relayed = fs::read_dir(&agent_root)?
+        .flatten()
+        .filter(|e| e.file_name().to_string_lossy().starts_with("relay.count."))
+        .count();
+    // The first poll, the watch, the poll of the new release at least.
+    assert!(
+        relayed >= 3,
+        "{relayed} connection(s) went through the relay"
+    );
+    Ok(())
 }
 
 /// The same bound with OpenSSH's server, which has no held watch: the daemon
@@ -271,17 +317,24 @@ fn a_daemon_watching_bento_sftp_starts_the_update_within_two_seconds_of_publicat
 #[test]
 fn a_daemon_watching_openssh_every_second_starts_the_update_within_two_seconds() -> Result<()> {
     let fleet = Fleet::new("rollout-watch-ssh", &["quick"], "")?;
-    started_within_two_seconds(&fleet, "watch_interval = 1")
+    started_within_two_seconds(&fleet, "watch_interval = 1", &[])
 }
 
-fn started_within_two_seconds<S: Endpoint>(fleet: &Fleet<S>, config: &str) -> Result<()> {
+/// `extra`: more arguments of the daemon.
+fn started_within_two_seconds<S: Endpoint>(
+    fleet: &Fleet<S>,
+    config: &str,
+    extra: &[&str],
+) -> Result<()> {
     let host = fleet.host(0).to_owned();
     fleet.toy.set_system_version(&host, "1")?;
     fleet.deploy()?;
     let rev1 = fleet.published(&host)?;
     let agent = fleet.agent(&host)?;
     agent.set_config(config)?;
-    let mut daemon = agent.spawn(&["daemon"], "daemon")?;
+    let mut args = vec!["daemon"];
+    args.extend_from_slice(extra);
+    let mut daemon = agent.spawn(&args, "daemon")?;
     let result = (|| -> Result<f64> {
         agent.wait_daemon(&mut daemon, "daemon", |s| {
             s.revision.as_deref() == Some(rev1.as_str())
