@@ -32,3 +32,8 @@ fi
 if [ "${1:-}" = "--tests" ]; then
   "${SUDO[@]}" mkdir -p /run/sshd
 fi
+
+# Create nix's state (database, gcroots, profiles) once, here: on a fresh machine
+# the first nix commands the tests start in parallel would otherwise race to make
+# it ("creating symlink ... gcroots/profiles ...: File exists").
+"${SUDO[@]}" env NIX_CONFIG='build-users-group =' nix-store --init

@@ -53,7 +53,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{bail, ensure, Context, Result};
 use bento_core::chroot::{Chroot, WATCH_FILE, WATCH_HOLD};
-use bento_tests::embedded::generate_key;
+use bento_tests::embedded::{generate_key, AnyHostKey as Client};
 use bento_tests::sshd::unique_prefix;
 use bento_tests::TestDir;
 use russh::client;
@@ -363,19 +363,6 @@ async fn measure(
         server_cpu: cpu1.saturating_sub(cpu0),
         client_cpu: client1.saturating_sub(client0),
     })
-}
-
-struct Client;
-
-impl client::Handler for Client {
-    type Error = russh::Error;
-
-    async fn check_server_key(
-        &mut self,
-        _key: &russh::keys::PublicKeyOrCertificate,
-    ) -> Result<bool, Self::Error> {
-        Ok(true)
-    }
 }
 
 /// One watching session: log in, open SFTP, then from `start + phase` a readlink

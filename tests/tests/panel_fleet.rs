@@ -93,14 +93,35 @@ async fn the_fleet_page_and_api_show_what_bento_status_shows() -> Result<()> {
     let p = PanelServer::start_with("panel-fleet", TAGS)?;
     fleet(&p)?;
     let s = p.login().await?;
-    let api = eventually(Duration::from_secs(10), "five hosts", || async {
-        let v = s.json("/api/v1/hosts").await?;
-        Ok((v.as_array().unwrap().len() == 5 && state_of(&v, "web2") == "failing").then_some(v))
-    })
-    .await?;
-    // Same shape and states as the command line.
+    // The command line reads the chroot as it is now. The panel follows it: wait
+    // until it has read everything fleet() wrote (the last writes are cache1's),
+    // that is until each host's state and offline flag are the command line's.
     let cli = p.fx.status()?;
     assert_eq!(cli.len(), 5);
+    let settled = |v: &serde_json::Value| {
+        v.as_array().unwrap().len() == 5
+            && cli.iter().all(|h| {
+                v.as_array().unwrap().iter().any(|x| {
+                    x["host"] == h["host"]
+                        && x["state"] == h["state"]
+                        && x["offline"] == h["offline"]
+                })
+            })
+    };
+    let settle = eventually(
+        Duration::from_secs(10),
+        "the command line's states",
+        || async {
+            let v = s.json("/api/v1/hosts").await?;
+            Ok(settled(&v).then_some(v))
+        },
+    );
+    // Past the timeout, the comparison below names the host and field that differ.
+    let api = match settle.await {
+        Ok(v) => v,
+        Err(_) => s.json("/api/v1/hosts").await?,
+    };
+    // Same shape and states as the command line.
     for h in &cli {
         let name = h["host"].as_str().unwrap();
         let mine = api

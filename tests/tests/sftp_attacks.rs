@@ -14,25 +14,12 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
-use bento_tests::embedded::{plain_server, EmbeddedSftp};
+use bento_tests::embedded::{plain_server, AnyHostKey as Client, EmbeddedSftp};
 use bento_tests::endpoint::Endpoint;
 use bento_tests::{wait_until, TestDir};
 use russh::client;
 use russh::keys::{PrivateKey, PrivateKeyWithHashAlg};
 use tokio::io::AsyncReadExt;
-
-struct Client;
-
-impl client::Handler for Client {
-    type Error = russh::Error;
-
-    async fn check_server_key(
-        &mut self,
-        _key: &russh::keys::PublicKeyOrCertificate,
-    ) -> Result<bool, Self::Error> {
-        Ok(true)
-    }
-}
 
 fn runtime() -> Result<tokio::runtime::Runtime> {
     Ok(tokio::runtime::Builder::new_multi_thread()
