@@ -352,6 +352,9 @@ pub fn run_verifying(
     let results: Mutex<Vec<HostOutcome>> = Mutex::new(Vec::new());
     let queue = Mutex::new(jobs.iter());
     let workers = settings.build_jobs.min(jobs.len()).max(1);
+    if workers > 1 {
+        nix.open_store();
+    }
     std::thread::scope(|s| {
         for _ in 0..workers {
             s.spawn(|| loop {

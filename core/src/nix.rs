@@ -64,6 +64,17 @@ impl Nix {
             .args(sub)
     }
 
+    /// Opens the store once (`nix store ping`). Nix creates its state (database,
+    /// gcroots, profiles) on its first use, and two first uses at once race for it
+    /// (`creating symlink ... gcroots/profiles ...: File exists`): call this before
+    /// starting nix commands in parallel. A store that cannot be opened is left to
+    /// those commands to report, in nix's own words.
+    pub fn open_store(&self) {
+        if let Err(e) = self.nix(&["store", "ping"]).args(&self.extra_args).run() {
+            tracing::debug!("nix store ping: {}", e.summary());
+        }
+    }
+
     /// `nix flake <sub> --json` of the flake in `dir`, parsed.
     fn flake_json(&self, sub: &str, dir: &Path) -> Result<serde_json::Value, NixError> {
         let cmd = self

@@ -6,7 +6,7 @@ mod panel_common;
 
 use std::time::{Duration, Instant};
 
-use anyhow::Result;
+use anyhow::{Context, Result};
 use bento_core::report::{AgentState, ReportStatus};
 use bento_tests::reports::{write_heartbeat, Report};
 use panel_common::{eventually, next_event, system, PanelServer};
@@ -78,12 +78,13 @@ fn fleet(p: &PanelServer) -> Result<()> {
     Ok(())
 }
 
+/// The object of `host` in a list of hosts (the API's or `bento status --json`'s).
+fn host_in<'a>(hosts: &'a serde_json::Value, host: &str) -> Option<&'a serde_json::Value> {
+    hosts.as_array()?.iter().find(|h| h["host"] == host)
+}
+
 fn state_of(hosts: &serde_json::Value, host: &str) -> String {
-    hosts
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|h| h["host"] == host)
+    host_in(hosts, host)
         .map(|h| h["state"].as_str().unwrap().to_owned())
         .unwrap_or_default()
 }
@@ -98,14 +99,11 @@ async fn the_fleet_page_and_api_show_what_bento_status_shows() -> Result<()> {
     // that is until each host's state and offline flag are the command line's.
     let cli = p.fx.status()?;
     assert_eq!(cli.len(), 5);
-    let settled = |v: &serde_json::Value| {
-        v.as_array().unwrap().len() == 5
+    let settled = |api: &serde_json::Value| {
+        api.as_array().is_some_and(|a| a.len() == 5)
             && cli.iter().all(|h| {
-                v.as_array().unwrap().iter().any(|x| {
-                    x["host"] == h["host"]
-                        && x["state"] == h["state"]
-                        && x["offline"] == h["offline"]
-                })
+                host_in(api, h["host"].as_str().unwrap())
+                    .is_some_and(|x| x["state"] == h["state"] && x["offline"] == h["offline"])
             })
     };
     let settle = eventually(
@@ -124,12 +122,7 @@ async fn the_fleet_page_and_api_show_what_bento_status_shows() -> Result<()> {
     // Same shape and states as the command line.
     for h in &cli {
         let name = h["host"].as_str().unwrap();
-        let mine = api
-            .as_array()
-            .unwrap()
-            .iter()
-            .find(|x| x["host"] == name)
-            .unwrap();
+        let mine = host_in(&api, name).with_context(|| format!("{name} missing from the API"))?;
         for key in [
             "state",
             "expected_system",
